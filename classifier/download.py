@@ -1,0 +1,256 @@
+"""Getting dataset files into the cache, verified, without ever leaving a bad one.
+
+Three ways in, one rule: a file sits under its final name in the cache only
+after its SHA-256 matched the registry.
+
+    invoke data --dataset cifar10                          # from the published URL
+    invoke data --dataset cifar10 --mirror http://host/d/  # from a classroom mirror
+    invoke data --dataset fashion_mnist --from /media/usb  # a copy already on disk
+
+Downloads go through pooch, which writes to a temporary file beside the
+target and renames it only when the hash matches. A lock file in the dataset
+folder serialises two `invoke data` started at once for the same dataset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+import zlib
+from pathlib import Path
+
+from classifier.config import UserError
+from classifier.data import DataFile, Dataset
+
+_CHUNK = 1 << 20
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _content_sha256(path: Path) -> str | None:
+    """SHA-256 of a gzip file's decompressed bytes, or None if it is not valid gzip."""
+    digest = hashlib.sha256()
+    try:
+        with gzip.open(path, "rb") as stream:
+            for chunk in iter(lambda: stream.read(_CHUNK), b""):
+                digest.update(chunk)
+    except (OSError, EOFError, zlib.error):
+        return None
+    return digest.hexdigest()
+
+
+def check_file(path: Path, expected: DataFile) -> str | None:
+    """Why `path` is not a good copy of `expected`, or None when it is.
+
+    A file is good when its SHA-256 is the published one, or, for a gzip file,
+    when its decompressed bytes are (a recompressed copy of the same data).
+    """
+    if not path.is_file():
+        return f"{path} is missing"
+    if sha256_of(path) == expected.sha256:
+        return None
+    if expected.content_sha256 and _content_sha256(path) == expected.content_sha256:
+        return None
+    return f"{path} {_diagnose(path, expected)}"
+
+
+def _diagnose(path: Path, expected: DataFile) -> str:
+    """Name the likely cause of a checksum mismatch in words a student can act on."""
+    size = path.stat().st_size
+    with open(path, "rb") as stream:
+        head = stream.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<")):
+        return "is an HTML/XML page (an error page from the server?), not the published archive"
+    if size < expected.size:
+        return f"is truncated: {size} of {expected.size} bytes (an interrupted download or copy?)"
+    return f"does not match the published checksum (SHA-256 {expected.sha256[:12]}..., {expected.size} bytes)"
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """Hold an exclusive lock on the dataset folder for the duration of the block."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / ".lock", "w")
+    except OSError as error:
+        raise UserError(f"data folder {folder} cannot be written: {error.strerror}") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def dataset_folder(dataset: Dataset, data_dir: Path) -> Path:
+    return Path(data_dir) / dataset.name
+
+
+def problems(dataset: Dataset, data_dir: Path) -> list[str]:
+    """Every reason the cached copy of `dataset` is not usable; empty when it is."""
+    folder = dataset_folder(dataset, data_dir)
+    return [why for f in dataset.files if (why := check_file(folder / f.name, f))]
+
+
+def verified_files(dataset: Dataset, data_dir: Path) -> dict[str, str]:
+    """{file name: SHA-256} of the cached copy; raises UserError if it is not verified."""
+    found = problems(dataset, data_dir)
+    if found:
+        raise UserError(
+            f"{dataset.name} is not ready: {found[0]}; run `invoke data --dataset {dataset.name}` "
+            f"(or `--from PATH` for a copy on disk)"
+        )
+    folder = dataset_folder(dataset, data_dir)
+    return {f.name: sha256_of(folder / f.name) for f in dataset.files}
+
+
+def fetch(dataset: Dataset, data_dir: Path, mirror: str = "", progress: bool = True) -> Path:
+    """Download every file of `dataset` that the cache lacks or holds damaged.
+
+    Args:
+        dataset: the registry entry.
+        data_dir: the cache root; files go to data_dir/<dataset name>/.
+        mirror: a base URL that replaces the published one ("" keeps it).
+        progress: show a progress bar per file.
+
+    Returns:
+        The dataset folder, every file verified.
+    """
+    import pooch  # Imported here: only downloads need it.
+
+    folder = dataset_folder(dataset, data_dir)
+    base = (mirror or os.environ.get("CLASSIFIER_DATA_MIRROR") or dataset.base_url).rstrip("/") + "/"
+    with _locked(folder):
+        for expected in dataset.files:
+            target = folder / expected.name
+            if check_file(target, expected) is None:
+                print(f"{target}: verified, nothing to download")
+                continue
+            url = base + expected.name
+            print(f"downloading {url}")
+            try:
+                pooch.retrieve(
+                    url,
+                    known_hash=f"sha256:{expected.sha256}",
+                    fname=expected.name,
+                    path=folder,
+                    downloader=_Downloader(expected, progress),
+                )
+            except UserError:
+                raise
+            except ValueError as error:  # pooch's hash mismatch
+                raise UserError(f"download of {url} failed verification: {error}".splitlines()[0]) from None
+            except OSError as error:  # connection refused, DNS, HTTP errors (requests' are OSErrors)
+                raise UserError(f"cannot download {url}: {_short(error)}") from None
+            print(f"{target}: downloaded and verified")
+    return folder
+
+
+class _Downloader:
+    """pooch's HTTP downloader plus a look at what arrived, to name the problem.
+
+    pooch downloads into a temporary file and deletes it if this raises, so a
+    refused file never reaches its final name.
+    """
+
+    def __init__(self, expected: DataFile, progress: bool):
+        import pooch
+
+        self._expected = expected
+        self._http = pooch.HTTPDownloader(progressbar=progress, timeout=60)
+
+    def __call__(self, url, output_file, pooch_obj, check_only=False):
+        self._http(url, output_file, pooch_obj, check_only=check_only)
+        if check_only:
+            return
+        path = Path(output_file if isinstance(output_file, (str, os.PathLike)) else output_file.name)
+        if sha256_of(path) != self._expected.sha256:
+            raise UserError(f"download of {url} refused: the file {_diagnose(path, self._expected)}")
+        _make_readable(path)
+
+
+def _make_readable(path: Path) -> None:
+    """Give a cache file the usual permissions (temporary files are created 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text[:200]
+
+
+def import_from(dataset: Dataset, data_dir: Path, source: Path) -> Path:
+    """Copy `dataset`'s files from a file or folder on disk into the cache, verified.
+
+    Every source file is checked before any is copied, so a bad copy on the
+    stick leaves the cache as it was.
+
+    Args:
+        dataset: the registry entry.
+        data_dir: the cache root.
+        source: one of the dataset's files, or a folder holding them (searched
+            one level deep as well, e.g. a folder per dataset).
+
+    Returns:
+        The dataset folder, every file verified.
+    """
+    source = Path(source).expanduser()
+    if not source.exists():
+        raise UserError(f"--from path {source} does not exist")
+    names = [f.name for f in dataset.files]
+    if source.is_file():
+        if source.name not in names:
+            raise UserError(f"--from file {source.name!r} is not a {dataset.name} file; accepted: {', '.join(names)}")
+        found = {source.name: source}
+    else:
+        found = {}
+        for name in names:
+            candidates = [source / name, *sorted(source.glob(f"*/{name}"))]
+            hit = next((c for c in candidates if c.is_file()), None)
+            if hit:
+                found[name] = hit
+    folder = dataset_folder(dataset, data_dir)
+    with _locked(folder):
+        for expected in dataset.files:
+            if expected.name in found and (why := check_file(found[expected.name], expected)):
+                raise UserError(why)
+        missing = [f.name for f in dataset.files if f.name not in found and check_file(folder / f.name, f) is not None]
+        if missing and source.is_dir():
+            raise UserError(f"--from {source} lacks {', '.join(missing)} for {dataset.name}")
+        for expected in dataset.files:
+            if expected.name in found:
+                _atomic_copy(found[expected.name], folder / expected.name, expected)
+                print(f"{folder / expected.name}: imported from {found[expected.name]} and verified")
+    if missing:
+        # One file from the stick is kept; the dataset is usable once the rest arrive.
+        print(f"{dataset.name} still needs {', '.join(missing)}: import them with --from as well")
+    return folder
+
+
+def _atomic_copy(source: Path, target: Path, expected: DataFile) -> None:
+    """Copy to a temporary name in the target folder, verify, then rename over the target."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, _CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
+        if why := check_file(Path(temporary), expected):
+            raise UserError(f"copy to {target} failed verification: {why}")
+        _make_readable(Path(temporary))
+        os.replace(temporary, target)
+    except OSError as error:
+        raise UserError(f"cannot write {target}: {error.strerror}") from None
+    finally:
+        Path(temporary).unlink(missing_ok=True)

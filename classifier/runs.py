@@ -1,0 +1,122 @@
+"""Run folders: one per training, never shared, holding the evidence of the run.
+
+    runs/20261126-231502-fashion_mnist-sequential_add-fit/
+        config.json  history.json  metrics.json  timings.json  manifest.json
+        model.keras  samples.png  model.png  learning_curves.png  confusion_matrix.png
+        checkpoint/  (the last finished epoch, for `invoke train --resume`)
+
+Every file is written under a temporary name and renamed when complete, so a
+run stopped at any moment leaves no half-written file under a final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from classifier.config import PROJECT_ROOT, Config, UserError
+
+# Environment variables that change what TensorFlow computes or where.
+NUMERICS_ENV = (
+    "TF_ENABLE_ONEDNN_OPTS",
+    "TF_DETERMINISTIC_OPS",
+    "TF_CUDNN_DETERMINISTIC",
+    "NVIDIA_TF32_OVERRIDE",
+    "TF_FORCE_GPU_ALLOW_GROWTH",
+    "CUDA_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+    "PYTHONHASHSEED",
+)
+
+
+def create_run_dir(runs_root: Path, config: Config) -> Path:
+    """Make a new, empty run folder; two runs started in the same second get two folders."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = f"{stamp}-{config.dataset}-{config.model}-{config.trainer}"
+    try:
+        runs_root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"runs folder {runs_root} cannot be created: {error.strerror}") from None
+    for attempt in range(1, 1000):
+        path = runs_root / (base if attempt == 1 else f"{base}-{attempt}")
+        try:
+            path.mkdir()  # Fails if it exists: the atomic claim on the name.
+            return path
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise UserError(f"runs folder {runs_root} cannot be written: {error.strerror}") from None
+    raise UserError(f"runs folder {runs_root} already holds 999 runs named {base}*")
+
+
+def write_json(path: Path, data) -> Path:
+    """Write JSON to a temporary name, then rename it into place."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temporary, "w") as stream:
+            json.dump(data, stream, indent=2, sort_keys=False)
+            stream.write("\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def read_json(path: Path):
+    with open(path) as stream:
+        return json.load(stream)
+
+
+def environment_record() -> dict:
+    """What a rerun needs to know about this machine and software to expect the same numbers."""
+    import tensorflow as tf
+
+    return {
+        "git": _git_state(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "tensorflow": tf.__version__,
+        "tensorflow_build": {key: str(value) for key, value in tf.sysconfig.get_build_info().items()},
+        "devices": [device.name for device in tf.config.list_physical_devices()],
+        "numerics_env": {key: os.environ.get(key) for key in NUMERICS_ENV},
+        "container_image": os.environ.get("LAB_IMAGE_ID") or None,
+        "packages": {dist.metadata["Name"]: dist.version for dist in metadata.distributions()},
+    }
+
+
+def _git_state() -> dict:
+    def git(*args):
+        result = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets up the lab outside the container: graphviz (for the model picture) and
+# a virtual environment in .venv installed from the hash-locked requirements.
+#
+#   ./setup.sh                 # CPU TensorFlow (laptops, CI)
+#   LAB_VARIANT=gpu ./setup.sh # CUDA TensorFlow; the host needs the NVIDIA driver
+set -euo pipefail
+cd "$(dirname "$0")"
+variant="${LAB_VARIANT:-cpu}"
+lock="requirements/${variant}.lock"
+if [[ ! -f "$lock" ]]; then
+  echo "error: LAB_VARIANT=${variant} has no lock file ${lock}; accepted: cpu, gpu" >&2
+  exit 2
+fi
+
+if ! command -v dot >/dev/null 2>&1; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null
+  else
+    echo "warning: graphviz is missing; install it (sudo apt-get install graphviz) for the model picture" >&2
+  fi
+fi
+
+python3 -m venv .venv
+# --require-hashes: every wheel must be the one the lock file names, byte for byte.
+.venv/bin/pip install --quiet --require-hashes -r "$lock"
+.venv/bin/pip install --quiet --no-deps --no-build-isolation -e .
+echo "lab ready: .venv/bin/invoke --list"

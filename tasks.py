@@ -1,0 +1,104 @@
+"""The lab's commands. `invoke --list` shows them; `invoke --help TASK` shows a task's flags.
+
+Each task turns its flags into a call to one function of the `classifier`
+package. Bad input ends the task with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from invoke import Exit, task
+
+from classifier.config import UserError
+
+_CONFIG_HELP = {
+    "dataset": "cifar10 (default), cifar100, mnist or fashion_mnist",
+    "model": "sequential_add (default), sequential_list or functional",
+    "data_dir": "dataset cache (default: $CLASSIFIER_DATA_DIR or ./data)",
+}
+
+
+def _run(function, *args, **kwargs):
+    """Call into the package; a UserError becomes one line and a non-zero exit."""
+    try:
+        return function(*args, **kwargs)
+    except UserError as error:
+        code = 130 if type(error).__name__ == "Interrupted" else 2
+        raise Exit(f"error: {error}", code=code) from None
+    except KeyboardInterrupt:
+        raise Exit("interrupted", code=130) from None
+
+
+def _config(**overrides):
+    from classifier.config import make_config
+
+    return _run(make_config, **{key: value for key, value in overrides.items() if value is not None})
+
+
+@task(help={
+    "dataset": _CONFIG_HELP["dataset"],
+    "data_dir": _CONFIG_HELP["data_dir"],
+    "from_": "import from a file or folder on disk (a USB stick, a shared drive) instead of downloading",
+    "mirror": "base URL to download from instead of the published one (or $CLASSIFIER_DATA_MIRROR)",
+})
+def data(c, dataset="cifar10", data_dir="", from_="", mirror=""):
+    """Download (or import) a dataset into the cache and verify every file's SHA-256."""
+    from classifier.pipeline import data_command
+
+    _run(data_command, dataset, data_dir=data_dir, mirror=mirror, source=from_)
+
+
+@task(help={
+    "dataset": _CONFIG_HELP["dataset"],
+    "model": _CONFIG_HELP["model"],
+    "trainer": "fit (model.fit, default) or tape (tf.data + GradientTape + tf.function)",
+    "epochs": "passes over the training images (default 5)",
+    "batch_size": "images per step (default 32)",
+    "seed": "random seed for weights, data order and dropout (default 42)",
+    "val_split": "fraction at the end of the training images used to validate (default 0.2)",
+    "limit": "train on the first N training images only, for a quick run (default: all)",
+    "runs_dir": "where the run folder goes (default: $CLASSIFIER_RUNS_DIR or ./runs)",
+    "data_dir": _CONFIG_HELP["data_dir"],
+    "resume": "continue the stopped run in this run folder from its last finished epoch",
+})
+def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=None, seed=None,
+          val_split=None, limit=None, runs_dir=None, data_dir=None, resume=""):
+    """Train a classifier, evaluate it on the test set and write a run folder."""
+    from classifier.pipeline import train_command
+
+    config = _config(dataset=dataset, model=model, trainer=trainer, epochs=epochs, batch_size=batch_size,
+                     seed=seed, val_split=val_split, limit=limit, runs_dir=runs_dir, data_dir=data_dir)
+    _run(train_command, config, resume=resume)
+
+
+@task(help={
+    "dataset": "the dataset whose image shape and classes the model is built for (default cifar10)",
+    "model": _CONFIG_HELP["model"],
+    "output": "picture file: .png, .svg, .pdf or .dot (default MODEL-DATASET.png)",
+})
+def plot(c, dataset=None, model=None, output=""):
+    """Draw the model's picture with keras.utils.plot_model (needs graphviz)."""
+    from classifier.pipeline import plot_command
+
+    _run(plot_command, _config(dataset=dataset, model=model), output=output)
+
+
+@task
+def tensors(c):
+    """Walk through TensorFlow tensor basics (lecture 1.1)."""
+    from classifier.tensors import demonstrate
+
+    demonstrate()
+
+
+@task(help={
+    "markers": "pytest marker expression, e.g. 'not slow' (default: every test)",
+    "args": "more arguments for pytest, e.g. '-x -k data'",
+})
+def test(c, markers="", args=""):
+    """Run the test suite with pytest."""
+    marker_flag = f"-m '{markers}'" if markers else ""
+    result = c.run(f"{sys.executable} -m pytest {marker_flag} {args}", warn=True, pty=False)
+    if result.exited:
+        raise Exit(code=result.exited)

@@ -1,0 +1,169 @@
+"""Shared fixtures: archives in the published formats, a local HTTP server, the CLI."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import io
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def pattern_images(labels: np.ndarray, shape, rng: np.random.Generator) -> np.ndarray:
+    """uint8 images whose class is visible: class k lights up stripe k, plus noise.
+
+    A small network learns these in one epoch, so training tests can assert
+    accuracy far above chance on data they make themselves.
+    """
+    height, width, channels = shape
+    images = rng.integers(0, 60, size=(len(labels), height, width, channels), dtype=np.uint8)
+    stripe = max(1, height // 10)
+    for index, label in enumerate(labels):
+        row = (int(label) * stripe) % height
+        images[index, row : row + stripe, :, :] = 255
+    return images
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file as MNIST publishes it: magic (0, 0, 0x08=uint8, ndim), big-endian dims, data."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def make_idx_files(folder: Path, num_train=600, num_test=200, num_classes=10, seed=0) -> dict[str, bytes]:
+    """The four gzip IDX files of an MNIST-style dataset with learnable 28x28 images."""
+    rng = np.random.default_rng(seed)
+    files = {}
+    for prefix, count in (("train", num_train), ("t10k", num_test)):
+        labels = rng.integers(0, num_classes, size=count).astype(np.uint8)
+        images = pattern_images(labels, (28, 28, 1), rng)[..., 0]
+        files[f"{prefix}-images-idx3-ubyte.gz"] = gzip.compress(idx_bytes(images), mtime=0)
+        files[f"{prefix}-labels-idx1-ubyte.gz"] = gzip.compress(idx_bytes(labels), mtime=0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return files
+
+
+def make_cifar_archive(path: Path, kind="cifar10", per_batch=20, num_test=30, seed=0) -> bytes:
+    """A CIFAR python tarball as published: pickled dicts with bytes keys, (N, 3072) rows."""
+    rng = np.random.default_rng(seed)
+    num_classes = 10 if kind == "cifar10" else 100
+    label_key = b"labels" if kind == "cifar10" else b"fine_labels"
+    top = "cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python"
+    members = (
+        [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", num_test)]
+        if kind == "cifar10"
+        else [("train", per_batch * 5), ("test", num_test)]
+    )
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, count in members:
+            labels = rng.integers(0, num_classes, size=count)
+            images = pattern_images(labels, (32, 32, 3), rng)
+            batch = {
+                b"batch_label": name.encode(),
+                label_key: labels.tolist(),
+                b"data": images.transpose(0, 3, 1, 2).reshape(count, 3072),  # channel-first rows
+                b"filenames": [f"img_{i}.png".encode() for i in range(count)],
+            }
+            if kind == "cifar100":
+                batch[b"coarse_labels"] = (labels // 5).tolist()
+            payload = pickle.dumps(batch, protocol=2)
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A folder served over HTTP on 127.0.0.1; yields (folder, base_url, request_log)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def do_GET(self):
+            requests.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}/", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path, monkeypatch):
+    """A registered MNIST-style dataset 'tiny' whose files the test made; yields (Dataset, source folder)."""
+    from classifier import data
+
+    source = tmp_path / "tiny-source"
+    files = make_idx_files(source)
+    spec = data.Dataset(
+        name="tiny",
+        title="Tiny patterns",
+        base_url="http://127.0.0.1:9/unused/",
+        files=tuple(
+            data.DataFile(name, sha256_bytes(blob), len(blob), sha256_bytes(gzip.decompress(blob)))
+            for name, blob in files.items()
+        ),
+        class_names=tuple(f"class{i}" for i in range(10)),
+        image_shape=(28, 28, 1),
+        format="idx",
+    )
+    monkeypatch.setitem(data.DATASETS, "tiny", spec)
+    return spec, source
+
+
+@pytest.fixture(scope="session")
+def fashion_source():
+    """Debian's real Fashion-MNIST files (package dataset-fashion-mnist)."""
+    if not FASHION_MNIST_DEBIAN.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must install dataset-fashion-mnist (see .ci/run)")
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    return FASHION_MNIST_DEBIAN
+
+
+def run_invoke(*args: str, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run `invoke ARGS` as a person would, from the project folder."""
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture
+def invoke_cli():
+    """The `run_invoke` helper: call it with invoke's arguments, get a CompletedProcess."""
+    return run_invoke

@@ -1,0 +1,51 @@
+"""A whole training run, in-process, on a dataset the test made."""
+
+import json
+
+import matplotlib.image
+import pytest
+
+from classifier.config import make_config
+from classifier.download import import_from
+from classifier.pipeline import train_command
+
+
+@pytest.mark.parametrize("trainer", ["fit", "tape"])
+def test_training_writes_a_complete_run_folder(tiny_dataset, tmp_path, trainer):
+    dataset, source = tiny_dataset
+    import_from(dataset, tmp_path / "data", source)
+    config = make_config(dataset="tiny", trainer=trainer, epochs=2, data_dir=str(tmp_path / "data"),
+                         runs_dir=str(tmp_path / "runs"))
+    run_dir = train_command(config, verbose=0)
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.json", "history.json", "metrics.json", "timings.json", "manifest.json", "model.keras",
+            "samples.png", "learning_curves.png", "confusion_matrix.png"} <= names
+    assert not [name for name in names if name.startswith(".")], "no temporary file may be left"
+    for name in names:
+        if name.endswith(".png"):
+            assert matplotlib.image.imread(run_dir / name).size > 0
+    config_json = json.loads((run_dir / "config.json").read_text())
+    assert config_json["trainer"] == trainer and config_json["epochs"] == 2
+    history = json.loads((run_dir / "history.json").read_text())
+    assert len(history["loss"]) == 2 and len(history["epoch_seconds"]) == 2
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["accuracy"] > 0.5 and metrics["probabilities_sum_to_one"]
+    assert metrics["accuracy"] == pytest.approx(metrics["argmax_accuracy"], abs=1e-6)
+    assert len(metrics["confusion_matrix"]) == 10 and metrics["num_images"] == 200
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert set(manifest["data"]["sha256"]) == {f.name for f in dataset.files}
+    assert manifest["environment"]["tensorflow"].startswith("2.")
+    assert "numpy" in manifest["environment"]["packages"]
+    assert len(manifest["weights_sha256"]) == 64
+    timings = json.loads((run_dir / "timings.json").read_text())
+    assert timings["train_images_per_second"] > 0
+
+
+def test_two_runs_get_two_folders(tiny_dataset, tmp_path):
+    from classifier.runs import create_run_dir
+
+    config = make_config(dataset="tiny")
+    first = create_run_dir(tmp_path, config)
+    second = create_run_dir(tmp_path, config)
+    assert first != second and first.is_dir() and second.is_dir()

@@ -1,0 +1,103 @@
+"""The invoke tasks as a person types them: bad input is one line, exit 2, nothing damaged."""
+
+import pytest
+
+from conftest import run_invoke
+
+
+def _listing(folder):
+    return sorted((p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*") if p.is_file() and p.name != ".lock")
+
+
+def test_list_shows_every_task_with_a_description():
+    result = run_invoke("--list")
+    assert result.returncode == 0
+    for name in ("data", "train", "plot", "tensors", "test"):
+        assert f"  {name} " in result.stdout
+    assert "Train a classifier" in result.stdout
+
+
+def test_train_help_documents_every_flag():
+    result = run_invoke("--help", "train")
+    for flag in ("--dataset", "--model", "--trainer", "--epochs", "--batch-size", "--seed", "--val-split",
+                 "--limit", "--runs-dir", "--data-dir", "--resume"):
+        assert flag in result.stdout
+
+
+def _assert_one_line_error(result, expected):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert expected in errors[0], errors[0]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["data", "--dataset", "imagenet"], "unknown dataset 'imagenet'; accepted: cifar10, cifar100, mnist, fashion_mnist"),
+        (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["train", "--model", "resnet"], "unknown model 'resnet'; accepted: sequential_add, sequential_list, functional"),
+        (["train", "--trainer", "sgd"], "unknown trainer 'sgd'; accepted: fit, tape"),
+        (["train", "--epochs", "0"], "epochs must be at least 1, got 0"),
+        (["train", "--epochs", "two"], "epochs must be int, got 'two'"),
+        (["train", "--batch-size", "0"], "batch_size must be at least 1, got 0"),
+        (["train", "--limit", "0"], "limit must be at least 1"),
+        (["train", "--val-split", "1"], "val_split must be between 0 and 1 (exclusive), got 1.0"),
+        (["train", "--resume", "/nonexistent/run"], "--resume /nonexistent/run is not a run folder"),
+        (["plot", "--model", "vgg"], "unknown model 'vgg'"),
+        (["plot", "--output", "/nonexistent/folder/m.png"], "--output folder /nonexistent/folder does not exist"),
+    ],
+)
+def test_bad_flags(args, expected):
+    _assert_one_line_error(run_invoke(*args), expected)
+
+
+def test_from_path_that_does_not_exist(tmp_path):
+    result = run_invoke("data", "--dataset", "mnist", "--from", str(tmp_path / "usb"), "--data-dir", str(tmp_path / "d"))
+    _assert_one_line_error(result, f"--from path {tmp_path / 'usb'} does not exist")
+
+
+def test_wrong_checksum_truncated_and_html_imports_leave_the_cache_alone(tmp_path):
+    data_dir = tmp_path / "data"
+    (data_dir / "mnist").mkdir(parents=True)
+    (data_dir / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"an earlier file")
+    before = _listing(data_dir)
+    source = tmp_path / "usb"
+    source.mkdir()
+    labels = source / "t10k-labels-idx1-ubyte.gz"
+
+    labels.write_bytes(b"\x1f\x8b" + bytes(4540))  # right size, wrong bytes
+    result = run_invoke("data", "--dataset", "mnist", "--from", str(labels), "--data-dir", str(data_dir))
+    _assert_one_line_error(result, "does not match the published checksum")
+
+    labels.write_bytes(b"\x1f\x8b" + bytes(998))
+    result = run_invoke("data", "--dataset", "mnist", "--from", str(labels), "--data-dir", str(data_dir))
+    _assert_one_line_error(result, "is truncated: 1000 of 4542 bytes")
+
+    labels.write_text("<html><head><title>404 Not Found</title></head></html>")
+    result = run_invoke("data", "--dataset", "mnist", "--from", str(labels), "--data-dir", str(data_dir))
+    _assert_one_line_error(result, "is an HTML/XML page")
+    assert _listing(data_dir) == before
+
+
+def test_html_page_from_a_mirror_is_refused(http_root, tmp_path):
+    served, url, _ = http_root
+    (served / "cifar-10-python.tar.gz").write_text("<!DOCTYPE html><title>Service unavailable</title>")
+    result = run_invoke("data", "--dataset", "cifar10", "--mirror", url, "--data-dir", str(tmp_path / "d"))
+    _assert_one_line_error(result, "HTML/XML page")
+    assert not (tmp_path / "d" / "cifar10" / "cifar-10-python.tar.gz").exists()
+
+
+def test_data_folder_that_cannot_be_written(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run_invoke("data", "--dataset", "mnist", "--from", str(tmp_path), "--data-dir", str(blocker / "data"))
+    _assert_one_line_error(result, f"data folder {blocker / 'data' / 'mnist'} cannot be written")
+
+
+def test_tensors_task_runs():
+    result = run_invoke("tensors")
+    assert result.returncode == 0
+    assert "Shape of tensor: (2, 2, 3)" in result.stdout
+    assert "[None, 3]" in result.stdout
