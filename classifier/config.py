@@ -39,9 +39,13 @@ class Config:
     data_dir: str = ""  # dataset cache; "" means $CLASSIFIER_DATA_DIR or <project>/data
     runs_dir: str = ""  # where run folders go; "" means $CLASSIFIER_RUNS_DIR or <project>/runs
     eval_batch_size: int = 256  # images per evaluation step; does not change the numbers
+    recipe: str = "lecture"  # "lecture" (the lecture's network and schedule) or "fast" (see RECIPES)
+    strategy: str = "default"  # "default" (one device) or "mirrored" (tf.distribute.MirroredStrategy)
 
 
 TRAINERS = ("fit", "tape")
+RECIPES = ("lecture", "fast")
+STRATEGIES = ("default", "mirrored")
 
 
 def make_config(base: Config | None = None, **overrides) -> Config:
@@ -100,6 +104,8 @@ def validate(config: Config) -> None:
     _one_of("dataset", config.dataset, DATASETS)
     _one_of("model", config.model, MODELS)
     _one_of("trainer", config.trainer, TRAINERS)
+    _one_of("recipe", config.recipe, RECIPES)
+    _one_of("strategy", config.strategy, STRATEGIES)
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(config, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(config, key)}")
