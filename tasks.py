@@ -60,16 +60,46 @@ def data(c, dataset="cifar10", data_dir="", from_="", mirror=""):
     "limit": "train on the first N training images only, for a quick run (default: all)",
     "runs_dir": "where the run folder goes (default: $CLASSIFIER_RUNS_DIR or ./runs)",
     "data_dir": _CONFIG_HELP["data_dir"],
+    "recipe": "lecture (default: the lecture's network and schedule) or fast (higher accuracy, same minutes)",
+    "strategy": "default (one device) or mirrored (tf.distribute.MirroredStrategy over all visible GPUs)",
     "resume": "continue the stopped run in this run folder from its last finished epoch",
 })
 def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=None, seed=None,
-          val_split=None, limit=None, runs_dir=None, data_dir=None, resume=""):
+          val_split=None, limit=None, runs_dir=None, data_dir=None, recipe=None, strategy=None, resume=""):
     """Train a classifier, evaluate it on the test set and write a run folder."""
     from classifier.pipeline import train_command
 
     config = _config(dataset=dataset, model=model, trainer=trainer, epochs=epochs, batch_size=batch_size,
-                     seed=seed, val_split=val_split, limit=limit, runs_dir=runs_dir, data_dir=data_dir)
+                     seed=seed, val_split=val_split, limit=limit, runs_dir=runs_dir, data_dir=data_dir,
+                     recipe=recipe, strategy=strategy)
     _run(train_command, config, resume=resume)
+
+
+@task(help={
+    "run": "a finished run folder, e.g. runs/20261126-231502-fashion_mnist-sequential_add-fit",
+    "runs_dir": "where the rerun's folder goes (default: beside the original)",
+})
+def reproduce(c, run, runs_dir=""):
+    """Re-run a finished run from its manifest and compare metrics and weights."""
+    from classifier.reproduce import reproduce as reproduce_run
+
+    if not _run(reproduce_run, run, runs_dir=runs_dir):
+        raise Exit(code=1)
+
+
+@task(help={
+    "data_dir": _CONFIG_HELP["data_dir"],
+    "runs_dir": "runs folder whose free disk space is checked (default: $CLASSIFIER_RUNS_DIR or ./runs)",
+})
+def doctor(c, data_dir="", runs_dir=""):
+    """Check Python, TensorFlow, GPUs, Conv2D, graphviz, data, disk and Docker; say how to fix."""
+    from classifier import config as config_module
+    from classifier.doctor import diagnose, report
+
+    config = _config(data_dir=data_dir, runs_dir=runs_dir)
+    checks = _run(diagnose, config_module.data_dir(config), config_module.runs_dir(config))
+    if not report(checks):
+        raise Exit(code=1)
 
 
 @task(help={

@@ -1,8 +1,9 @@
-"""The lecture's network, built three ways, behind one registry.
+"""The lecture's network, built three ways, and the fast recipe's network, behind one registry.
 
-All three give the same layers, names and parameter count (lecture 1.2/1.3):
-Conv2D 32 -> MaxPool -> Conv2D 64 -> MaxPool -> Flatten -> Dense 100 ->
-Dropout 0.2 -> Dense num_classes softmax, named "tf-classifier".
+The three lecture builders give the same layers, names and parameter count
+(lecture 1.2/1.3): Conv2D 32 -> MaxPool -> Conv2D 64 -> MaxPool -> Flatten ->
+Dense 100 -> Dropout 0.2 -> Dense num_classes softmax, named "tf-classifier".
+`fast_cnn` is the `--recipe fast` network (see benchmarks/NOTES.md).
 
     model = build_model("functional", input_shape=(32, 32, 3), num_classes=10)
 """
@@ -57,24 +58,59 @@ def functional(input_shape, num_classes: int) -> keras.Model:
     return keras.Model(inputs=inputs, outputs=x, name=MODEL_NAME)
 
 
+def fast_cnn(input_shape, num_classes: int, dtype_policy: str | None = None) -> keras.Model:
+    """The fast recipe's network: the lecture's two convolution stages, batch-normalized, with a wider head.
+
+    Batch normalization after the second convolution lets Adam take large
+    steps early in the one-cycle schedule; after the first one it would cost
+    a third more time on a 2-core CPU for little gain (benchmarks/NOTES.md).
+    The wider dense layer with more dropout uses the extra epochs that the
+    larger batch buys. `dtype_policy="mixed_bfloat16"` computes in bfloat16
+    on a GPU; the softmax stays float32, so the loss is computed in float32.
+    """
+    policy = dtype_policy or keras.config.dtype_policy().name
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.Conv2D(32, 3, padding="same", activation="relu", dtype=policy, name="conv1")(inputs)
+    x = layers.MaxPool2D(pool_size=(2, 2), dtype=policy, name="pooling1")(x)
+    # No bias: batch normalization's beta does its job. Momentum 0.9 rather
+    # than Keras' 0.99, so that the moving statistics keep up with a short run.
+    x = layers.Conv2D(64, 3, padding="same", use_bias=False, dtype=policy, name="conv2")(x)
+    x = layers.BatchNormalization(momentum=0.9, dtype=policy, name="norm2")(x)
+    x = layers.Activation("relu", dtype=policy, name="relu2")(x)
+    x = layers.MaxPool2D(pool_size=(2, 2), dtype=policy, name="pooling2")(x)
+    x = layers.Flatten(dtype=policy, name="flatten")(x)
+    x = layers.Dense(256, activation="relu", dtype=policy, name="dense1")(x)
+    x = layers.Dropout(0.4, dtype=policy, name="dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="dense2")(x)
+    return keras.Model(inputs=inputs, outputs=outputs, name="fast-classifier")
+
+
 MODELS: dict[str, Callable[..., keras.Model]] = {
     "sequential_add": sequential_add,
     "sequential_list": sequential_list,
     "functional": functional,
+    "fast_cnn": fast_cnn,
 }
 
+# The builders of the lecture's own network (same layers, names and parameters).
+LECTURE_MODELS = ("sequential_add", "sequential_list", "functional")
 
-def build_model(name: str, input_shape, num_classes: int) -> keras.Model:
+
+def build_model(name: str, input_shape, num_classes: int, dtype_policy: str | None = None) -> keras.Model:
     """Build a registered model for images of `input_shape` and `num_classes` classes.
 
     Args:
         name: a key of MODELS.
         input_shape: (height, width, channels) of one image.
         num_classes: size of the softmax output.
+        dtype_policy: a Keras dtype policy such as "mixed_bfloat16" for the
+            models that take one (fast_cnn); None keeps float32.
 
     Returns:
         An uncompiled keras.Model.
     """
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; accepted: {', '.join(MODELS)}")
+    if dtype_policy is not None:
+        return MODELS[name](tuple(input_shape), int(num_classes), dtype_policy=dtype_policy)
     return MODELS[name](tuple(input_shape), int(num_classes))

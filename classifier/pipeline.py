@@ -62,10 +62,13 @@ def train_command(config: Config, resume: str = "", verbose: int | None = None) 
     from classifier.evaluate import evaluate
     from classifier.models import build_model
     from classifier.runtime import DurationTime, devices, gpu_config, seed_everything
-    from classifier.train import make_trainer
+    from classifier.train import dtype_policy, make_strategy, make_trainer, resolve_recipe
 
     if resume:
         run_dir, config = _resume_target(Path(resume))
+    # The fast recipe fills in its model, batch size, epochs and learning rate;
+    # the run folder keeps the resolved values.
+    config = resolve_recipe(config)
     dataset = get_dataset(config.dataset)
     # Get the data before claiming a run folder, so a failed download leaves no empty run behind.
     # Like the lecture's keras.datasets loaders, the first run downloads what is missing.
@@ -92,14 +95,18 @@ def train_command(config: Config, resume: str = "", verbose: int | None = None) 
     write_json(run_dir / "manifest.json", manifest)
     report.show_samples(train.images, train.labels, dataset.class_names, run_dir / "samples.png")
 
-    model = build_model(config.model, dataset.image_shape, len(dataset.class_names))
+    strategy = make_strategy(config)
+    manifest["replicas"] = strategy.num_replicas_in_sync
+    # MirroredStrategy needs the model's variables made under its scope.
+    with strategy.scope():
+        model = build_model(config.model, dataset.image_shape, len(dataset.class_names), dtype_policy(config))
     model.summary()
     if why := report.graphviz_missing():
         print(f"warning: model.png skipped: {why}")
     else:
         report.plot_model(model, run_dir / "model.png")
 
-    trainer = make_trainer(config.trainer, model, config, verbose=verbose)
+    trainer = make_trainer(config.trainer, model, config, verbose=verbose, strategy=strategy)
     start_epoch = load_checkpoint(run_dir, trainer) if resume else 0
     if start_epoch:
         print(f"Resuming {run_dir.name} after epoch {start_epoch}/{config.epochs}")

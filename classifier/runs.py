@@ -94,7 +94,7 @@ def environment_record() -> dict:
         "tensorflow_build": {key: str(value) for key, value in tf.sysconfig.get_build_info().items()},
         "devices": [device.name for device in tf.config.list_physical_devices()],
         "numerics_env": {key: os.environ.get(key) for key in NUMERICS_ENV},
-        "container_image": os.environ.get("LAB_IMAGE_ID") or None,
+        "container_image": os.environ.get("LAB_IMAGE") or None,  # set by docker/Dockerfile
         "packages": {dist.metadata["Name"]: dist.version for dist in metadata.distributions()},
     }
 

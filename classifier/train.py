@@ -9,10 +9,17 @@ never stopped.
 
     trainer = make_trainer("tape", model, config)
     history = trainer.train(train_split, val_split)
+
+`config.recipe` picks the schedule ("lecture", or "fast": see `resolve_recipe`)
+and `config.strategy` the devices ("default": one; "mirrored":
+tf.distribute.MirroredStrategy over every GPU, or every logical CPU when there
+is no GPU). Build the model under `make_strategy(config).scope()`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import sys
 from typing import Callable
 
@@ -45,18 +52,114 @@ def epoch_order(seed: int, epoch: int, num_images: int) -> np.ndarray:
     return np.random.default_rng(epoch_seed(seed, epoch, 0)).permutation(num_images)
 
 
+def epoch_flips(seed: int, epoch: int, num_images: int) -> np.ndarray:
+    """Which images of one epoch (in epoch order) the fast recipe mirrors left-right; from (seed, epoch) only."""
+    return np.random.default_rng(epoch_seed(seed, epoch, 2)).random(num_images) < 0.5
+
+
+# The fast recipe's values for the fields that the lecture's recipe fixes.
+# Worked out in benchmarks/NOTES.md: a batch of 128 with batch normalization
+# and a one-cycle learning rate fits 10 epochs of Fashion-MNIST into 5 minutes
+# on 2 CPU cores.
+FAST_RECIPE = {"model": "fast_cnn", "batch_size": 128, "epochs": 10, "learning_rate": 0.003}
+
+
+def resolve_recipe(config: Config) -> Config:
+    """The config with the recipe's values filled in.
+
+    The fast recipe replaces the fields of FAST_RECIPE that still hold the
+    lecture's default; a value that was set to anything else is kept (so
+    `--recipe fast --epochs 3` trains 3 epochs). The lecture's recipe changes
+    nothing.
+    """
+    if config.recipe != "fast":
+        return config
+    lecture = Config()
+    changes = {key: value for key, value in FAST_RECIPE.items() if getattr(config, key) == getattr(lecture, key)}
+    return dataclasses.replace(config, **changes)
+
+
+def accelerated(config: Config) -> bool:
+    """Whether to use mixed precision (bfloat16) and XLA: the fast recipe on a GPU.
+
+    On the CPU both make this network slower (XLA by about a third, see
+    benchmarks/NOTES.md), so the CPU keeps float32 and TensorFlow's own kernels.
+    """
+    return config.recipe == "fast" and bool(tf.config.list_logical_devices("GPU"))
+
+
+def dtype_policy(config: Config) -> str | None:
+    """The dtype policy for build_model: "mixed_bfloat16" when accelerated, else None (float32)."""
+    return "mixed_bfloat16" if accelerated(config) else None
+
+
+def make_strategy(config: Config) -> tf.distribute.Strategy:
+    """The distribution strategy: TensorFlow's default (one device) or MirroredStrategy.
+
+    "mirrored" replicates the model on every visible GPU, or, on a machine
+    without one, on every logical CPU device (one, unless the CPU was split
+    with tf.config.set_logical_device_configuration, as the tests do). Each
+    step splits the global batch (config.batch_size) between the replicas
+    and sums their gradients.
+    """
+    if config.strategy == "default":
+        return tf.distribute.get_strategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        return tf.distribute.MirroredStrategy([device.name for device in gpus])
+    cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
+    # NCCL, MirroredStrategy's default, is for GPUs only.
+    return tf.distribute.MirroredStrategy(cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
+@keras.utils.register_keras_serializable(package="classifier")
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak` over the first `warmup_epochs`, then linear decay to 0 at `epochs`.
+
+    The schedule depends on the optimizer's step count only, which the
+    checkpoint keeps, so a resumed run continues on the same curve.
+    `steps_per_epoch` is set by the trainer when training starts.
+    """
+
+    def __init__(self, peak: float, epochs: int, warmup_epochs: float = 1.0, steps_per_epoch: int | None = None):
+        self.peak = peak
+        self.epochs = epochs
+        self.warmup_epochs = warmup_epochs
+        self.steps_per_epoch = steps_per_epoch
+
+    def __call__(self, step):
+        assert self.steps_per_epoch, "the trainer sets steps_per_epoch before the first step"
+        epoch = tf.cast(step, tf.float32) / float(self.steps_per_epoch)
+        warmup = epoch / self.warmup_epochs
+        decay = (self.epochs - epoch) / (self.epochs - self.warmup_epochs)
+        return self.peak * tf.clip_by_value(tf.minimum(warmup, decay), 0.0, 1.0)
+
+    def get_config(self) -> dict:
+        return {"peak": self.peak, "epochs": self.epochs, "warmup_epochs": self.warmup_epochs,
+                "steps_per_epoch": self.steps_per_epoch}
+
+
 def make_optimizer(config: Config) -> keras.optimizers.Optimizer:
-    """The lecture's optimizer: RMSprop at the config's learning rate."""
+    """The recipe's optimizer: the lecture's RMSprop, or the fast recipe's Adam on a one-cycle schedule."""
+    if config.recipe == "fast":
+        return keras.optimizers.Adam(learning_rate=OneCycle(config.learning_rate, config.epochs))
     return keras.optimizers.RMSprop(learning_rate=config.learning_rate)
 
 
 class Trainer:
     """What both trainers share: the model, the recipe, the history, the epoch loop."""
 
-    def __init__(self, model: keras.Model, config: Config, verbose: int | None = None):
+    def __init__(self, model: keras.Model, config: Config, verbose: int | None = None,
+                 strategy: tf.distribute.Strategy | None = None):
         self.model = model
         self.config = config
-        self.optimizer = make_optimizer(config)
+        # The model must have been built under this strategy's scope; the
+        # optimizer's variables are made under it too.
+        self.strategy = strategy or tf.distribute.get_strategy()
+        with self.strategy.scope():
+            self.optimizer = make_optimizer(config)
+        self.augment = config.recipe == "fast"
+        self.jit_compile = accelerated(config)
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy()
         # One line per epoch when the output is a log file rather than a terminal.
         self.verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)
@@ -69,6 +172,8 @@ class Trainer:
         Returns:
             The per-epoch history: {"loss", "accuracy", "val_loss", "val_accuracy"}.
         """
+        if isinstance(schedule := self.optimizer._learning_rate, OneCycle):
+            schedule.steps_per_epoch = math.ceil(len(train) / self.config.batch_size)
         self._prepare(train, val)
         for epoch in range(start_epoch, self.config.epochs):
             self._reseed_dropout(epoch)
@@ -104,18 +209,25 @@ class FitTrainer(Trainer):
     """Lecture 1.2: `model.compile` then `model.fit` on NumPy arrays."""
 
     def _prepare(self, train: Split, val: Split) -> None:
-        self.model.compile(
-            optimizer=self.optimizer,
-            loss=self.loss_fn,
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        )
+        # Under MirroredStrategy, compile must run in its scope; fit then splits each batch between the replicas.
+        with self.strategy.scope():
+            self.model.compile(
+                optimizer=self.optimizer,
+                loss=self.loss_fn,
+                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                jit_compile=self.jit_compile,
+            )
 
     def _run_epoch(self, epoch: int, train: Split, val: Split) -> dict:
         # The order comes from epoch_order rather than fit's own shuffle, whose
         # state lives in the process and would be lost on a resume.
         order = epoch_order(self.config.seed, epoch, len(train))
+        images = train.images[order]
+        if self.augment:
+            flips = epoch_flips(self.config.seed, epoch, len(train))
+            images[flips] = images[flips, :, ::-1]
         result = self.model.fit(
-            train.images[order],
+            images,
             train.labels[order],
             batch_size=self.config.batch_size,
             initial_epoch=epoch,
@@ -124,67 +236,109 @@ class FitTrainer(Trainer):
             validation_data=(val.images, val.labels),
             validation_batch_size=self.config.eval_batch_size,
             verbose=self.verbose,
+            callbacks=[_RunProgress(self.config.epochs)],
         )
         return {key: result.history[key][-1] for key in HISTORY_KEYS}
 
 
+class _RunProgress(keras.callbacks.ProgbarLogger):
+    """fit's progress bar, counting epochs of the whole run ("Epoch 2/5", not fit's "2/2")."""
+
+    def __init__(self, total_epochs: int):
+        super().__init__()
+        self._total_epochs = total_epochs
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = self._total_epochs
+
+
 class TapeTrainer(Trainer):
-    """Lecture 1.3: a `tf.data` pipeline and a `GradientTape` step under `tf.function`."""
+    """Lecture 1.3: a `tf.data` pipeline and a `GradientTape` step under `tf.function`.
+
+    The step runs in every replica through `strategy.run` (one replica with
+    the default strategy); each replica returns its sums, which are reduced
+    across replicas before they reach the metrics. The loop over an epoch's
+    batches runs inside one `tf.function` too, which saves a Python round
+    trip per step (benchmarks/NOTES.md).
+    """
 
     def _prepare(self, train: Split, val: Split) -> None:
         self.train_loss = keras.metrics.Mean(name="loss")
-        self.train_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.train_accuracy = keras.metrics.Mean(name="accuracy")
         self.val_loss = keras.metrics.Mean(name="val_loss")
-        self.val_accuracy = keras.metrics.SparseCategoricalAccuracy(name="val_accuracy")
-        self.optimizer.build(self.model.trainable_variables)
-        # A batch dimension of None: the last, smaller batch reuses the same graph.
-        signature = [
-            tf.TensorSpec((None, *train.images.shape[1:]), tf.float32),
-            tf.TensorSpec((None,), tf.int32),
-        ]
-        self._train_step = tf.function(self._train_step_eager, input_signature=signature)
-        self._val_step = tf.function(self._val_step_eager, input_signature=signature)
+        self.val_accuracy = keras.metrics.Mean(name="val_accuracy")
+        # Per-image losses: a replica divides its sum by the GLOBAL batch size,
+        # so that the gradients summed over replicas are those of the mean loss.
+        self.per_image_loss = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+        with self.strategy.scope():
+            self.optimizer.build(self.model.trainable_variables)
+        self._replica_train_step = tf.function(self._replica_train_step_eager, jit_compile=self.jit_compile)
+        self._replica_val_step = tf.function(self._replica_val_step_eager, jit_compile=self.jit_compile)
+        # reduce_retracing: every epoch brings a new dataset of the same element spec.
+        self._train_epoch = tf.function(self._train_epoch_eager, reduce_retracing=True)
+        self._val_epoch = tf.function(self._val_epoch_eager, reduce_retracing=True)
         self._train_images = tf.constant(train.images)
         self._train_labels = tf.constant(train.labels)
-        self._val_data = (
+        self._val_data = self.strategy.experimental_distribute_dataset(
             tf.data.Dataset.from_tensor_slices((val.images, val.labels))
             .batch(self.config.eval_batch_size)
             .prefetch(tf.data.AUTOTUNE)
         )
 
-    def _train_step_eager(self, images, labels):
+    def _replica_train_step_eager(self, images, labels):
+        global_count = tf.distribute.get_replica_context().all_reduce("sum", tf.cast(tf.shape(labels)[0], tf.float32))
         with tf.GradientTape() as tape:
             probs = self.model(images, training=True)
-            loss = self.loss_fn(labels, probs)
+            losses = self.per_image_loss(labels, probs)
+            loss = tf.reduce_sum(losses) / global_count
         gradients = tape.gradient(loss, self.model.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
-        self.train_loss.update_state(loss, sample_weight=tf.shape(labels)[0])
-        self.train_accuracy.update_state(labels, probs)
+        return _sums(losses, labels, probs)
 
-    def _val_step_eager(self, images, labels):
+    def _replica_val_step_eager(self, images, labels):
         probs = self.model(images, training=False)
-        self.val_loss.update_state(self.loss_fn(labels, probs), sample_weight=tf.shape(labels)[0])
-        self.val_accuracy.update_state(labels, probs)
+        return _sums(self.per_image_loss(labels, probs), labels, probs)
+
+    def _train_epoch_eager(self, batches):
+        for images, labels in batches:
+            sums = self.strategy.run(self._replica_train_step, args=(images, labels))
+            _update(self.strategy, sums, self.train_loss, self.train_accuracy)
+
+    def _val_epoch_eager(self, batches):
+        for images, labels in batches:
+            sums = self.strategy.run(self._replica_val_step, args=(images, labels))
+            _update(self.strategy, sums, self.val_loss, self.val_accuracy)
+
+    def _epoch_batches(self, epoch: int, num_images: int):
+        """This epoch's training batches: gathered in epoch order, mirrored where the recipe says."""
+        order = epoch_order(self.config.seed, epoch, num_images)
+        flips = epoch_flips(self.config.seed, epoch, num_images) if self.augment else np.zeros(num_images, bool)
+
+        def gather(index, flip):
+            images = tf.gather(self._train_images, index)
+            if self.augment:
+                images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+            return images, tf.gather(self._train_labels, index)
+
+        batches = (
+            tf.data.Dataset.from_tensor_slices((order, flips))
+            .batch(self.config.batch_size)
+            .map(gather)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+        return self.strategy.experimental_distribute_dataset(batches)
 
     def _run_epoch(self, epoch: int, train: Split, val: Split) -> dict:
         for metric in (self.train_loss, self.train_accuracy, self.val_loss, self.val_accuracy):
             metric.reset_state()
-        batches = (
-            tf.data.Dataset.from_tensor_slices(epoch_order(self.config.seed, epoch, len(train)))
-            .batch(self.config.batch_size)
-            .map(lambda index: (tf.gather(self._train_images, index), tf.gather(self._train_labels, index)))
-            .prefetch(tf.data.AUTOTUNE)
-        )
         steps = -(-len(train) // self.config.batch_size)
         if self.verbose:
             print(f"Epoch {epoch + 1}/{self.config.epochs}")
         bar = keras.utils.Progbar(steps, verbose=self.verbose, stateful_metrics=["loss", "accuracy"])
-        for step, (images, labels) in enumerate(batches, start=1):
-            self._train_step(images, labels)
-            if self.verbose == 1 or step == steps:
-                bar.update(step, [("loss", self.train_loss.result()), ("accuracy", self.train_accuracy.result())])
-        for images, labels in self._val_data:
-            self._val_step(images, labels)
+        self._train_epoch(self._epoch_batches(epoch, len(train)))
+        bar.update(steps, [("loss", self.train_loss.result()), ("accuracy", self.train_accuracy.result())])
+        self._val_epoch(self._val_data)
         metrics = {
             "loss": self.train_loss.result(),
             "accuracy": self.train_accuracy.result(),
@@ -196,9 +350,24 @@ class TapeTrainer(Trainer):
         return metrics
 
 
+def _sums(losses, labels, probs):
+    """A replica's sums: loss, correct predictions and images."""
+    predicted = tf.argmax(probs, axis=-1, output_type=labels.dtype)
+    correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
+    return tf.reduce_sum(tf.cast(losses, tf.float32)), correct, tf.cast(tf.shape(labels)[0], tf.float32)
+
+
+def _update(strategy, sums, loss_metric, accuracy_metric) -> None:
+    """Add the replicas' sums to a loss and an accuracy Mean, weighted by images."""
+    loss_sum, correct, count = (strategy.reduce("SUM", value, axis=None) for value in sums)
+    loss_metric.update_state(tf.math.divide_no_nan(loss_sum, count), sample_weight=count)
+    accuracy_metric.update_state(tf.math.divide_no_nan(correct, count), sample_weight=count)
+
+
 TRAINERS = {"fit": FitTrainer, "tape": TapeTrainer}
 
 
-def make_trainer(name: str, model: keras.Model, config: Config, verbose: int | None = None) -> Trainer:
-    """The trainer called `name` ("fit" or "tape") for `model`."""
-    return TRAINERS[name](model, config, verbose=verbose)
+def make_trainer(name: str, model: keras.Model, config: Config, verbose: int | None = None,
+                 strategy: tf.distribute.Strategy | None = None) -> Trainer:
+    """The trainer called `name` ("fit" or "tape") for `model`, built under `strategy`'s scope (default: one device)."""
+    return TRAINERS[name](model, config, verbose=verbose, strategy=strategy)

@@ -167,3 +167,26 @@ def run_invoke(*args: str, cwd=ROOT, env=None, timeout=600) -> subprocess.Comple
 def invoke_cli():
     """The `run_invoke` helper: call it with invoke's arguments, get a CompletedProcess."""
     return run_invoke
+
+
+@pytest.fixture(scope="session")
+def fashion_lab(tmp_path_factory, fashion_source):
+    """A data folder holding Fashion-MNIST imported through `invoke data --from`, beside an empty runs folder."""
+    root = tmp_path_factory.mktemp("lab")
+    result = run_invoke("data", "--dataset", "fashion_mnist", "--from", str(fashion_source), "--data-dir", str(root / "data"))
+    assert result.returncode == 0, result.stderr
+    assert "4 file(s) verified" in result.stdout
+    return root
+
+
+def train_fashion(lab: Path, *args: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """`invoke train` on the lab's Fashion-MNIST; returns (run folder, finished process)."""
+    result = run_invoke("train", "--dataset", "fashion_mnist", "--data-dir", str(lab / "data"),
+                        "--runs-dir", str(lab / "runs"), *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_folder_from(result.stdout), result
+
+
+def run_folder_from(stdout: str) -> Path:
+    """The run folder a training printed ('Run folder: PATH')."""
+    return Path([line.split(": ", 1)[1] for line in stdout.splitlines() if line.startswith("Run folder: ")][-1])

@@ -5,29 +5,18 @@ import json
 import matplotlib.image
 import pytest
 
-from conftest import run_invoke
+from conftest import run_invoke, train_fashion
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory, fashion_source):
-    """A data folder holding the imported Fashion-MNIST, and an empty runs folder."""
-    root = tmp_path_factory.mktemp("lab")
-    result = run_invoke("data", "--dataset", "fashion_mnist", "--from", str(fashion_source), "--data-dir", str(root / "data"))
-    assert result.returncode == 0, result.stderr
-    assert "4 file(s) verified" in result.stdout
-    return root
+@pytest.fixture
+def lab(fashion_lab):
+    return fashion_lab
 
 
 def _train(lab, *args):
-    result = run_invoke("train", "--dataset", "fashion_mnist", "--data-dir", str(lab / "data"),
-                        "--runs-dir", str(lab / "runs"), *args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("Run folder: ")][-1]
-    from pathlib import Path
-
-    return Path(run_dir), result
+    return train_fashion(lab, *args)
 
 
 @pytest.mark.parametrize("trainer", ["fit", "tape"])

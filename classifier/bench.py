@@ -1,0 +1,276 @@
+"""Benchmarks: the lecture's own script against the lab's `fit` and `tape` trainers.
+
+Every measurement runs in its own child process (so peak memory is each
+one's own), on the same Fashion-MNIST files, the same network and the same
+hyperparameters. The first epoch (tracing, warm-up) is left out of the
+throughput; each figure is the median over the repeats; ratios are against
+the reference measured in the same run.
+
+    invoke bench --limit 6000 --epochs 2 --repeats 3
+    python -m classifier.bench --limit 6000 --epochs 2 --repeats 3 --output benchmarks/results/latest
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from classifier import config as config_module
+from classifier.config import PROJECT_ROOT, UserError, make_config
+
+REFERENCE_SCRIPT = PROJECT_ROOT / "benchmarks" / "lecture_reference.py"
+SUBJECTS = ("reference", "fit", "tape")
+DEFAULT_OUTPUT = "benchmarks/results/latest"
+
+# Columns of the table: (key in a summary, heading, format).
+_COLUMNS = (
+    ("train_images_per_second", "train images/s", "{:,.0f}"),
+    ("train_speedup", "train ratio", "{:.2f}x"),
+    ("eval_images_per_second", "eval images/s", "{:,.0f}"),
+    ("eval_speedup", "eval ratio", "{:.2f}x"),
+    ("seconds_per_epoch", "s/epoch", "{:.2f}"),
+    ("first_epoch_seconds", "first epoch s", "{:.2f}"),
+    ("peak_rss_mib", "peak RSS MiB", "{:,.0f}"),
+    ("test_accuracy", "test accuracy", "{:.4f}"),
+)
+
+
+def run_benchmark(limit: int = 6000, epochs: int = 2, repeats: int = 3, output: str = DEFAULT_OUTPUT,
+                  data_dir: str = "", seed: int = 42, subjects: tuple[str, ...] = SUBJECTS) -> dict:
+    """Measure the reference and the lab's trainers, then write OUTPUT.json and OUTPUT.md.
+
+    Args:
+        limit: train on the first N Fashion-MNIST training images (0: all 60,000).
+        epochs: epochs per measurement, at least 2: the first one is warm-up.
+        repeats: measurements per subject; the table shows their median.
+        output: path without suffix for the .json and .md results.
+        data_dir: dataset cache holding fashion_mnist/ ("" as for `invoke train`).
+        seed: the seed every subject uses.
+        subjects: any of "reference", "fit", "tape"; ratios need "reference".
+
+    Returns:
+        {"machine", "settings", "summary", "measurements"}, as written to OUTPUT.json.
+    """
+    if epochs < 2:
+        raise UserError(f"epochs must be at least 2 (the first epoch is warm-up and not measured), got {epochs}")
+    if repeats < 1:
+        raise UserError(f"repeats must be at least 1, got {repeats}")
+    for subject in subjects:
+        if subject not in SUBJECTS:
+            raise UserError(f"unknown benchmark subject {subject!r}; accepted: {', '.join(SUBJECTS)}")
+    # Validates limit and data_dir the way `invoke train` does, and checks the files before minutes of work.
+    config = make_config(dataset="fashion_mnist", limit=limit or None, epochs=epochs, seed=seed, data_dir=data_dir)
+    root = config_module.data_dir(config)
+    from classifier.data import get_dataset
+    from classifier.download import problems
+
+    if found := problems(get_dataset("fashion_mnist"), root):
+        raise UserError(f"Fashion-MNIST is not ready in {root}: {found[0]}; run: invoke data --dataset fashion_mnist")
+
+    measurements: dict[str, list[dict]] = {subject: [] for subject in subjects}
+    # Interleaved (reference, fit, tape, reference, ...) so that a slow spell of
+    # the machine falls on every subject rather than on one.
+    for repeat in range(repeats):
+        for subject in subjects:
+            print(f"[bench] repeat {repeat + 1}/{repeats}: {subject}", flush=True)
+            measurements[subject].append(_measure_in_child(subject, limit, epochs, str(root), seed))
+    results = {
+        "machine": machine_description(),
+        "settings": {"dataset": "fashion_mnist", "limit": limit or None, "epochs": epochs, "repeats": repeats,
+                     "seed": seed, "batch_size": config.batch_size, "eval_batch_size_lab": config.eval_batch_size},
+        "summary": summarise(measurements),
+        "measurements": measurements,
+    }
+    target = Path(output)
+    if not target.is_absolute():
+        target = PROJECT_ROOT / target
+    _write_atomically(target.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
+    _write_atomically(target.with_suffix(".md"), markdown_report(results))
+    print(markdown_table(results["summary"]))
+    print(f"[bench] wrote {target.with_suffix('.json')} and {target.with_suffix('.md')}")
+    return results
+
+
+def _measure_in_child(subject: str, limit: int, epochs: int, data_root: str, seed: int) -> dict:
+    """One measurement in a fresh Python process; returns what it wrote as JSON."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as folder:
+        result_path = Path(folder) / "result.json"
+        common = ["--limit", str(limit), "--epochs", str(epochs), "--seed", str(seed), "--json", str(result_path)]
+        if subject == "reference":
+            command = [sys.executable, str(REFERENCE_SCRIPT), "--data-dir", data_root, *common]
+        else:
+            command = [sys.executable, "-m", "classifier.bench", "--child", subject, "--data-dir", data_root, *common]
+        completed = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True)
+        if completed.returncode != 0 or not result_path.exists():
+            raise UserError(f"benchmark of {subject} failed (exit {completed.returncode}): "
+                            f"{completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else 'no output'}")
+        return json.loads(result_path.read_text())
+
+
+def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: str, seed: int = 42) -> dict:
+    """Train and evaluate the lecture's network with the lab's trainer as `invoke train` does.
+
+    Returns:
+        {"train_images", "epoch_seconds", "train_seconds", "eval_images", "eval_seconds",
+         "test_accuracy", "val_accuracy", "peak_rss_mib"}.
+    """
+    import time
+
+    from classifier.evaluate import evaluate
+    from classifier.models import build_model
+    from classifier.pipeline import load_dataset
+    from classifier.runtime import gpu_config, seed_everything
+    from classifier.train import make_trainer
+
+    config = make_config(dataset="fashion_mnist", trainer=trainer_name, limit=limit or None, epochs=epochs,
+                         seed=seed, data_dir=data_dir)
+    gpu_config()
+    seed_everything(config.seed, config.deterministic)
+    dataset, (train, val, test), _ = load_dataset(config)
+    model = build_model(config.model, dataset.image_shape, len(dataset.class_names))
+    trainer = make_trainer(trainer_name, model, config, verbose=0)
+    start = time.perf_counter()
+    history = trainer.train(train, val)
+    train_seconds = time.perf_counter() - start
+    direct = trainer_name == "tape"
+    # As in the reference: the first evaluation traces, the second is measured.
+    evaluate(model, test, len(dataset.class_names), config.eval_batch_size, direct=direct)
+    start = time.perf_counter()
+    metrics = evaluate(model, test, len(dataset.class_names), config.eval_batch_size, direct=direct)
+    eval_seconds = time.perf_counter() - start
+    return {
+        "train_images": len(train),
+        "epoch_seconds": trainer.epoch_seconds,
+        "train_seconds": train_seconds,
+        "eval_images": len(test),
+        "eval_seconds": eval_seconds,
+        "test_accuracy": metrics["accuracy"],
+        "val_accuracy": history["val_accuracy"][-1],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def summarise(measurements: dict[str, list[dict]]) -> dict[str, dict]:
+    """Median figures per subject, warm-up epoch left out, with ratios to "reference".
+
+    Args:
+        measurements: subject -> list of what one child process measured.
+
+    Returns:
+        subject -> {"train_images_per_second", "eval_images_per_second", "seconds_per_epoch",
+        "first_epoch_seconds", "peak_rss_mib", "test_accuracy", "repeats", and, when a
+        reference was measured, "train_speedup" and "eval_speedup" (lab / reference)}.
+    """
+    summary = {}
+    for subject, runs in measurements.items():
+        # Each run's steady epoch time: the median of its epochs after the first.
+        steady = [statistics.median(run["epoch_seconds"][1:]) for run in runs]
+        summary[subject] = {
+            "seconds_per_epoch": statistics.median(steady),
+            "train_images_per_second": statistics.median(run["train_images"] / s for run, s in zip(runs, steady)),
+            "first_epoch_seconds": statistics.median(run["epoch_seconds"][0] for run in runs),
+            "eval_images_per_second": statistics.median(run["eval_images"] / run["eval_seconds"] for run in runs),
+            "peak_rss_mib": statistics.median(run["peak_rss_mib"] for run in runs),
+            "test_accuracy": statistics.median(run["test_accuracy"] for run in runs),
+            "repeats": len(runs),
+        }
+    if "reference" in summary:
+        base = summary["reference"]
+        for figures in summary.values():
+            figures["train_speedup"] = figures["train_images_per_second"] / base["train_images_per_second"]
+            figures["eval_speedup"] = figures["eval_images_per_second"] / base["eval_images_per_second"]
+    return summary
+
+
+def markdown_table(summary: dict[str, dict]) -> str:
+    """The summary as a Markdown table, one row per subject."""
+    columns = [column for column in _COLUMNS if all(column[0] in figures for figures in summary.values())]
+    lines = ["| subject | " + " | ".join(heading for _, heading, _ in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for subject, figures in summary.items():
+        cells = [fmt.format(figures[key]) for key, _, fmt in columns]
+        lines.append(f"| {subject} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(results: dict) -> str:
+    """The table with the machine and settings it was measured with."""
+    machine, settings = results["machine"], results["settings"]
+    limit = settings["limit"] or "all 60,000"
+    return (
+        "# Benchmark: lecture reference vs the lab's trainers\n\n"
+        f"Fashion-MNIST, first {limit} training images (80% train, 20% validation), "
+        f"{settings['epochs']} epochs of which the first is warm-up, median of {settings['repeats']} "
+        f"repeat(s), batch {settings['batch_size']}, seed {settings['seed']}. "
+        "Images/s counts the training images per steady epoch (training plus validation); "
+        "eval images/s is the whole test-set evaluation (the reference: `evaluate` and `predict` at batch 32; "
+        f"the lab: `classifier.evaluate.evaluate` at batch {settings['eval_batch_size_lab']}). "
+        "Ratios are lab / reference, measured in the same run.\n\n"
+        + markdown_table(results["summary"])
+        + f"\nMachine: {machine['cpu']}, {machine['cores']} cores, TensorFlow {machine['tensorflow']} "
+        f"({machine['tensorflow_build']}), Keras {machine['keras']}, Python {machine['python']}, "
+        f"devices {', '.join(machine['devices'])}.\n"
+    )
+
+
+def machine_description() -> dict:
+    """CPU, cores, TensorFlow build and devices of this machine."""
+    import keras
+    import tensorflow as tf
+
+    from classifier.runs import _cpu_model
+
+    build = tf.sysconfig.get_build_info()
+    cuda = build.get("cuda_version") if build.get("is_cuda_build") else None
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "tensorflow_build": f"CUDA {cuda}" if cuda else "CPU build",
+        "keras": keras.__version__,
+        "devices": [device.name for device in tf.config.list_physical_devices()],
+    }
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".tmp-{path.name}")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m classifier.bench`: the whole benchmark, or (with --child) one measurement."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Benchmark the lecture's script against the lab's trainers.")
+    parser.add_argument("--limit", type=int, default=6000, help="first N training images (0: all)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per measurement; the first is warm-up")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per subject (median shown)")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="results path without suffix")
+    parser.add_argument("--data-dir", default="", help="dataset cache")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--child", choices=("fit", "tape"), help=argparse.SUPPRESS)
+    parser.add_argument("--json", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        if args.child:
+            result = measure_lab_trainer(args.child, args.limit, args.epochs, args.data_dir, args.seed)
+            Path(args.json).write_text(json.dumps(result))
+        else:
+            run_benchmark(args.limit, args.epochs, args.repeats, args.output, args.data_dir, args.seed)
+    except UserError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""`invoke doctor`: check the environment and say, for each problem, how to fix it.
+
+    invoke doctor              # exit 0 when nothing is broken, 1 otherwise
+
+Works on the host, in the container and in CI. A check is OK, INFO (worth
+knowing, e.g. no GPU), WARN (something is missing that a task will need) or
+FAIL (broken: training or the tests will not work as promised).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from classifier.config import PROJECT_ROOT
+
+OK, INFO, WARN, FAIL = "OK", "INFO", "WARN", "FAIL"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # OK, INFO, WARN or FAIL
+    detail: str
+    fix: str = ""
+
+
+def locked_versions(lock: Path) -> dict[str, str]:
+    """{package: version} from a hash-locked requirements file."""
+    pins = {}
+    for line in lock.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", line)
+        if match:
+            pins[match.group(1).lower().replace("_", "-")] = match.group(2)
+    return pins
+
+
+def check_versions(lock_dir: Path = PROJECT_ROOT / "requirements") -> list[Check]:
+    """Python, TensorFlow and Keras against the lock file of the installed variant."""
+    checks = []
+    python = platform.python_version()
+    status = OK if sys.version_info[:2] == (3, 11) else WARN
+    checks.append(Check("python", status, python, "" if status == OK else "the locks are made for Python 3.11"))
+    variant = "gpu" if _installed("tensorflow") and not _installed("tensorflow-cpu") else "cpu"
+    lock = lock_dir / f"{variant}.lock"
+    if not lock.is_file():
+        return checks + [Check("lock file", FAIL, f"{lock} is missing", "restore it from git: git checkout requirements/")]
+    pins = locked_versions(lock)
+    fix = f"reinstall from the lock: pip install --require-hashes -r requirements/{variant}.lock (or ./setup.sh)"
+    for package in ("tensorflow-cpu" if variant == "cpu" else "tensorflow", "keras", "numpy"):
+        installed, wanted = _installed(package), pins.get(package)
+        if installed is None:
+            checks.append(Check(package, FAIL, f"not installed (lock: {wanted})", fix))
+        elif wanted and installed != wanted:
+            checks.append(Check(package, FAIL, f"{installed} installed, lock says {wanted}", fix))
+        else:
+            checks.append(Check(package, OK, f"{installed} (as locked)"))
+    return checks
+
+
+def _installed(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_tensorflow() -> list[Check]:
+    """GPUs, CUDA/cuDNN build, memory growth, and a Conv2D forward and backward pass per device."""
+    import tensorflow as tf
+
+    from classifier.runtime import gpu_config
+
+    checks = []
+    build = tf.sysconfig.get_build_info()
+    cuda = build.get("cuda_version")
+    checks.append(Check("tensorflow build", INFO,
+                        f"CUDA {cuda}, cuDNN {build.get('cudnn_version')}" if build.get("is_cuda_build") else "CPU-only build"))
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        gpu_config()
+        checks.append(Check("gpus", OK, ", ".join(gpu.name for gpu in gpus)))
+        for gpu in gpus:
+            growth = tf.config.experimental.get_memory_growth(gpu)
+            checks.append(Check(f"memory growth {gpu.name}", OK if growth else WARN, "on" if growth else "off",
+                                "" if growth else "set TF_FORCE_GPU_ALLOW_GROWTH=true or call gpu_config() first"))
+    elif shutil.which("nvidia-smi") and build.get("is_cuda_build"):
+        checks.append(Check("gpus", FAIL, "nvidia-smi sees a GPU but TensorFlow does not",
+                            "run the container with --gpus all (compose: deploy.resources.reservations.devices); "
+                            "outside it, install the gpu lock: LAB_VARIANT=gpu ./setup.sh"))
+    else:
+        checks.append(Check("gpus", INFO, "none visible: training runs on the CPU"))
+    for device in [d.name for d in tf.config.list_logical_devices() if d.device_type in ("CPU", "GPU")]:
+        checks.append(_conv2d_check(tf, device))
+    return checks
+
+
+def _conv2d_check(tf, device: str) -> Check:
+    """The lecture's 'No algorithm worked!' shows up on the first Conv2D: run one, both ways."""
+    try:
+        with tf.device(device):
+            images = tf.random.stateless_uniform((2, 16, 16, 3), seed=(1, 2))
+            kernel = tf.Variable(tf.random.stateless_normal((3, 3, 3, 4), seed=(3, 4)))
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.nn.conv2d(images, kernel, strides=1, padding="SAME") ** 2)
+            gradient = tape.gradient(loss, kernel)
+            if not bool(tf.reduce_all(tf.math.is_finite(gradient))):
+                raise RuntimeError("the gradient is not finite")
+    except Exception as error:  # noqa: BLE001 - any failure here is the finding
+        return Check(f"conv2d {device}", FAIL, str(error).splitlines()[0][:160],
+                     "turn on GPU memory growth (TF_FORCE_GPU_ALLOW_GROWTH=true) and check that the driver "
+                     "supports the CUDA version TensorFlow was built with (nvidia-smi)")
+    return Check(f"conv2d {device}", OK, "forward and backward pass ran")
+
+
+def check_graphviz() -> Check:
+    from classifier.report import graphviz_missing
+
+    why = graphviz_missing()
+    if why:
+        return Check("graphviz", FAIL, why, "apt-get install graphviz (the container has it)")
+    return Check("graphviz", OK, shutil.which("dot"))
+
+
+def check_datasets(data_dir: Path) -> list[Check]:
+    """Each registered dataset: absent (fine), verified, or damaged (with the fix)."""
+    from classifier.data import DATASETS
+    from classifier.download import dataset_folder, problems
+
+    checks = []
+    for dataset in DATASETS.values():
+        folder = dataset_folder(dataset, data_dir)
+        present = [f for f in dataset.files if (folder / f.name).exists()]
+        if not present:
+            checks.append(Check(f"data {dataset.name}", INFO, f"not in {data_dir}",
+                                f"invoke data --dataset {dataset.name} when you need it"))
+            continue
+        found = problems(dataset, data_dir)
+        if found:
+            checks.append(Check(f"data {dataset.name}", FAIL, "; ".join(found),
+                                f"invoke data --dataset {dataset.name} (replaces damaged files with verified ones), "
+                                f"or --from PATH for a copy on disk"))
+        else:
+            checks.append(Check(f"data {dataset.name}", OK, f"{len(dataset.files)} file(s) verified in {folder}"))
+    return checks
+
+
+def check_disk(*folders: Path, warn_below_gb: float = 2.0, fail_below_gb: float = 0.2) -> list[Check]:
+    checks = []
+    for folder in folders:
+        existing = next((p for p in [Path(folder), *Path(folder).parents] if p.exists()), Path("/"))
+        free = shutil.disk_usage(existing).free / 1e9
+        status = FAIL if free < fail_below_gb else WARN if free < warn_below_gb else OK
+        checks.append(Check(f"disk {folder}", status, f"{free:.1f} GB free",
+                            "" if status == OK else "free space: old runs/ folders and data/ are safe to move"))
+    return checks
+
+
+def in_container() -> bool:
+    # The lab image sets LAB_IMAGE; /.dockerenv would also match CI sandboxes that are containers.
+    return bool(os.environ.get("LAB_IMAGE"))
+
+
+def check_host_docker() -> list[Check]:
+    """Docker, Compose v2 and the NVIDIA runtime, for running the lab container (host only)."""
+    if in_container():
+        return [Check("container", INFO, f"inside the lab container {os.environ['LAB_IMAGE']}")]
+    checks = []
+    docker = shutil.which("docker")
+    if not docker:
+        return [Check("docker", WARN, "not installed", "install Docker Engine to use the lab container")]
+    compose = _run([docker, "compose", "version"])
+    checks.append(Check("docker compose v2", OK if compose else WARN, compose or "missing",
+                        "" if compose else "install the docker-compose-plugin (Compose v2)"))
+    info = _run([docker, "info", "--format", "{{json .Runtimes}}"])
+    if info is None:
+        checks.append(Check("docker engine", WARN, "not reachable", "start it: sudo systemctl start docker"))
+    else:
+        nvidia = "nvidia" in info
+        checks.append(Check("nvidia runtime", OK if nvidia else INFO, "present" if nvidia else "absent",
+                            "" if nvidia else "for the GPU image install the NVIDIA Container Toolkit "
+                            "and run: sudo nvidia-ctk runtime configure --runtime=docker"))
+    return checks
+
+
+def _run(command: list[str]) -> str | None:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip().splitlines()[0] if result.returncode == 0 and result.stdout.strip() else None
+
+
+def diagnose(data_dir: Path, runs_dir: Path) -> list[Check]:
+    """Every check, in the order a person would fix them."""
+    return [
+        *check_versions(),
+        *check_tensorflow(),
+        check_graphviz(),
+        *check_datasets(data_dir),
+        *check_disk(data_dir, runs_dir),
+        *check_host_docker(),
+    ]
+
+
+def report(checks: list[Check]) -> bool:
+    """Print the checks as a table; True when none failed."""
+    width = max(len(check.name) for check in checks)
+    for check in checks:
+        print(f"{check.status:<4}  {check.name:<{width}}  {check.detail}")
+        if check.fix and check.status in (WARN, FAIL):
+            print(f"      {'':<{width}}  fix: {check.fix}")
+    failed = [check for check in checks if check.status == FAIL]
+    print(f"\n{len(failed)} problem(s) found" if failed else "\nno problems found")
+    return not failed

@@ -1,0 +1,84 @@
+"""Re-run a finished run from its manifest and say whether it came out the same.
+
+    invoke reproduce runs/20261126-231502-fashion_mnist-sequential_add-fit
+
+What is promised: on the same hardware and software, the rerun's metrics and
+final weights are bit-identical. Where the environment differs from the one
+the manifest recorded, the differences are listed before the rerun starts,
+since any of them may change the numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from classifier.config import UserError, make_config
+from classifier.runs import environment_record, read_json
+
+# Keys of environment_record() whose change can change the numbers, in the order shown.
+_COMPARED = ("python", "tensorflow", "tensorflow_build", "cpu", "cpu_count", "devices", "numerics_env",
+             "container_image", "git")
+_METRICS = ("loss", "accuracy", "argmax_accuracy")
+
+
+def environment_differences(recorded: dict, current: dict) -> list[str]:
+    """One line per difference between a manifest's environment and this one."""
+    lines = []
+    for key in _COMPARED:
+        before, now = recorded.get(key), current.get(key)
+        if before != now:
+            lines.append(f"{key}: {before} -> {now}")
+    old_packages, new_packages = recorded.get("packages", {}), current.get("packages", {})
+    for name in sorted(set(old_packages) | set(new_packages)):
+        if old_packages.get(name) != new_packages.get(name):
+            lines.append(f"package {name}: {old_packages.get(name, 'absent')} -> {new_packages.get(name, 'absent')}")
+    return lines
+
+
+def load_finished_run(run_dir: Path) -> tuple[dict, dict]:
+    """(manifest, metrics) of a complete run; UserError for anything else."""
+    run_dir = Path(run_dir)
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise UserError(f"{run_dir} is not a run folder (no manifest.json in it)")
+    manifest = read_json(manifest_path)
+    if manifest.get("status") != "complete" or not (run_dir / "metrics.json").is_file():
+        raise UserError(f"{run_dir} did not finish (status {manifest.get('status')!r}); "
+                        f"finish it with: invoke train --resume {run_dir}")
+    return manifest, read_json(run_dir / "metrics.json")
+
+
+def reproduce(run_dir: str, runs_dir: str = "") -> bool:
+    """Re-run `run_dir` with its recorded config and compare; True when identical.
+
+    Args:
+        run_dir: a complete run folder.
+        runs_dir: where the rerun's folder goes (default: beside the original).
+
+    Returns:
+        Whether every compared metric and the weights hash are bit-identical.
+    """
+    from classifier.pipeline import train_command
+
+    original = Path(run_dir)
+    manifest, metrics = load_finished_run(original)
+    differences = environment_differences(manifest.get("environment", {}), environment_record())
+    if differences:
+        print("The environment differs from the one recorded; the numbers may differ because of:")
+        for line in differences:
+            print(f"  {line}")
+    else:
+        print("Same environment as recorded: the rerun should be bit-identical.")
+    config = make_config(**{**manifest["config"], "runs_dir": runs_dir or str(original.parent)})
+    rerun = train_command(config)
+    rerun_manifest, rerun_metrics = load_finished_run(rerun)
+
+    rows = [(key, metrics[key], rerun_metrics[key]) for key in _METRICS]
+    rows.append(("weights_sha256", manifest["weights_sha256"], rerun_manifest["weights_sha256"]))
+    width = max(len(str(value)) for _, value, _ in rows)
+    print(f"\n{'':16} {'original':<{width}}  {'rerun':<{width}}  same")
+    for key, before, after in rows:
+        print(f"{key:16} {str(before):<{width}}  {str(after):<{width}}  {'yes' if before == after else 'NO'}")
+    identical = all(before == after for _, before, after in rows)
+    print(f"\n{'IDENTICAL' if identical else 'DIFFERENT'}: {original} vs {rerun}")
+    return identical

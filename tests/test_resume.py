@@ -1,0 +1,87 @@
+"""A training stopped at any point resumes to the weights of one that never stopped."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, run_folder_from, run_invoke, train_fashion
+
+pytestmark = pytest.mark.slow
+
+ARGS = ("--limit", "2000", "--epochs", "3", "--seed", "11")
+
+
+def _start(lab, log, *args):
+    command = [sys.executable, "-m", "invoke", "train", "--dataset", "fashion_mnist", "--data-dir", str(lab / "data"),
+               "--runs-dir", str(lab / "runs"), *ARGS, *args]
+    return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_for_first_checkpoint(process, log_path, timeout=180):
+    """The run folder, once its first epoch is saved (the process is then inside epoch 2)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"exit {process.returncode}:\n{log_path.read_text()[-3000:]}"
+        text = log_path.read_text()
+        if "Run folder: " in text:
+            run_dir = run_folder_from(text)
+            state = run_dir / "checkpoint" / "state.json"
+            if state.exists() and json.loads(state.read_text())["epochs_done"] >= 1:
+                return run_dir
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint within {timeout} s:\n{log_path.read_text()[-2000:]}")
+
+
+def _weights(run_dir):
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    return manifest["weights_sha256"]
+
+
+@pytest.mark.parametrize("trainer", ["fit", "tape"])
+def test_sigkill_during_an_epoch_then_resume_is_bit_identical(fashion_lab, tmp_path, trainer):
+    reference, _ = train_fashion(fashion_lab, *ARGS, "--trainer", trainer)
+    log_path = tmp_path / "train.log"
+    with open(log_path, "w") as log:
+        process = _start(fashion_lab, log, "--trainer", trainer)
+        run_dir = _wait_for_first_checkpoint(process, log_path)
+        time.sleep(random.uniform(0.0, 0.5))  # somewhere inside the second epoch
+        assert process.poll() is None, "the run finished before it could be killed"
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "running"
+    result = run_invoke("train", "--resume", str(run_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Resuming" in result.stdout
+    assert _weights(run_dir) == _weights(reference)
+    assert json.loads((run_dir / "metrics.json").read_text()) == json.loads((reference / "metrics.json").read_text())
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(fashion_lab, tmp_path):
+    reference, _ = train_fashion(fashion_lab, *ARGS, "--trainer", "fit")
+    log_path = tmp_path / "train.log"
+    with open(log_path, "w") as log:
+        process = _start(fashion_lab, log, "--trainer", "fit")
+        run_dir = _wait_for_first_checkpoint(process, log_path)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    output = log_path.read_text()
+    assert f"continue with: invoke train --resume {run_dir}" in output
+    assert "Traceback" not in output
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
+    result = run_invoke("train", "--resume", str(run_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _weights(run_dir) == _weights(reference)
+
+
+def test_finished_run_cannot_be_resumed(fashion_lab):
+    finished, _ = train_fashion(fashion_lab, "--limit", "500", "--epochs", "1")
+    result = run_invoke("train", "--resume", str(finished))
+    assert result.returncode == 2
+    assert f"error: --resume {finished} has already finished" in result.stderr
