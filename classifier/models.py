@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import tensorflow as tf
 from tensorflow import keras
 from tensorflow.keras import layers
 
@@ -65,12 +66,14 @@ def fast_cnn(input_shape, num_classes: int, dtype_policy: str | None = None) -> 
     steps early in the one-cycle schedule; after the first one it would cost
     a third more time on a 2-core CPU for little gain (benchmarks/NOTES.md).
     The wider dense layer with more dropout uses the extra epochs that the
-    larger batch buys. `dtype_policy="mixed_bfloat16"` computes in bfloat16
+    larger batch buys. At inference it answers for each image and its mirror
+    image and averages the two (MirrorTwins, TwinAverage). `dtype_policy="mixed_bfloat16"` computes in bfloat16
     on a GPU; the softmax stays float32, so the loss is computed in float32.
     """
     policy = dtype_policy or keras.config.dtype_policy().name
     inputs = keras.Input(shape=input_shape, name="image")
-    x = layers.Conv2D(32, 3, padding="same", activation="relu", dtype=policy, name="conv1")(inputs)
+    x = MirrorTwins(name="mirror_twins")(inputs)
+    x = layers.Conv2D(32, 3, padding="same", activation="relu", dtype=policy, name="conv1")(x)
     x = layers.MaxPool2D(pool_size=(2, 2), dtype=policy, name="pooling1")(x)
     # No bias: batch normalization's beta does its job. Momentum 0.9 rather
     # than Keras' 0.99, so that the moving statistics keep up with a short run.
@@ -81,8 +84,35 @@ def fast_cnn(input_shape, num_classes: int, dtype_policy: str | None = None) -> 
     x = layers.Flatten(dtype=policy, name="flatten")(x)
     x = layers.Dense(256, activation="relu", dtype=policy, name="dense1")(x)
     x = layers.Dropout(0.4, dtype=policy, name="dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="dense2")(x)
+    x = layers.Dense(num_classes, activation="softmax", dtype="float32", name="dense2")(x)
+    outputs = TwinAverage(name="twin_average")(x)
     return keras.Model(inputs=inputs, outputs=outputs, name="fast-classifier")
+
+
+@keras.utils.register_keras_serializable(package="classifier")
+class MirrorTwins(layers.Layer):
+    """At inference, append every image's left-right mirror image to the batch; in training, pass through.
+
+    With TwinAverage at the end this is test-time augmentation: the model's
+    answer is the mean of its answers for an image and its mirror image,
+    which the fast recipe's training (random mirroring) has taught it to read.
+    """
+
+    def call(self, images, training=None):
+        if training:
+            return images
+        return tf.concat([images, tf.reverse(images, axis=[2])], axis=0)
+
+
+@keras.utils.register_keras_serializable(package="classifier")
+class TwinAverage(layers.Layer):
+    """At inference, average the probabilities of the two halves MirrorTwins made; in training, pass through."""
+
+    def call(self, probs, training=None):
+        if training:
+            return probs
+        half = tf.shape(probs)[0] // 2
+        return (probs[:half] + probs[half:]) / 2.0
 
 
 MODELS: dict[str, Callable[..., keras.Model]] = {

@@ -26,7 +26,12 @@ def environment_differences(recorded: dict, current: dict) -> list[str]:
     lines = []
     for key in _COMPARED:
         before, now = recorded.get(key), current.get(key)
-        if before != now:
+        if isinstance(before, dict) and isinstance(now, dict):
+            # Name only the entries that changed, e.g. numerics_env.TF_ENABLE_ONEDNN_OPTS.
+            for sub in sorted(set(before) | set(now)):
+                if before.get(sub) != now.get(sub):
+                    lines.append(f"{key}.{sub}: {before.get(sub)} -> {now.get(sub)}")
+        elif before != now:
             lines.append(f"{key}: {before} -> {now}")
     old_packages, new_packages = recorded.get("packages", {}), current.get("packages", {})
     for name in sorted(set(old_packages) | set(new_packages)):

@@ -6,7 +6,6 @@ lecturer needed to avoid cuDNN's "No algorithm worked!" on Conv2D.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 
@@ -67,7 +66,6 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     gives bit-identical weights; without them some GPU kernels (and reductions
     on several threads) may add up in a different order from run to run.
     """
-    os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
     np.random.seed(seed)
     keras.utils.set_random_seed(seed)
