@@ -14,7 +14,7 @@ from classifier.config import UserError
 
 _CONFIG_HELP = {
     "dataset": "cifar10 (default), cifar100, mnist or fashion_mnist",
-    "model": "sequential_add (default), sequential_list or functional",
+    "model": "sequential_add (default), sequential_list, functional (the lecture's network) or fast_cnn",
     "data_dir": "dataset cache (default: $CLASSIFIER_DATA_DIR or ./data)",
 }
 
@@ -28,6 +28,14 @@ def _run(function, *args, **kwargs):
         raise Exit(f"error: {error}", code=code) from None
     except KeyboardInterrupt:
         raise Exit("interrupted", code=130) from None
+
+
+def _int(flag: str, value: str) -> int:
+    """A whole-number flag; invoke itself would answer a typo with a traceback."""
+    try:
+        return int(value)
+    except ValueError:
+        raise Exit(f"error: --{flag} must be a whole number, got {value!r}", code=2) from None
 
 
 def _config(**overrides):
@@ -73,6 +81,21 @@ def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=Non
                      seed=seed, val_split=val_split, limit=limit, runs_dir=runs_dir, data_dir=data_dir,
                      recipe=recipe, strategy=strategy)
     _run(train_command, config, resume=resume)
+
+
+@task(help={
+    "limit": "benchmark on the first N Fashion-MNIST training images (default 12000)",
+    "epochs": "epochs per measurement, the first one a warm-up (default 3, at least 2)",
+    "repeats": "measurements per subject; the median is reported (default 3)",
+    "output": "path without suffix for the .json and .md results (default benchmarks/results/latest)",
+    "data_dir": _CONFIG_HELP["data_dir"],
+})
+def bench(c, limit="12000", epochs="3", repeats="3", output="benchmarks/results/latest", data_dir=""):
+    """Time the lecture's script against the lab's fit and tape trainers; write JSON and Markdown."""
+    from classifier.bench import run_benchmark
+
+    _run(run_benchmark, limit=_int("limit", limit), epochs=_int("epochs", epochs), repeats=_int("repeats", repeats),
+         output=output, data_dir=data_dir)
 
 
 @task(help={

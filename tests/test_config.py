@@ -34,7 +34,7 @@ def test_string_overrides_are_converted():
         ({"val_split": 0}, "val_split must be between 0 and 1 (exclusive), got 0.0"),
         ({"limit": 0}, "limit must be at least 1 (leave it out to train on every image), got 0"),
         ({"dataset": "imagenet"}, "unknown dataset 'imagenet'; accepted: cifar10, cifar100, mnist, fashion_mnist"),
-        ({"model": "resnet"}, "unknown model 'resnet'; accepted: sequential_add, sequential_list, functional"),
+        ({"model": "resnet"}, "unknown model 'resnet'; accepted: sequential_add, sequential_list, functional, fast_cnn"),
         ({"trainer": "sgd"}, "unknown trainer 'sgd'; accepted: fit, tape"),
         ({"colour": "red"}, "unknown config key 'colour'"),
     ],

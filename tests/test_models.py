@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from classifier.config import UserError
-from classifier.models import MODELS, build_model
+from classifier.models import LECTURE_MODELS, MODELS, build_model
 
 LECTURE_LAYERS = ["conv1", "pooling1", "conv2", "pooling2", "flatten", "dense1", "dropout", "dense2"]
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", LECTURE_MODELS)
 def test_every_way_builds_the_same_network(name):
     model = build_model(name, (32, 32, 3), 10)
     assert model.name == "tf-classifier"
@@ -27,6 +27,10 @@ def test_shapes_and_classes_come_from_the_data():
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_registry_holds_the_lecture_builds_and_the_fast_network():
+    assert set(LECTURE_MODELS) < set(MODELS) and "fast_cnn" in MODELS
+
+
 def test_unknown_model_lists_the_registry():
-    with pytest.raises(UserError, match="unknown model 'vgg'; accepted: sequential_add, sequential_list, functional"):
+    with pytest.raises(UserError, match="unknown model 'vgg'; accepted: sequential_add, sequential_list, functional, fast_cnn"):
         build_model("vgg", (28, 28, 1), 10)

@@ -12,7 +12,7 @@ def _listing(folder):
 def test_list_shows_every_task_with_a_description():
     result = run_invoke("--list")
     assert result.returncode == 0
-    for name in ("data", "train", "plot", "tensors", "test"):
+    for name in ("data", "train", "plot", "tensors", "test", "bench", "doctor", "reproduce"):
         assert f"  {name} " in result.stdout
     assert "Train a classifier" in result.stdout
 
@@ -37,7 +37,7 @@ def _assert_one_line_error(result, expected):
     [
         (["data", "--dataset", "imagenet"], "unknown dataset 'imagenet'; accepted: cifar10, cifar100, mnist, fashion_mnist"),
         (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-        (["train", "--model", "resnet"], "unknown model 'resnet'; accepted: sequential_add, sequential_list, functional"),
+        (["train", "--model", "resnet"], "unknown model 'resnet'; accepted: sequential_add, sequential_list, functional, fast_cnn"),
         (["train", "--trainer", "sgd"], "unknown trainer 'sgd'; accepted: fit, tape"),
         (["train", "--epochs", "0"], "epochs must be at least 1, got 0"),
         (["train", "--epochs", "two"], "epochs must be int, got 'two'"),
@@ -46,6 +46,10 @@ def _assert_one_line_error(result, expected):
         (["train", "--val-split", "1"], "val_split must be between 0 and 1 (exclusive), got 1.0"),
         (["train", "--resume", "/nonexistent/run"], "--resume /nonexistent/run is not a run folder"),
         (["plot", "--model", "vgg"], "unknown model 'vgg'"),
+        (["bench", "--limit", "abc"], "--limit must be a whole number, got 'abc'"),
+        (["bench", "--epochs", "1"], "epochs must be at least 2"),
+        (["train", "--recipe", "turbo"], "unknown recipe 'turbo'; accepted: lecture, fast"),
+        (["train", "--strategy", "tpu"], "unknown strategy 'tpu'; accepted: default, mirrored"),
         (["plot", "--output", "/nonexistent/folder/m.png"], "--output folder /nonexistent/folder does not exist"),
     ],
 )
