@@ -28,6 +28,11 @@ def _run(function, *args, **kwargs):
         raise Exit(f"error: {error}", code=code) from None
     except KeyboardInterrupt:
         raise Exit("interrupted", code=130) from None
+    except OSError as error:
+        # A full disk or a folder that vanished mid-run: every file is written
+        # under a temporary name first, so earlier runs and the cache are intact.
+        where = f"{error.filename}: " if error.filename else ""
+        raise Exit(f"error: {where}{error.strerror or error}", code=2) from None
 
 
 def _int(flag: str, value: str) -> int:

@@ -42,10 +42,22 @@ def test_training_writes_a_complete_run_folder(tiny_dataset, tmp_path, trainer):
     assert timings["train_images_per_second"] > 0
 
 
-def test_two_runs_get_two_folders(tiny_dataset, tmp_path):
+def test_trainings_started_at_the_same_moment_get_separate_folders(tiny_dataset, tmp_path):
+    import threading
+
     from classifier.runs import create_run_dir
 
     config = make_config(dataset="tiny")
-    first = create_run_dir(tmp_path, config)
-    second = create_run_dir(tmp_path, config)
-    assert first != second and first.is_dir() and second.is_dir()
+    barrier = threading.Barrier(8)
+    folders = []
+
+    def start():
+        barrier.wait()  # all eight claim a folder in the same instant
+        folders.append(create_run_dir(tmp_path, config))
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(folders)) == 8 and all(folder.is_dir() for folder in folders)

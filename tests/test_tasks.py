@@ -105,3 +105,19 @@ def test_tensors_task_runs():
     assert result.returncode == 0
     assert "Shape of tensor: (2, 2, 3)" in result.stdout
     assert "[None, 3]" in result.stdout
+
+
+def test_a_full_disk_is_one_line_not_a_traceback():
+    import errno
+
+    from invoke import Exit
+
+    import tasks
+
+    def write():
+        raise OSError(errno.ENOSPC, "No space left on device", "/lab/runs/x/model.keras")
+
+    with pytest.raises(Exit) as stopped:
+        tasks._run(write)
+    assert stopped.value.code == 2
+    assert stopped.value.message == "error: /lab/runs/x/model.keras: No space left on device"
