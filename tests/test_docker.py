@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from classifier import container
+from classifier import container as lab_container
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN_BASE = "classifier-lab-base:bookworm"
@@ -72,7 +72,7 @@ def lab_image(docker_engine) -> str:
     if not base and _docker("image", "inspect", STANDIN_BASE, check=False).returncode == 0:
         base = STANDIN_BASE
     started = time.perf_counter()
-    command = container.build_command(
+    command = lab_container.build_command(
         "cpu", tag=TEST_IMAGE, base_image=base, uid=TEST_UID, gid=TEST_GID, network="host"
     )
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
@@ -195,7 +195,7 @@ def test_compose_lab_turns_healthy_and_serves_jupyterlab_only_with_the_token(lab
     # What `invoke lab --variant cpu` does, with the test image, free ports and
     # a project name and .env of its own so a running lab is left alone.
     env_file = tmp_path / "lab.env"
-    settings = container.write_env_file("cpu", port=_free_port(), path=env_file)
+    settings = lab_container.write_env_file("cpu", port=_free_port(), path=env_file)
     tensorboard_port = _free_port()
     with env_file.open("a") as stream:
         stream.write(f"LAB_IMAGE={lab_image}\nTENSORBOARD_PORT={tensorboard_port}\n")
@@ -247,7 +247,7 @@ def test_source_only_change_reuses_the_dependency_layers(lab_image, tmp_path):
     ignored = shutil.ignore_patterns(".git", ".venv", "data", "runs", "__pycache__", ".pytest_cache", "*.egg-info")
     shutil.copytree(ROOT, context, ignore=ignored)
     (context / "classifier" / "_rebuild_probe.py").write_text("CHANGED = True\n")
-    command = container.build_command("cpu", tag=f"{TEST_IMAGE}-rebuild", uid=TEST_UID, gid=TEST_GID,
+    command = lab_container.build_command("cpu", tag=f"{TEST_IMAGE}-rebuild", uid=TEST_UID, gid=TEST_GID,
                                             network="host", base_image=_base_of(lab_image))
     started = time.perf_counter()
     result = subprocess.run(command, cwd=context, capture_output=True, text=True, timeout=900)
@@ -277,8 +277,8 @@ def _base_of(image: str) -> str | None:
 
 def _compose() -> list[str]:
     try:
-        return container.compose_command()
-    except container.ContainerError as error:
+        return lab_container.compose_command()
+    except lab_container.ContainerError as error:
         _unavailable(str(error))
 
 
@@ -313,7 +313,7 @@ def test_hadolint_passes():
 # The host-side helpers, without an engine.
 
 def test_build_command_passes_variant_ids_base_and_network():
-    command = container.build_command("cpu", uid=1234, gid=4321, base_image="stand-in:1", network="host")
+    command = lab_container.build_command("cpu", uid=1234, gid=4321, base_image="stand-in:1", network="host")
     assert command[:4] == ["docker", "build", "-f", "docker/Dockerfile"]
     assert {"VARIANT=cpu", "USER_UID=1234", "USER_GID=4321", "BASE_IMAGE=stand-in:1"} <= set(command)
     assert command[command.index("-t") + 1] == "classifier-lab:cpu"
@@ -321,27 +321,27 @@ def test_build_command_passes_variant_ids_base_and_network():
 
 
 def test_unknown_variant_is_refused_with_the_accepted_ones():
-    with pytest.raises(container.ContainerError, match="'tpu'.*gpu, cpu"):
-        container.build_command("tpu")
+    with pytest.raises(lab_container.ContainerError, match="'tpu'.*gpu, cpu"):
+        lab_container.build_command("tpu")
 
 
 def test_env_file_gets_a_token_once_and_keeps_other_settings(tmp_path):
     env_file = tmp_path / ".env"
     env_file.write_text("MY_SETTING=1\nJUPYTER_TOKEN=\n")
-    first = container.write_env_file("cpu", port=9999, path=env_file)
+    first = lab_container.write_env_file("cpu", port=9999, path=env_file)
     assert len(first["JUPYTER_TOKEN"]) >= 32
     assert first["COMPOSE_FILE"] == "docker-compose.cpu.yml" and first["LAB_PORT"] == "9999"
     assert int(first["LAB_UID"]) != 0 and int(first["LAB_GID"]) != 0
-    second = container.write_env_file("gpu", path=env_file)
+    second = lab_container.write_env_file("gpu", path=env_file)
     assert second["JUPYTER_TOKEN"] == first["JUPYTER_TOKEN"]
     assert second["COMPOSE_FILE"] == "docker-compose.yml"
     assert "MY_SETTING=1" in env_file.read_text()
     assert env_file.stat().st_mode & 0o777 == 0o600
-    assert container.lab_url(second).endswith(f"/lab?token={first['JUPYTER_TOKEN']}")
+    assert lab_container.lab_url(second).endswith(f"/lab?token={first['JUPYTER_TOKEN']}")
 
 
 def test_lock_commands_match_the_lock_files_headers():
-    for command in container.lock_commands():
+    for command in lab_container.lock_commands():
         lock_file = ROOT / command[-1]
         header = lock_file.read_text().splitlines()[1]
         recorded = header.split("uv ", 1)[1].split()
