@@ -243,7 +243,7 @@ def prepare(arrays, limit: int | None = None, val_split: float = 0.2) -> tuple[S
     (train_images, train_labels), (test_images, test_labels) = arrays
     if limit:
         if limit > len(train_labels):
-            raise UserError(f"limit {limit} is larger than the {len(train_labels)} training images; use 1 to {len(train_labels)} or 0 for all")
+            raise UserError(f"limit {limit} is larger than the {len(train_labels)} training images; use 1 to {len(train_labels)}, or leave --limit out for all")
         train_images, train_labels = train_images[:limit], train_labels[:limit]
     cut = int(round(len(train_labels) * (1.0 - val_split)))
     if cut < 1 or cut >= len(train_labels):

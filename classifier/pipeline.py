@@ -74,15 +74,16 @@ def train_command(config: Config, resume: str = "", verbose: int | None = None) 
     # Like the lecture's keras.datasets loaders, the first run downloads what is missing.
     if problems(dataset, config_module.data_dir(config)):
         fetch(dataset, config_module.data_dir(config))
-    if not resume:
-        run_dir = create_run_dir(config_module.runs_dir(config), config)
-        write_json(run_dir / "config.json", to_dict(config))
-    print(f"Run folder: {run_dir}")
 
     gpus = gpu_config()
     seed_everything(config.seed, config.deterministic)
     with DurationTime("load data") as load_timer:
         dataset, (train, val, test), hashes = load_dataset(config)
+    # Claimed only now: a --limit or --val-split that does not fit the data leaves no run folder behind.
+    if not resume:
+        run_dir = create_run_dir(config_module.runs_dir(config), config)
+        write_json(run_dir / "config.json", to_dict(config))
+    print(f"Run folder: {run_dir}")
     manifest = {
         "status": "running",
         "seed": config.seed,

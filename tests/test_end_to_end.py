@@ -56,7 +56,7 @@ def test_limit_larger_than_the_data(lab):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error: limit 70000 is larger than the 60000 training images" in result.stderr
     after = sorted(p.name for p in (lab / "runs").iterdir()) if (lab / "runs").exists() else []
-    assert len(after) <= len(before) + 1
+    assert after == before, "a refused run must leave no run folder behind"
 
 
 def test_runs_folder_that_cannot_be_written(lab, tmp_path):
