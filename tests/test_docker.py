@@ -31,6 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 STANDIN_BASE = "classifier-lab-base:bookworm"
 TEST_IMAGE = "classifier-lab:test-cpu"
 IN_CI = os.environ.get("CI") == "true"
+# On the vfs storage driver (CI) creating a container copies the whole 2.2 GB
+# image, which can outlast docker-compose's default 60 s read timeout.
+os.environ.setdefault("COMPOSE_HTTP_TIMEOUT", "600")
+os.environ.setdefault("DOCKER_CLIENT_TIMEOUT", "600")
 # The host user the test plays: the real one, or 1234 when the tests run as
 # root (as in CI), since the lab never runs as root.
 TEST_UID, TEST_GID = (os.getuid(), os.getgid()) if os.getuid() != 0 else (1234, 1234)
