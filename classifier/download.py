@@ -71,7 +71,7 @@ def _diagnose(path: Path, expected: DataFile) -> str:
     size = path.stat().st_size
     with open(path, "rb") as stream:
         head = stream.read(512).lstrip().lower()
-    if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<")):
+    if head.startswith(b"<"):  # <!DOCTYPE html>, <html>, <?xml ...>: no archive starts with "<"
         return "is an HTML/XML page (an error page from the server?), not the published archive"
     if size < expected.size:
         return f"is truncated: {size} of {expected.size} bytes (an interrupted download or copy?)"

@@ -8,6 +8,7 @@ prints as one line with a non-zero exit.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pprint
 from pathlib import Path
@@ -153,8 +154,6 @@ def _images_per_second(num_images: int, epoch_seconds: list[float]) -> float | N
 
 def weights_hash(model) -> str:
     """SHA-256 over every weight's bytes, in order: equal hashes mean bit-identical models."""
-    import hashlib
-
     digest = hashlib.sha256()
     for weight in model.get_weights():
         digest.update(np.ascontiguousarray(weight).tobytes())
