@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up the lab outside the container: graphviz (for the model picture) and
-# a virtual environment in .venv installed from the hash-locked requirements.
+# a virtual environment in .venv installed from the hash-locked requirements
+# (TensorFlow, then the lab's JupyterLab, notebook runner and TensorBoard).
 #
 #   ./setup.sh                 # CPU TensorFlow (laptops, CI)
 #   LAB_VARIANT=gpu ./setup.sh # CUDA TensorFlow; the host needs the NVIDIA driver
@@ -25,5 +26,7 @@ fi
 python3 -m venv .venv
 # --require-hashes: every wheel must be the one the lock file names, byte for byte.
 .venv/bin/pip install --quiet --require-hashes -r "$lock"
+# JupyterLab, the notebook runner and TensorBoard: the notebooks run and are tested on the host too.
+.venv/bin/pip install --quiet --require-hashes -r requirements/lab.lock
 .venv/bin/pip install --quiet --no-deps --no-build-isolation -e .
 echo "lab ready: .venv/bin/invoke --list"

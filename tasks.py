@@ -57,7 +57,7 @@ def _config(**overrides):
 })
 def data(c, dataset="cifar10", data_dir="", from_="", mirror=""):
     """Download (or import) a dataset into the cache and verify every file's SHA-256."""
-    from classifier.pipeline import data_command
+    from classifier.commands import data_command
 
     _run(data_command, dataset, data_dir=data_dir, mirror=mirror, source=from_)
 
@@ -80,12 +80,16 @@ def data(c, dataset="cifar10", data_dir="", from_="", mirror=""):
 def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=None, seed=None,
           val_split=None, limit=None, runs_dir=None, data_dir=None, recipe=None, strategy=None, resume=""):
     """Train a classifier, evaluate it on the test set and write a run folder."""
-    from classifier.pipeline import train_command
+    from classifier.commands import train_command
 
-    config = _config(dataset=dataset, model=model, trainer=trainer, epochs=epochs, batch_size=batch_size,
-                     seed=seed, val_split=val_split, limit=limit, runs_dir=runs_dir, data_dir=data_dir,
-                     recipe=recipe, strategy=strategy)
-    _run(train_command, config, resume=resume)
+    flags = {key: value for key, value in dict(
+        dataset=dataset, model=model, trainer=trainer, epochs=epochs, batch_size=batch_size, seed=seed,
+        val_split=val_split, limit=limit, runs_dir=runs_dir, data_dir=data_dir, recipe=recipe, strategy=strategy,
+    ).items() if value is not None}
+    if resume and flags:
+        names = ", ".join(f"--{key.replace('_', '-')}" for key in flags)
+        raise Exit(f"error: --resume continues with the run's own settings (its config.json); drop {names}", code=2)
+    _run(train_command, _config(**flags), resume=resume, given=frozenset(flags))
 
 
 @task(help={
@@ -137,7 +141,7 @@ def doctor(c, data_dir="", runs_dir=""):
 })
 def plot(c, dataset=None, model=None, output=""):
     """Draw the model's picture with keras.utils.plot_model (needs graphviz)."""
-    from classifier.pipeline import plot_command
+    from classifier.commands import plot_command
 
     _run(plot_command, _config(dataset=dataset, model=model), output=output)
 

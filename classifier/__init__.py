@@ -1,19 +1,30 @@
 """The image-classifier lab: week 2 of the mobility big data course, as a package.
 
-Stages, in the order the data flows:
-    config   -> one frozen Config and the one way to override it
-    data     -> the dataset registry, loading and the train/validation split
-    download -> fetching and importing dataset files, verified by SHA-256
-    models   -> the lecture's network, three ways, behind build_model()
-    train    -> the `fit` and `tape` trainers
-    evaluate -> test metrics with the lecture's cross-checks
-    report   -> sample grid, model picture, learning curves, confusion matrix
-    runs     -> run folders and their evidence
-    pipeline -> the commands that tasks.py calls
+The lecture, in the order the data flows:
+    data        -> the dataset registry, loading and the lecture's train/validation split
+    models      -> the lecture's network, written the three ways the lecture writes it
+    train       -> the lecture's trainers: `fit` (1.2) and the GradientTape loop (1.3)
+    evaluate    -> test metrics with the lecture's cross-checks
+    report      -> sample grid, model picture, learning curves, confusion matrix
+    tensors     -> lecture 1.1, tensor basics
+
+The machinery around it:
+    registry    -> the names a config may hold, TensorFlow-free
+    config      -> one frozen Config and the one way to override it
+    download    -> fetching and importing dataset files, verified by SHA-256
+    recipes     -> optimizers, schedules and the fast recipe's network
+    distribute  -> several devices (MirroredStrategy) around the trainers
+    checkpoints -> resume, with tf.train.CheckpointManager
+    files       -> the one atomic-write helper
+    runs        -> run folders and their evidence
+    runtime     -> gpu_config, seeds, DurationTime
+    commands    -> what tasks.py calls: data, train, plot
+    lab         -> what the notebooks import
+    reproduce, doctor, bench, container -> the other tasks
 """
 
 import os
 
 # TensorFlow's C++ start-up chatter (oneDNN notices, CPU feature lists) hides
 # what students need to read; warnings and errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

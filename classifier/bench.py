@@ -20,10 +20,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from classifier import config as config_module
 from classifier.config import PROJECT_ROOT, UserError, make_config
+from classifier.files import write_json, write_text
 
 REFERENCE_SCRIPT = PROJECT_ROOT / "benchmarks" / "lecture_reference.py"
 SUBJECTS = ("reference", "fit", "tape")
@@ -91,8 +93,9 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
     target = Path(output)
     if not target.is_absolute():
         target = PROJECT_ROOT / target
-    _write_atomically(target.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
-    _write_atomically(target.with_suffix(".md"), markdown_report(results))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_json(target.with_suffix(".json"), results)
+    write_text(target.with_suffix(".md"), markdown_report(results))
     print(markdown_table(results["summary"]))
     print(f"[bench] wrote {target.with_suffix('.json')} and {target.with_suffix('.md')}")
     return results
@@ -121,13 +124,12 @@ def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: st
         {"train_images", "epoch_seconds", "train_seconds", "eval_images", "eval_seconds",
          "test_accuracy", "val_accuracy", "peak_rss_mib"}.
     """
-    import time
-
+    from classifier.commands import load_dataset
+    from classifier.distribute import make_trainer
     from classifier.evaluate import evaluate
     from classifier.models import build_model
-    from classifier.pipeline import load_dataset
-    from classifier.runtime import gpu_config, seed_everything
-    from classifier.train import make_trainer
+    from classifier.recipes import make_optimizer, steps_per_epoch
+    from classifier.runtime import EpochTimer, gpu_config, seed_everything
 
     config = make_config(dataset="fashion_mnist", trainer=trainer_name, limit=limit or None, epochs=epochs,
                          seed=seed, data_dir=data_dir)
@@ -135,9 +137,11 @@ def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: st
     seed_everything(config.seed, config.deterministic)
     dataset, (train, val, test), _ = load_dataset(config)
     model = build_model(config.model, dataset.image_shape, len(dataset.class_names))
-    trainer = make_trainer(trainer_name, model, config, verbose=0)
+    optimizer = make_optimizer(config, steps_per_epoch(len(train), config.batch_size))
+    timer = EpochTimer()
+    trainer = make_trainer(config, model, optimizer, callbacks=[timer], verbose=0)
     start = time.perf_counter()
-    history = trainer.train(train, val)
+    history = trainer.train((train.images, train.labels), (val.images, val.labels))
     train_seconds = time.perf_counter() - start
     direct = trainer_name == "tape"
     # As in the reference: the first evaluation traces, the second is measured.
@@ -147,7 +151,7 @@ def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: st
     eval_seconds = time.perf_counter() - start
     return {
         "train_images": len(train),
-        "epoch_seconds": trainer.epoch_seconds,
+        "epoch_seconds": timer.epoch_seconds,
         "train_seconds": train_seconds,
         "eval_images": len(test),
         "eval_seconds": eval_seconds,
@@ -239,13 +243,6 @@ def machine_description() -> dict:
         "keras": keras.__version__,
         "devices": [device.name for device in tf.config.list_physical_devices()],
     }
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".tmp-{path.name}")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def main(argv: list[str] | None = None) -> None:

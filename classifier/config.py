@@ -27,8 +27,8 @@ class UserError(Exception):
 @dataclass(frozen=True)
 class Config:
     dataset: str = "cifar10"  # a name from classifier.data.DATASETS
-    model: str = "sequential_add"  # a name from classifier.models.MODELS
-    trainer: str = "fit"  # "fit" (model.fit, lecture 1.2) or "tape" (GradientTape, lecture 1.3)
+    model: str = "sequential_add"  # a name from registry.MODELS
+    trainer: str = "fit"  # a name from registry.TRAINERS: "fit" (lecture 1.2) or "tape" (lecture 1.3)
     epochs: int = 5  # full passes over the training part
     batch_size: int = 32  # images per optimizer step
     learning_rate: float = 0.001  # RMSprop step size (Keras' default, as in the lecture)
@@ -39,13 +39,8 @@ class Config:
     data_dir: str = ""  # dataset cache; "" means $CLASSIFIER_DATA_DIR or <project>/data
     runs_dir: str = ""  # where run folders go; "" means $CLASSIFIER_RUNS_DIR or <project>/runs
     eval_batch_size: int = 256  # images per evaluation step; does not change the numbers
-    recipe: str = "lecture"  # "lecture" (the lecture's network and schedule) or "fast" (see RECIPES)
-    strategy: str = "default"  # "default" (one device) or "mirrored" (tf.distribute.MirroredStrategy)
-
-
-TRAINERS = ("fit", "tape")
-RECIPES = ("lecture", "fast")
-STRATEGIES = ("default", "mirrored")
+    recipe: str = "lecture"  # a name from registry.RECIPES: "lecture" or "fast" (classifier/recipes.py)
+    strategy: str = "default"  # a name from registry.STRATEGIES: "default" (one device) or "mirrored"
 
 
 def make_config(base: Config | None = None, **overrides) -> Config:
@@ -96,16 +91,16 @@ def _coerce(key: str, value, kind):
 
 def validate(config: Config) -> None:
     """Raise UserError for the first field that is out of range."""
-    # Imported here: the registries import TensorFlow-free modules only, but
-    # keeping config.py free of them lets anything import the config cheaply.
+    # Imported here, not at the top: data.py imports config.py. Neither this
+    # nor the registry imports TensorFlow, so a bad flag is answered at once.
+    from classifier import registry
     from classifier.data import DATASETS
-    from classifier.models import MODELS
 
     _one_of("dataset", config.dataset, DATASETS)
-    _one_of("model", config.model, MODELS)
-    _one_of("trainer", config.trainer, TRAINERS)
-    _one_of("recipe", config.recipe, RECIPES)
-    _one_of("strategy", config.strategy, STRATEGIES)
+    _one_of("model", config.model, registry.MODELS)
+    _one_of("trainer", config.trainer, registry.TRAINERS)
+    _one_of("recipe", config.recipe, registry.RECIPES)
+    _one_of("strategy", config.strategy, registry.STRATEGIES)
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(config, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(config, key)}")
@@ -137,3 +132,22 @@ def runs_dir(config: Config) -> Path:
 def to_dict(config: Config) -> dict:
     """The config as plain JSON-ready values, for the run folder."""
     return dataclasses.asdict(config)
+
+
+def resolve_recipe(config: Config, given: frozenset[str] | None = None) -> tuple[Config, dict]:
+    """Fill in the recipe's settings (registry.RECIPE_SETTINGS) for every field the person did not set.
+
+    Args:
+        config: the config as made from the person's flags.
+        given: the keys the person set (None: all of them, as for a config
+            read back from a run folder); those are never overridden.
+
+    Returns:
+        (the resolved config, {key: value} of what the recipe chose).
+    """
+    from classifier import registry
+
+    settings = registry.RECIPE_SETTINGS[config.recipe]
+    chosen = {key: value for key, value in settings.items()
+              if given is not None and key not in given and getattr(config, key) != value}
+    return dataclasses.replace(config, **chosen), chosen

@@ -10,7 +10,6 @@ FAIL (broken: training or the tests will not work as promised).
 from __future__ import annotations
 
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -44,10 +43,7 @@ def locked_versions(lock: Path) -> dict[str, str]:
 
 def check_versions(lock_dir: Path = PROJECT_ROOT / "requirements") -> list[Check]:
     """Python, TensorFlow and Keras against the lock file of the installed variant."""
-    checks = []
-    python = platform.python_version()
-    status = OK if sys.version_info[:2] == (3, 11) else WARN
-    checks.append(Check("python", status, python, "" if status == OK else "the locks are made for Python 3.11"))
+    checks = [python_check(sys.version_info[:3])]
     variant = "gpu" if _installed("tensorflow") and not _installed("tensorflow-cpu") else "cpu"
     lock = lock_dir / f"{variant}.lock"
     if not lock.is_file():
@@ -63,6 +59,14 @@ def check_versions(lock_dir: Path = PROJECT_ROOT / "requirements") -> list[Check
         else:
             checks.append(Check(package, OK, f"{installed} (as locked)"))
     return checks
+
+
+def python_check(version: tuple[int, ...]) -> Check:
+    """The lock files are made for Python 3.11: another version is a warning with the fix."""
+    text = ".".join(str(part) for part in version)
+    if tuple(version[:2]) == (3, 11):
+        return Check("python", OK, text)
+    return Check("python", WARN, text, "the locks are made for Python 3.11: use python3.11 (the container has it)")
 
 
 def _installed(package: str) -> str | None:

@@ -20,12 +20,13 @@ import gzip
 import hashlib
 import os
 import shutil
-import tempfile
+import urllib.parse
 import zlib
 from pathlib import Path
 
 from classifier.config import UserError
 from classifier.data import DataFile, Dataset
+from classifier.files import atomic_write
 
 _CHUNK = 1 << 20
 
@@ -52,30 +53,61 @@ def _content_sha256(path: Path) -> str | None:
 
 
 def check_file(path: Path, expected: DataFile) -> str | None:
-    """Why `path` is not a good copy of `expected`, or None when it is.
+    """Why `path` is not a good copy of `expected`, or None when it is."""
+    return inspect_file(path, expected)[1]
+
+
+def inspect_file(path: Path, expected: DataFile) -> tuple[str | None, str | None]:
+    """(SHA-256 of `path`, why it is not a good copy of `expected` or None), reading the file once.
 
     A file is good when its SHA-256 is the published one, or, for a gzip file,
     when its decompressed bytes are (a recompressed copy of the same data).
     """
     if not path.is_file():
-        return f"{path} is missing"
-    if sha256_of(path) == expected.sha256:
-        return None
-    if expected.content_sha256 and _content_sha256(path) == expected.content_sha256:
-        return None
-    return f"{path} {_diagnose(path, expected)}"
+        return None, f"{path} is missing"
+    digest = sha256_of(path)
+    if digest == expected.sha256:
+        return digest, None
+    if expected.content_sha256:
+        content = _content_sha256(path)
+        if content == expected.content_sha256:
+            return digest, None
+        return digest, f"{path} {_diagnose(path, expected, content)}"
+    return digest, f"{path} {_diagnose(path, expected)}"
 
 
-def _diagnose(path: Path, expected: DataFile) -> str:
-    """Name the likely cause of a checksum mismatch in words a student can act on."""
+def _diagnose(path: Path, expected: DataFile, content: str | None = "") -> str:
+    """Name the likely cause of a checksum mismatch in words a student can act on.
+
+    `content` is the SHA-256 of a gzip file's decompressed bytes: None when the
+    gzip stream is broken, "" when the registry has no content hash to compare.
+    """
     size = path.stat().st_size
     with open(path, "rb") as stream:
         head = stream.read(512).lstrip().lower()
     if head.startswith(b"<"):  # <!DOCTYPE html>, <html>, <?xml ...>: no archive starts with "<"
         return "is an HTML/XML page (an error page from the server?), not the published archive"
-    if size < expected.size:
+    mismatch = f"does not match the published data (checksum: SHA-256 {expected.sha256[:12]}..., {expected.size} bytes)"
+    if content:  # A whole gzip stream, but other data inside: damaged or another file, not short.
+        return f"{mismatch}; its content differs, so the copy is damaged or is another file"
+    if content is None and _gzip_ends_early(path):
+        return f"is truncated: {size} of {expected.size} bytes, its gzip data ends early (an interrupted download or copy?)"
+    if not expected.content_sha256 and size < expected.size:
         return f"is truncated: {size} of {expected.size} bytes (an interrupted download or copy?)"
-    return f"does not match the published checksum (SHA-256 {expected.sha256[:12]}..., {expected.size} bytes)"
+    return mismatch
+
+
+def _gzip_ends_early(path: Path) -> bool:
+    """Whether a gzip file stops before its stream ends (as a cut-off download does)."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(_CHUNK):
+                pass
+    except EOFError:
+        return True
+    except (OSError, zlib.error):
+        return False
+    return False
 
 
 @contextlib.contextmanager
@@ -102,15 +134,18 @@ def problems(dataset: Dataset, data_dir: Path) -> list[str]:
 
 
 def verified_files(dataset: Dataset, data_dir: Path) -> dict[str, str]:
-    """{file name: SHA-256} of the cached copy; raises UserError if it is not verified."""
-    found = problems(dataset, data_dir)
-    if found:
-        raise UserError(
-            f"{dataset.name} is not ready: {found[0]}; run `invoke data --dataset {dataset.name}` "
-            f"(or `--from PATH` for a copy on disk)"
-        )
+    """{file name: SHA-256} of the cached copy, each file read once; UserError if it is not verified."""
     folder = dataset_folder(dataset, data_dir)
-    return {f.name: sha256_of(folder / f.name) for f in dataset.files}
+    hashes = {}
+    for expected in dataset.files:
+        digest, why = inspect_file(folder / expected.name, expected)
+        if why:
+            raise UserError(
+                f"{dataset.name} is not ready: {why}; run `invoke data --dataset {dataset.name}` "
+                f"(or `--from PATH` for a copy on disk)"
+            )
+        hashes[expected.name] = digest
+    return hashes
 
 
 def fetch(dataset: Dataset, data_dir: Path, mirror: str = "", progress: bool = True) -> Path:
@@ -150,7 +185,7 @@ def fetch(dataset: Dataset, data_dir: Path, mirror: str = "", progress: bool = T
             except ValueError as error:  # pooch's hash mismatch
                 raise UserError(f"download of {url} failed verification: {error}".splitlines()[0]) from None
             except OSError as error:  # connection refused, DNS, HTTP errors (requests' are OSErrors)
-                raise UserError(f"cannot download {url}: {_short(error)}") from None
+                raise UserError(_download_failure(url, error, dataset.name)) from None
             print(f"{target}: downloaded and verified")
     return folder
 
@@ -174,7 +209,8 @@ class _Downloader:
             return
         path = Path(output_file if isinstance(output_file, (str, os.PathLike)) else output_file.name)
         if sha256_of(path) != self._expected.sha256:
-            raise UserError(f"download of {url} refused: the file {_diagnose(path, self._expected)}")
+            content = _content_sha256(path) if self._expected.content_sha256 else ""
+            raise UserError(f"download of {url} refused: the file {_diagnose(path, self._expected, content)}")
         _make_readable(path)
 
 
@@ -185,9 +221,18 @@ def _make_readable(path: Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def _short(error: BaseException) -> str:
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return text[:200]
+def _download_failure(url: str, error: OSError, dataset_name: str) -> str:
+    """One line for a failed download: unreachable server (with the two ways out) or the HTTP error."""
+    import requests
+
+    ways_out = (f"use a classroom mirror (--mirror URL or CLASSIFIER_DATA_MIRROR) or import a copy on disk "
+                f"(invoke data --dataset {dataset_name} --from PATH)")
+    if isinstance(error, (requests.ConnectionError, requests.Timeout)):
+        host = urllib.parse.urlsplit(url).netloc
+        return f"cannot reach {host} to download {url.rsplit('/', 1)[-1]} (offline, or the server is down); {ways_out}"
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        return f"download of {url} failed: HTTP {error.response.status_code} {error.response.reason}; {ways_out}"
+    return f"download of {url} failed: {type(error).__name__}; {ways_out}"
 
 
 def import_from(dataset: Dataset, data_dir: Path, source: Path) -> Path:
@@ -240,17 +285,8 @@ def import_from(dataset: Dataset, data_dir: Path, source: Path) -> Path:
 
 def _atomic_copy(source: Path, target: Path, expected: DataFile) -> None:
     """Copy to a temporary name in the target folder, verify, then rename over the target."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as out, open(source, "rb") as src:
+    with atomic_write(target) as temporary:
+        with open(temporary, "wb") as out, open(source, "rb") as src:
             shutil.copyfileobj(src, out, _CHUNK)
-            out.flush()
-            os.fsync(out.fileno())
-        if why := check_file(Path(temporary), expected):
+        if why := check_file(temporary, expected):
             raise UserError(f"copy to {target} failed verification: {why}")
-        _make_readable(Path(temporary))
-        os.replace(temporary, target)
-    except OSError as error:
-        raise UserError(f"cannot write {target}: {error.strerror}") from None
-    finally:
-        Path(temporary).unlink(missing_ok=True)

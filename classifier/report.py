@@ -1,39 +1,33 @@
 """Pictures for people: sample grid, model diagram, learning curves, confusion matrix.
 
-Everything is written to files (the lab runs headless, in containers and CI),
-each first under a temporary name and renamed once complete.
+Everything is written to files (the lab runs headless, in containers and CI)
+through files.atomic_write.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+# Figure objects rather than pyplot: they draw to files with no display and
+# leave a notebook's own plotting backend alone.
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # Files, not windows: no display in the container or CI.
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from classifier.config import UserError  # noqa: E402
+from classifier.config import UserError
+from classifier.files import atomic_write
 
 
-def _save(figure, path: Path) -> Path:
-    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
+def _save(figure: Figure, path: Path) -> Path:
+    with atomic_write(path) as temporary:
         figure.savefig(temporary, dpi=100, bbox_inches="tight")
-        os.replace(temporary, path)
-    finally:
-        plt.close(figure)
-        temporary.unlink(missing_ok=True)
     return path
 
 
 def show_samples(images: np.ndarray, labels: np.ndarray, class_names, path: Path, grid=(3, 4)) -> Path:
     """The lecture's 3x4 grid of training images, each labelled with its class name."""
     rows, cols = grid
-    figure = plt.figure(figsize=(cols * 1.6, rows * 1.8))
+    figure = Figure(figsize=(cols * 1.6, rows * 1.8))
     for i in range(min(rows * cols, len(images))):
         axis = figure.add_subplot(rows, cols, i + 1)
         axis.set_xticks([])
@@ -46,10 +40,12 @@ def show_samples(images: np.ndarray, labels: np.ndarray, class_names, path: Path
 
 def learning_curves(history: dict, path: Path) -> Path:
     """Train vs validation loss and accuracy per epoch."""
-    epochs = np.arange(1, len(history["loss"]) + 1)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = np.arange(1, len(history["val_loss"]) + 1)
+    figure = Figure(figsize=(10, 4))
+    left, right = figure.subplots(1, 2)
     for axis, key, title in ((left, "loss", "Loss"), (right, "accuracy", "Accuracy")):
-        axis.plot(epochs, history[key], "o-", label="train")
+        if key in history:  # The lecture's advanced classifier validates only.
+            axis.plot(epochs, history[key], "o-", label="train")
         axis.plot(epochs, history[f"val_{key}"], "s-", label="validation")
         axis.set_xlabel("epoch")
         axis.set_title(title)
@@ -63,7 +59,8 @@ def confusion_matrix_plot(matrix, class_names, path: Path) -> Path:
     """The test set's confusion matrix: true class down, predicted class across."""
     matrix = np.asarray(matrix)
     size = max(6.0, 0.45 * len(class_names))
-    figure, axis = plt.subplots(figsize=(size, size))
+    figure = Figure(figsize=(size, size))
+    axis = figure.subplots()
     axis.imshow(matrix, cmap="Blues")
     ticks = np.arange(len(class_names))
     axis.set_xticks(ticks, class_names, rotation=90)
@@ -96,10 +93,6 @@ def plot_model(model, path: Path) -> Path:
     if why := graphviz_missing():
         raise UserError(f"cannot draw the model: {why}")
     path = Path(path)
-    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
+    with atomic_write(path) as temporary:
         keras.utils.plot_model(model, to_file=str(temporary), show_shapes=True, show_layer_names=True)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from classifier.config import UserError, make_config
-from classifier.runs import environment_record, read_json
+from classifier.files import read_json
+from classifier.runs import environment_record
 
 # Keys of environment_record() whose change can change the numbers, in the order shown.
 _COMPARED = ("python", "tensorflow", "tensorflow_build", "cpu", "cpu_count", "devices", "numerics_env",
@@ -63,7 +64,7 @@ def reproduce(run_dir: str, runs_dir: str = "") -> bool:
     Returns:
         Whether every compared metric and the weights hash are bit-identical.
     """
-    from classifier.pipeline import train_command
+    from classifier.commands import train_command
 
     original = Path(run_dir)
     manifest, metrics = load_finished_run(original)

@@ -5,13 +5,13 @@
         model.keras  samples.png  model.png  learning_curves.png  confusion_matrix.png
         checkpoint/  (the last finished epoch, for `invoke train --resume`)
 
-Every file is written under a temporary name and renamed when complete, so a
-run stopped at any moment leaves no half-written file under a final name.
+Every file is written through files.atomic_write, so a run stopped at any
+moment leaves no half-written file under a final name.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import platform
 import subprocess
@@ -20,7 +20,10 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+
 from classifier.config import PROJECT_ROOT, Config, UserError
+from classifier.files import atomic_write, write_json
 
 # Environment variables that change what TensorFlow computes or where.
 NUMERICS_ENV = (
@@ -55,29 +58,6 @@ def create_run_dir(runs_root: Path, config: Config) -> Path:
         except OSError as error:
             raise UserError(f"runs folder {runs_root} cannot be written: {error.strerror}") from None
     raise UserError(f"runs folder {runs_root} already holds 999 runs named {base}*")
-
-
-def write_json(path: Path, data) -> Path:
-    """Write JSON to a temporary name, then rename it into place."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(temporary, "w") as stream:
-            json.dump(data, stream, indent=2, sort_keys=False)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror}") from None
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
-def read_json(path: Path):
-    with open(path) as stream:
-        return json.load(stream)
 
 
 def environment_record() -> dict:
@@ -120,3 +100,37 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def weights_hash(model) -> str:
+    """SHA-256 over every weight's bytes, in order: equal hashes mean bit-identical models."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
+
+
+def finish_run(run_dir: Path, model, history: dict, metrics: dict, timings: dict, manifest: dict,
+               class_names) -> None:
+    """Write the finished run's evidence: the model, history, metrics, timings, pictures, manifest (last).
+
+    Args:
+        run_dir: the run folder (config.json and a running manifest are already there).
+        model: the trained model that was evaluated.
+        history: per-epoch loss, accuracy, val_loss, val_accuracy (and epoch_seconds).
+        metrics: what classifier.evaluate.evaluate returned.
+        timings: seconds spent, for timings.json.
+        manifest: the run's manifest; gets status "complete" and the weights hash.
+        class_names: the dataset's class names, in label order.
+    """
+    from classifier import report
+
+    with atomic_write(run_dir / "model.keras") as temporary:
+        model.save(temporary)
+    write_json(run_dir / "history.json", history)
+    write_json(run_dir / "metrics.json", {**metrics, "class_names": list(class_names)})
+    write_json(run_dir / "timings.json", timings)
+    report.learning_curves(history, run_dir / "learning_curves.png")
+    report.confusion_matrix_plot(metrics["confusion_matrix"], class_names, run_dir / "confusion_matrix.png")
+    manifest.update(status="complete", weights_sha256=weights_hash(model))
+    write_json(run_dir / "manifest.json", manifest)

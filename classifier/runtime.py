@@ -38,6 +38,21 @@ class DurationTime:
         return False
 
 
+class EpochTimer(keras.callbacks.Callback):
+    """A Keras callback that keeps the seconds of every epoch (for benchmarks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch_seconds: list[float] = []
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_seconds.append(time.perf_counter() - self._start)
+
+
 def gpu_config() -> list[str]:
     """Turn on memory growth for every GPU and say what was found.
 

@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# As in classifier/__init__.py: TensorFlow's C++ notices are noise in test output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 ROOT = Path(__file__).resolve().parent.parent
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 

@@ -51,3 +51,18 @@ def test_folders_follow_flag_then_environment_then_project(monkeypatch, tmp_path
     assert runs_dir(make_config(runs_dir=str(tmp_path / "flag"))) == tmp_path / "flag"
     monkeypatch.delenv("CLASSIFIER_DATA_DIR", raising=False)
     assert data_dir(make_config()).name == "data"
+
+
+def test_checking_a_config_never_imports_tensorflow():
+    """A mistyped flag is answered at once: validation uses the TensorFlow-free registry."""
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom classifier.config import UserError, make_config\n"
+              "make_config(model='functional', trainer='tape', recipe='fast', strategy='mirrored')\n"
+              "try:\n    make_config(model='vgg')\nexcept UserError as error:\n    print(error)\n"
+              "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "unknown model 'vgg'; accepted: sequential_add, sequential_list, functional, fast_cnn", "False False"]

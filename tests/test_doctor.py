@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from classifier.doctor import FAIL, OK, check_datasets, check_graphviz, check_versions, locked_versions
+from classifier.doctor import FAIL, OK, WARN, Check, check_datasets, check_graphviz, check_versions, locked_versions, python_check
 from conftest import FASHION_MNIST_DEBIAN, run_invoke
 
 
@@ -16,7 +16,15 @@ def test_lock_file_is_read():
 
 
 def test_installed_versions_match_the_lock():
-    assert [check.status for check in check_versions()] == [OK] * 4
+    checks = {check.name: check.status for check in check_versions()}
+    assert {name: checks[name] for name in ("tensorflow-cpu", "keras", "numpy")} == dict.fromkeys(
+        ("tensorflow-cpu", "keras", "numpy"), OK)
+
+
+def test_python_other_than_the_locks_is_a_warning_with_its_fix():
+    assert python_check((3, 11, 7)) == Check("python", OK, "3.11.7")
+    other = python_check((3, 12, 1))
+    assert (other.status, other.detail) == (WARN, "3.12.1") and "3.11" in other.fix
 
 
 def test_version_mismatch_is_a_failure_with_its_fix(tmp_path):

@@ -1,5 +1,6 @@
 """Download, import and verification: a file reaches its final name only verified."""
 
+import dataclasses
 import gzip
 import threading
 
@@ -63,10 +64,49 @@ def test_truncated_download_is_refused(tiny_dataset, http_root, tmp_path):
     assert not (tmp_path / "cache" / "tiny" / first).exists()
 
 
-def test_unreachable_server_is_one_clear_error(tiny_dataset, tmp_path):
+def test_unreachable_server_says_so_and_names_the_two_ways_out(tiny_dataset, tmp_path):
     dataset, _ = tiny_dataset
-    with pytest.raises(UserError, match="cannot download http://127.0.0.1:9/"):
+    with pytest.raises(UserError) as caught:
         fetch(dataset, tmp_path / "cache", mirror="http://127.0.0.1:9/", progress=False)
+    message = str(caught.value)
+    assert message.startswith("cannot reach 127.0.0.1:9 to download train-images-idx3-ubyte.gz (offline")
+    assert "--mirror URL" in message and "invoke data --dataset tiny --from PATH" in message
+    assert "\n" not in message and "HTTPConnectionPool" not in message
+
+
+def test_http_error_names_the_status(tiny_dataset, http_root, tmp_path):
+    dataset, _ = tiny_dataset
+    _, url, _ = http_root  # nothing served: 404
+    with pytest.raises(UserError, match=r"failed: HTTP 404 File not found; use a classroom mirror"):
+        fetch(dataset, tmp_path / "cache", mirror=url, progress=False)
+
+
+def test_a_damaged_recompressed_copy_is_a_checksum_mismatch_not_truncated(tiny_dataset, tmp_path):
+    """One byte flipped in a recompressed copy (like Debian's Fashion-MNIST) is not 'truncated'."""
+    dataset, source = tiny_dataset
+    # As Debian's copy: the published file is 24 bytes longer (gzip's file-name field).
+    expected = dataclasses.replace(dataset.files[1], size=dataset.files[1].size + 24)
+    repacked = bytearray((source / expected.name).read_bytes())
+    repacked[len(repacked) // 2] ^= 0xFF
+    damaged = tmp_path / expected.name
+    damaged.write_bytes(bytes(repacked))
+    why = check_file(damaged, expected)
+    assert "does not match the published data (checksum" in why and "truncated" not in why
+    # A copy that really is short is still called truncated.
+    damaged.write_bytes((source / expected.name).read_bytes()[:-40])
+    assert "is truncated" in check_file(damaged, expected)
+
+
+def test_damaged_real_fashion_mnist_copy_is_a_checksum_mismatch(fashion_source, tmp_path):
+    from classifier.data import get_dataset
+
+    expected = get_dataset("fashion_mnist").files[1]
+    data = bytearray((fashion_source / expected.name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    damaged = tmp_path / expected.name
+    damaged.write_bytes(bytes(data))
+    why = check_file(damaged, expected)
+    assert "does not match the published data (checksum" in why and "truncated" not in why, why
 
 
 def test_import_from_folder_and_single_file(tiny_dataset, tmp_path):
@@ -74,8 +114,15 @@ def test_import_from_folder_and_single_file(tiny_dataset, tmp_path):
     cache = tmp_path / "cache"
     import_from(dataset, cache, source)
     assert problems(dataset, cache) == []
-    # A single file is accepted by name.
-    import_from(dataset, cache, source / dataset.files[1].name)
+    # A single file is accepted by name, and replaces only its own copy.
+    single = dataset.files[1]
+    (cache / "tiny" / single.name).write_bytes(b"damaged")
+    other = cache / "tiny" / dataset.files[0].name
+    other_stat = other.stat()
+    import_from(dataset, cache, source / single.name)
+    assert (cache / "tiny" / single.name).read_bytes() == (source / single.name).read_bytes()
+    assert other.stat().st_mtime_ns == other_stat.st_mtime_ns and other.stat().st_ino == other_stat.st_ino
+    assert problems(dataset, cache) == []
 
 
 def test_import_accepts_a_recompressed_copy_of_the_same_data(tiny_dataset, tmp_path):

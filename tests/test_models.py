@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 
 from classifier.config import UserError
-from classifier.models import LECTURE_MODELS, MODELS, build_model
+from classifier import registry
+from classifier.models import _builders, build_model
+
+LECTURE_MODELS = registry.LECTURE_MODELS
 
 LECTURE_LAYERS = ["conv1", "pooling1", "conv2", "pooling2", "flatten", "dense1", "dropout", "dense2"]
 
@@ -13,7 +16,7 @@ LECTURE_LAYERS = ["conv1", "pooling1", "conv2", "pooling2", "flatten", "dense1",
 def test_every_way_builds_the_same_network(name):
     model = build_model(name, (32, 32, 3), 10)
     assert model.name == "tf-classifier"
-    assert [layer.name for layer in model.layers if layer.name != "image"] == LECTURE_LAYERS
+    assert [layer.name for layer in model.layers if type(layer).__name__ != "InputLayer"] == LECTURE_LAYERS
     # conv1 896 + conv2 18,496 + dense1 4096*100+100 + dense2 100*10+10
     assert model.count_params() == 896 + 18496 + 409700 + 1010
     assert model.output_shape == (None, 10)
@@ -27,8 +30,9 @@ def test_shapes_and_classes_come_from_the_data():
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_registry_holds_the_lecture_builds_and_the_fast_network():
-    assert set(LECTURE_MODELS) < set(MODELS) and "fast_cnn" in MODELS
+def test_the_registry_names_exactly_the_models_that_build():
+    assert tuple(_builders()) == registry.MODELS
+    assert set(LECTURE_MODELS) < set(registry.MODELS) and "fast_cnn" in registry.MODELS
 
 
 def test_unknown_model_lists_the_registry():

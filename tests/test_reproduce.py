@@ -6,7 +6,7 @@ import pytest
 
 from classifier.config import UserError, make_config
 from classifier.download import import_from
-from classifier.pipeline import train_command
+from classifier.commands import train_command
 from classifier.reproduce import environment_differences, load_finished_run, reproduce
 
 

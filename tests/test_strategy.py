@@ -33,15 +33,15 @@ _CHILD = textwrap.dedent("""
     sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
     from conftest import pattern_images
     from classifier.config import make_config
-    from classifier.data import Split
+    from classifier.distribute import make_strategy, make_trainer
     from classifier.models import build_model
+    from classifier.recipes import make_optimizer
     from classifier.runtime import seed_everything
-    from classifier.train import make_strategy, make_trainer
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, size=600).astype(np.int32)
     images = pattern_images(labels, (28, 28, 1), rng).astype(np.float32) / 255.0
-    train, val = Split(images[:480], labels[:480]), Split(images[480:], labels[480:])
+    train, val = (images[:480], labels[:480]), (images[480:], labels[480:])
 
     def run(trainer_name, strategy_name, dropout):
         config = make_config(dataset="fashion_mnist", trainer=trainer_name, strategy=strategy_name,
@@ -50,8 +50,9 @@ _CHILD = textwrap.dedent("""
         strategy = make_strategy(config)
         with strategy.scope():
             model = build_model("functional", (28, 28, 1), 10)
+            optimizer = make_optimizer(config, steps_per_epoch=15)
         model.get_layer("dropout").rate = dropout
-        trainer = make_trainer(trainer_name, model, config, verbose=0, strategy=strategy)
+        trainer = make_trainer(config, model, optimizer, strategy, verbose=0)
         history = trainer.train(train, val)
         return {"replicas": strategy.num_replicas_in_sync, "history": history,
                 "weights": [w.tolist() for w in model.get_weights()]}

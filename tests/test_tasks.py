@@ -1,5 +1,8 @@
 """The invoke tasks as a person types them: bad input is one line, exit 2, nothing damaged."""
 
+import gzip
+
+import numpy as np
 import pytest
 
 from conftest import run_invoke
@@ -73,9 +76,10 @@ def test_wrong_checksum_truncated_and_html_imports_leave_the_cache_alone(tmp_pat
 
     labels.write_bytes(b"\x1f\x8b" + bytes(4540))  # right size, wrong bytes
     result = run_invoke("data", "--dataset", "mnist", "--from", str(labels), "--data-dir", str(data_dir))
-    _assert_one_line_error(result, "does not match the published checksum")
+    _assert_one_line_error(result, "does not match the published data (checksum")
 
-    labels.write_bytes(b"\x1f\x8b" + bytes(998))
+    # The first 1000 bytes of a gzip file: its stream ends early, as an interrupted copy's does.
+    labels.write_bytes(gzip.compress(np.random.default_rng(0).bytes(8000))[:1000])
     result = run_invoke("data", "--dataset", "mnist", "--from", str(labels), "--data-dir", str(data_dir))
     _assert_one_line_error(result, "is truncated: 1000 of 4542 bytes")
 
@@ -121,3 +125,9 @@ def test_a_full_disk_is_one_line_not_a_traceback():
         tasks._run(write)
     assert stopped.value.code == 2
     assert stopped.value.message == "error: /lab/runs/x/model.keras: No space left on device"
+
+
+def test_resume_with_settings_is_one_line_naming_the_flags(tmp_path):
+    result = run_invoke("train", "--resume", str(tmp_path), "--epochs", "3", "--batch-size", "64")
+    _assert_one_line_error(result, "--resume continues with the run's own settings (its config.json); "
+                                   "drop --epochs, --batch-size")

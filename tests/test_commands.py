@@ -1,4 +1,4 @@
-"""A whole training run, in-process, on a dataset the test made."""
+"""`invoke train`'s command, in-process, on a dataset the test made."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 
 from classifier.config import make_config
 from classifier.download import import_from
-from classifier.pipeline import train_command
+from classifier.commands import train_command
 
 
 @pytest.mark.parametrize("trainer", ["fit", "tape"])
@@ -40,6 +40,31 @@ def test_training_writes_a_complete_run_folder(tiny_dataset, tmp_path, trainer):
     assert len(manifest["weights_sha256"]) == 64
     timings = json.loads((run_dir / "timings.json").read_text())
     assert timings["train_images_per_second"] > 0
+
+
+def test_each_data_file_is_hashed_once_per_run(tiny_dataset, tmp_path, monkeypatch):
+    from classifier import download
+
+    dataset, source = tiny_dataset
+    import_from(dataset, tmp_path / "data", source)
+    hashed = []
+    original = download.sha256_of
+    monkeypatch.setattr(download, "sha256_of", lambda path: hashed.append(path.name) or original(path))
+    config = make_config(dataset="tiny", epochs=1, data_dir=str(tmp_path / "data"), runs_dir=str(tmp_path / "runs"))
+    train_command(config, verbose=0)
+    assert sorted(hashed) == sorted(f.name for f in dataset.files)
+
+
+def test_a_flag_the_person_gave_is_never_overridden_by_the_recipe(tiny_dataset, tmp_path, capsys):
+    dataset, source = tiny_dataset
+    import_from(dataset, tmp_path / "data", source)
+    config = make_config(dataset="tiny", recipe="fast", epochs=1, batch_size=32, limit=300,
+                         data_dir=str(tmp_path / "data"), runs_dir=str(tmp_path / "runs"))
+    given = frozenset({"dataset", "recipe", "epochs", "batch_size", "limit", "data_dir", "runs_dir"})
+    run_dir = train_command(config, given=given, verbose=0)
+    stored = json.loads((run_dir / "config.json").read_text())
+    assert (stored["batch_size"], stored["epochs"], stored["model"], stored["val_split"]) == (32, 1, "fast_cnn", 0.1)
+    assert "recipe fast chose: model=fast_cnn, learning_rate=0.003, val_split=0.1" in capsys.readouterr().out
 
 
 def test_trainings_started_at_the_same_moment_get_separate_folders(tiny_dataset, tmp_path):

@@ -1,0 +1,72 @@
+"""Resume: the last finished epoch of a run, kept with TensorFlow's checkpoint machinery.
+
+    checkpoints = Checkpoints(run_dir / "checkpoint", model, optimizer)
+    epochs_done = checkpoints.restore()          # 0 for a new run
+    trainer = FitTrainer(..., callbacks=[checkpoints])
+    trainer.train(train, val, initial_epoch=epochs_done)
+
+After every epoch `tf.train.CheckpointManager` saves every model variable
+(the weights, and the random-number states of Dropout and RandomFlip) and the
+optimizer's (its step count and slots); `state.json` beside it names that
+checkpoint and holds the run's history so far. The state file is written
+last and atomically, and the previous checkpoint is kept, so a kill at any
+moment leaves a state file that names complete files. A resumed run reads
+them back and continues as if it had never stopped: the same weights, bit
+for bit (tests/test_resume.py).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import tensorflow as tf
+from tensorflow import keras
+
+from classifier.files import read_json, write_json
+
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """A Keras callback that saves a checkpoint after every epoch and keeps the run's history."""
+
+    def __init__(self, folder: Path, model: keras.Model, optimizer: keras.optimizers.Optimizer):
+        super().__init__()
+        self.folder = Path(folder)
+        self._model, self._optimizer = model, optimizer
+        # model.variables rather than model=model: Keras 3 models do not hand
+        # the Dropout and RandomFlip seed states to tf.train.Checkpoint, and
+        # without them a resumed epoch would drop other units.
+        self._checkpoint = tf.train.Checkpoint(variables=list(model.variables), optimizer=optimizer)
+        self._manager = tf.train.CheckpointManager(self._checkpoint, str(self.folder), max_to_keep=2)
+        self.history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
+        self.epoch_seconds: list[float] = []
+        self._epoch_start = 0.0
+
+    def restore(self) -> int:
+        """Load the last finished epoch, if there is one; returns the number of epochs done."""
+        state_path = self.folder / "state.json"
+        if not state_path.is_file():
+            return 0  # Stopped before the first epoch ended: start again from the seed.
+        state = read_json(state_path)
+        # Optimizer variables exist only once built; build them so the checkpoint can fill them.
+        self._optimizer.build(self._model.trainable_variables)
+        self._checkpoint.restore(str(self.folder / state["checkpoint"])).assert_consumed()
+        self.history, self.epoch_seconds = state["history"], state["epoch_seconds"]
+        return int(state["epochs_done"])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
+        for key in HISTORY_KEYS:
+            self.history[key].append(float(logs[key]))
+        path = self._manager.save(checkpoint_number=epoch + 1)
+        write_json(self.folder / "state.json", {
+            "epochs_done": epoch + 1,
+            "checkpoint": Path(path).name,
+            "history": self.history,
+            "epoch_seconds": self.epoch_seconds,
+        })

@@ -1,0 +1,196 @@
+"""The commands behind `invoke data`, `invoke train` and `invoke plot`, in the lecture's order.
+
+    gpu_config() -> load_dataset() -> create_model() -> train_model() -> test_model()
+
+`train_command` is that chain with the lab's evidence around it: the run
+folder, checkpoints for --resume, the manifest. Each command raises UserError
+for bad input, which tasks.py prints as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import pprint
+from pathlib import Path
+
+from classifier import config as config_module
+from classifier.config import Config, UserError, make_config, resolve_recipe, to_dict
+from classifier.data import get_dataset, load_arrays, prepare
+from classifier.download import dataset_folder, fetch, import_from, problems, verified_files
+from classifier.files import read_json, write_json
+from classifier.runs import create_run_dir, environment_record, finish_run
+
+
+class Interrupted(UserError):
+    """Ctrl-C during training: the run folder keeps its last finished epoch."""
+
+
+def data_command(dataset_name: str, data_dir: str = "", mirror: str = "", source: str = "") -> Path:
+    """Download (or import with `source`) one dataset into the cache and verify it."""
+    dataset = get_dataset(dataset_name)
+    root = config_module.data_dir(make_config(dataset=dataset_name, data_dir=data_dir))
+    folder = import_from(dataset, root, Path(source)) if source else fetch(dataset, root, mirror=mirror)
+    if not problems(dataset, root):
+        print(f"{dataset.title}: {len(dataset.files)} file(s) verified in {folder}")
+    return folder
+
+
+def load_dataset(config: Config):
+    """The lecture's load_dataset: verified files -> scaled, split arrays.
+
+    Like the lecture's keras.datasets loaders, a missing dataset is downloaded
+    first. Each file is hashed once.
+
+    Returns:
+        (dataset, (train, val, test) splits, {file name: SHA-256}).
+    """
+    dataset = get_dataset(config.dataset)
+    root = config_module.data_dir(config)
+    try:
+        hashes = verified_files(dataset, root)
+    except UserError:
+        fetch(dataset, root)
+        hashes = verified_files(dataset, root)
+    arrays = load_arrays(dataset, dataset_folder(dataset, root))
+    train, val, test = prepare(arrays, limit=config.limit, val_split=config.val_split)
+    print(f"Load {dataset.name} dataset: train {train.images.shape}, validation {val.images.shape}, "
+          f"test {test.images.shape}")
+    return dataset, (train, val, test), hashes
+
+
+def train_command(config: Config, resume: str = "", given: frozenset[str] | None = None,
+                  verbose: int | None = None) -> Path:
+    """Train one model as `config` says (or continue the run folder `resume`) and write its run folder.
+
+    Args:
+        config: the run's settings.
+        resume: a stopped run folder to continue; its config.json replaces `config`.
+        given: the config keys the person set; a recipe never overrides them
+            (None: every key counts as set, as for a config read back from a run).
+        verbose: Keras' verbosity (default: a progress bar in a terminal, a line per epoch otherwise).
+
+    Returns:
+        The run folder.
+    """
+    # Imported here so that bad input above is reported without loading TensorFlow.
+    from classifier.checkpoints import Checkpoints
+    from classifier.distribute import make_strategy, make_trainer
+    from classifier.evaluate import evaluate
+    from classifier.models import build_model
+    from classifier.recipes import inference_model, make_optimizer, steps_per_epoch, use_mixed_precision
+    from classifier.runtime import DurationTime, devices, gpu_config, seed_everything
+
+    if resume:
+        run_dir, config = _resume_target(Path(resume))
+    else:
+        config, chosen = resolve_recipe(config, given)
+        if chosen:
+            print(f"recipe {config.recipe} chose: " + ", ".join(f"{key}={value}" for key, value in chosen.items()))
+
+    gpus = gpu_config()
+    seed_everything(config.seed, config.deterministic)
+    with DurationTime("load data") as load_timer:
+        dataset, (train, val, test), hashes = load_dataset(config)
+    # Claimed only now: a failed download, or a --limit that does not fit the data, leaves no run folder.
+    if not resume:
+        run_dir = create_run_dir(config_module.runs_dir(config), config)
+        write_json(run_dir / "config.json", to_dict(config))
+    print(f"Run folder: {run_dir}")
+    manifest = {
+        "status": "running",
+        "seed": config.seed,
+        "config": to_dict(config),
+        "data": {"dataset": dataset.name, "sha256": hashes, "train": len(train), "validation": len(val),
+                 "test": len(test)},
+        "gpus": gpus,
+        "devices_used": devices(),
+        "environment": environment_record(),
+    }
+    write_json(run_dir / "manifest.json", manifest)
+    from classifier import report
+
+    report.show_samples(train.images, train.labels, dataset.class_names, run_dir / "samples.png")
+
+    # create_model(): under the strategy's scope, so that its variables live on every replica.
+    strategy = make_strategy(config)
+    manifest["replicas"] = strategy.num_replicas_in_sync
+    if use_mixed_precision(config):
+        from tensorflow import keras
+
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    with strategy.scope():
+        model = build_model(config.model, dataset.image_shape, len(dataset.class_names))
+        optimizer = make_optimizer(config, steps_per_epoch(len(train), config.batch_size))
+    model.summary()
+    if why := report.graphviz_missing():
+        print(f"warning: model.png skipped: {why}")
+    else:
+        report.plot_model(model, run_dir / "model.png")
+
+    # train_model(): the lecture's trainer, checkpointed after every epoch.
+    checkpoints = Checkpoints(run_dir / "checkpoint", model, optimizer)
+    with strategy.scope():
+        initial_epoch = checkpoints.restore() if resume else 0
+        trainer = make_trainer(config, model, optimizer, strategy, callbacks=[checkpoints], verbose=verbose)
+    if initial_epoch:
+        print(f"Resuming {run_dir.name} after epoch {initial_epoch}/{config.epochs}")
+    try:
+        with DurationTime("training") as train_timer:
+            trainer.train((train.images, train.labels), (val.images, val.labels), initial_epoch=initial_epoch)
+    except KeyboardInterrupt:
+        manifest["status"] = "interrupted"
+        write_json(run_dir / "manifest.json", manifest)
+        done = len(checkpoints.history["loss"])
+        raise Interrupted(f"stopped after {done}/{config.epochs} epoch(s); "
+                          f"continue with: invoke train --resume {run_dir}") from None
+    history = checkpoints.history
+    pprint.pprint({key: [round(value, 4) for value in values] for key, values in history.items()}, width=120)
+
+    # test_model(): evaluate() and predict() for `fit`, calling the model for `tape` (lecture 1.3).
+    with strategy.scope():
+        final_model = inference_model(model, config, optimizer)
+    with DurationTime("evaluation") as eval_timer:
+        metrics = evaluate(final_model, test, len(dataset.class_names), config.eval_batch_size,
+                           direct=config.trainer == "tape")
+    print(f"test loss {metrics['loss']:.4f}, test accuracy {metrics['accuracy']:.4f}, "
+          f"argmax accuracy {metrics['argmax_accuracy']:.4f}, "
+          f"probabilities sum to 1: {metrics['probabilities_sum_to_one']}")
+
+    ran = checkpoints.epoch_seconds[initial_epoch:]
+    timings = {
+        "load_seconds": load_timer.seconds,
+        "train_seconds": train_timer.seconds,
+        "evaluate_seconds": eval_timer.seconds,
+        "epoch_seconds": checkpoints.epoch_seconds,
+        "train_images_per_second": len(train) * len(ran) / sum(ran) if ran else None,
+    }
+    finish_run(run_dir, final_model, {**history, "epoch_seconds": checkpoints.epoch_seconds}, metrics, timings,
+               manifest, dataset.class_names)
+    print(f"Run folder: {run_dir}")
+    return run_dir
+
+
+def _resume_target(run_dir: Path) -> tuple[Path, Config]:
+    if not (run_dir / "config.json").is_file():
+        raise UserError(f"--resume {run_dir} is not a run folder (no config.json in it)")
+    manifest = run_dir / "manifest.json"
+    if manifest.is_file() and read_json(manifest).get("status") == "complete":
+        raise UserError(f"--resume {run_dir} has already finished; start a new run instead")
+    return run_dir, make_config(**read_json(run_dir / "config.json"))
+
+
+def plot_command(config: Config, output: str = "") -> Path:
+    """Write the model picture for `config`'s model and dataset with plot_model."""
+    from classifier import report
+    from classifier.models import build_model
+
+    dataset = get_dataset(config.dataset)
+    target = Path(output or f"{config.model}-{dataset.name}.png")
+    if target.suffix.lower() not in (".png", ".svg", ".pdf", ".dot"):
+        raise UserError(f"--output {target} must end in .png, .svg, .pdf or .dot")
+    if not target.parent.exists():
+        raise UserError(f"--output folder {target.parent} does not exist")
+    model = build_model(config.model, dataset.image_shape, len(dataset.class_names))
+    model.summary()
+    report.plot_model(model, target)
+    print(f"Model picture: {target}")
+    return target

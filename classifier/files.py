@@ -1,0 +1,82 @@
+"""Writing files so that a reader never sees half of one: the lab's one atomic-write helper.
+
+    with atomic_write(run_dir / "model.keras") as temporary:
+        model.save(temporary)          # anything that writes to a path
+    write_json(run_dir / "metrics.json", metrics)
+
+The content goes to a temporary name in the same folder, is flushed to disk,
+and only then renamed over the final name, so a kill, a full disk or an
+exception leaves the old file (or no file) under the final name, never a
+broken one; the temporary file is removed on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from classifier.config import UserError
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: int | None = None):
+    """Yield a temporary path beside `path`; on success fsync it and rename it to `path`.
+
+    Args:
+        path: the final file name.
+        mode: permission bits for the file (e.g. 0o600), set before it gets its
+            final name; None gives the usual ones (0666 less the umask).
+
+    Yields:
+        The temporary path to write to. Its suffix is the final one, so that
+        writers which choose a format by suffix (Keras, matplotlib) still do.
+    """
+    path = Path(path)
+    try:
+        handle, name = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror}") from None
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        os.chmod(temporary, mode if mode is not None else 0o666 & ~_umask())
+        yield temporary
+        _fsync(temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str, mode: int | None = None) -> Path:
+    """Write `text` to `path` atomically."""
+    with atomic_write(path, mode) as temporary:
+        temporary.write_text(text)
+    return Path(path)
+
+
+def write_json(path: Path, data) -> Path:
+    """Write `data` as indented JSON to `path` atomically."""
+    return write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: Path):
+    with open(path) as stream:
+        return json.load(stream)
+
+
+def _fsync(path: Path) -> None:
+    # A folder written by a tool (a SavedModel) is renamed as it is; files are flushed first.
+    if path.is_file():
+        with open(path, "rb+") as stream:
+            os.fsync(stream.fileno())
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

@@ -1,0 +1,132 @@
+"""What the lecture notebooks take for granted, in one import: `from classifier import lab`.
+
+    (x_train, y_train), (x_test, y_test), class_names = lab.load_data("fashion_mnist")
+    lab.show_samples(x_train, y_train, class_names)
+    ... the lecture's own code: create, compile, fit, evaluate ...
+    lab.record_run(model, history, (x_test, y_test), dataset="fashion_mnist", trainer="fit", ...)
+
+Everything the class types stays in the notebook; this module only supplies
+the verified data, pictures shown inline, the seed, and the run record, so
+that a notebook's run lands in runs/ with the same evidence as `invoke train`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from classifier import config as config_module
+from classifier.config import make_config, to_dict
+from classifier.data import get_dataset, load_arrays
+from classifier.download import dataset_folder, fetch, import_from, verified_files
+from classifier.files import write_json
+from classifier.runs import create_run_dir, environment_record, finish_run
+from classifier.runtime import DurationTime, gpu_config, seed_everything  # noqa: F401 - for the notebooks
+
+
+def load_data(dataset_name: str = "cifar10", limit: int | None = None):
+    """The dataset as `keras.datasets.<name>.load_data()` gives it, from the lab's verified cache.
+
+    Images are uint8, NHWC (a channel axis even for gray images); labels are
+    1-D (the lecture's `y_train[:, 0]` is done). A missing dataset is imported
+    from $NOTEBOOK_DATA_SOURCE when set (a copy on disk), else downloaded.
+
+    Args:
+        dataset_name: a registered dataset (cifar10, cifar100, mnist, fashion_mnist).
+        limit: keep only the first `limit` training images (None: all).
+
+    Returns:
+        ((x_train, y_train), (x_test, y_test), class_names).
+    """
+    dataset = get_dataset(dataset_name)
+    root = config_module.data_dir(make_config(dataset=dataset_name))
+    source = os.environ.get("NOTEBOOK_DATA_SOURCE")
+    if source:
+        import_from(dataset, root, Path(source))
+    else:
+        fetch(dataset, root, progress=True)
+    verified_files(dataset, root)
+    (x_train, y_train), test = load_arrays(dataset, dataset_folder(dataset, root))
+    if limit:
+        x_train, y_train = x_train[:limit], y_train[:limit]
+    return (x_train, y_train), test, dataset.class_names
+
+
+def show_samples(images, labels, class_names, grid=(3, 4)) -> None:
+    """The lecture's 3x4 grid of images with their class names, shown in the notebook."""
+    from classifier import report
+
+    _show(report.show_samples(np.asarray(images), np.asarray(labels), class_names, _scratch("samples.png"), grid))
+
+
+def plot_model(model, name: str = "model.png") -> None:
+    """`keras.utils.plot_model`'s picture, shown in the notebook (needs graphviz)."""
+    from classifier import report
+
+    _show(report.plot_model(model, _scratch(name)))
+
+
+def record_run(model, history: dict, test_data, *, dataset: str, trainer: str, model_name: str,
+               epochs: int, batch_size: int, seed: int, limit: int | None = None, val_split: float = 0.2,
+               train_seconds: float | None = None, direct: bool = False) -> Path:
+    """Evaluate `model` on the test set as `invoke train` does and write a run folder for it.
+
+    The run folder has the same files as one from `invoke train` (config,
+    history, metrics, curves, confusion matrix, model, manifest with the
+    weights hash), so a notebook's result can be compared with a command's.
+
+    Args:
+        model: the trained Keras model.
+        history: per-epoch {"loss", "accuracy", "val_loss", "val_accuracy"} (fit's `history.history`).
+        test_data: (x_test, y_test), images scaled as for training.
+        dataset, trainer, model_name, epochs, batch_size, seed, limit, val_split:
+            the settings the notebook used, as `invoke train` flags would give them.
+        train_seconds: the training time, if measured.
+        direct: evaluate by calling the model (lecture 1.3) rather than evaluate()/predict().
+
+    Returns:
+        The run folder.
+    """
+    from classifier.data import Split
+    from classifier.evaluate import evaluate
+
+    config = make_config(dataset=dataset, trainer=trainer, model=model_name, epochs=epochs, batch_size=batch_size,
+                         seed=seed, limit=limit, val_split=val_split)
+    info = get_dataset(dataset)
+    run_dir = create_run_dir(config_module.runs_dir(config), config)
+    write_json(run_dir / "config.json", to_dict(config))
+    x_test, y_test = test_data
+    test = Split(np.asarray(x_test, dtype=np.float32), np.asarray(y_test, dtype=np.int32))
+    started = time.perf_counter()
+    metrics = evaluate(model, test, len(info.class_names), config.eval_batch_size, direct=direct)
+    manifest = {"status": "running", "seed": seed, "config": to_dict(config), "source": "notebook",
+                "environment": environment_record()}
+    # fit names the lecture's metric "sparse_categorical_accuracy"; the run folder calls it "accuracy".
+    history = {key.replace("sparse_categorical_accuracy", "accuracy"): [float(value) for value in values]
+               for key, values in history.items()}
+    timings = {"train_seconds": train_seconds, "evaluate_seconds": time.perf_counter() - started}
+    finish_run(run_dir, model, history, metrics, timings, manifest, info.class_names)
+    _show(run_dir / "learning_curves.png")
+    _show(run_dir / "confusion_matrix.png")
+    print(f"test loss {metrics['loss']:.4f}, test accuracy {metrics['accuracy']:.4f}")
+    print(f"Run folder: {run_dir}")
+    print(f"weights SHA-256: {(manifest['weights_sha256'])}")
+    return run_dir
+
+
+def _scratch(name: str) -> Path:
+    folder = config_module.runs_dir(make_config()) / "notebooks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def _show(path: Path) -> None:
+    try:
+        from IPython.display import Image, display
+    except ImportError:  # Outside Jupyter the picture is only written.
+        print(f"picture: {path}")
+        return
+    display(Image(filename=str(path)))

@@ -1,0 +1,26 @@
+"""The names a config may hold, as plain data, kept apart from the code they name.
+
+`config.py` validates against these tuples without importing TensorFlow, so a
+mistyped flag is answered at once. `tests/test_registry.py` checks that each
+tuple lists exactly what its module builds (models.MODELS, train.TRAINERS, ...).
+"""
+
+# The lecture's network built three ways (lecture 1.2 and 1.3), then the fast recipe's network.
+LECTURE_MODELS = ("sequential_add", "sequential_list", "functional")
+MODELS = (*LECTURE_MODELS, "fast_cnn")
+
+# "fit": compile + fit (lecture 1.2); "tape": tf.data + GradientTape under tf.function (lecture 1.3).
+TRAINERS = ("fit", "tape")
+
+# "lecture": the lecture's network and schedule; "fast": classifier/recipes.py.
+RECIPES = ("lecture", "fast")
+
+# "default": one device; "mirrored": tf.distribute.MirroredStrategy (classifier/distribute.py).
+STRATEGIES = ("default", "mirrored")
+
+# What each recipe sets for the fields the person leaves out (classifier/recipes.py
+# says why; benchmarks/NOTES.md measured it). A flag the person gives always wins.
+RECIPE_SETTINGS = {
+    "lecture": {},
+    "fast": {"model": "fast_cnn", "batch_size": 128, "epochs": 11, "learning_rate": 0.003, "val_split": 0.1},
+}
