@@ -147,10 +147,10 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
 
     # test_model(): evaluate() and predict() for `fit`, calling the model for `tape` (lecture 1.3).
     with strategy.scope():
-        final_model = inference_model(model, config, optimizer)
+        final_model = inference_model(model, config)
     with DurationTime("evaluation") as eval_timer:
         metrics = evaluate(final_model, test, len(dataset.class_names), config.eval_batch_size,
-                           direct=config.trainer == "tape")
+                           direct=config.trainer == "tape" or final_model is not model)
     print(f"test loss {metrics['loss']:.4f}, test accuracy {metrics['accuracy']:.4f}, "
           f"argmax accuracy {metrics['argmax_accuracy']:.4f}, "
           f"probabilities sum to 1: {metrics['probabilities_sum_to_one']}")

@@ -73,23 +73,22 @@ def fast_cnn(input_shape, num_class: int) -> keras.Model:
     return keras.Model(inputs=input_tensor, outputs=output_tensor, name="fast-classifier")
 
 
-def inference_model(model: keras.Model, config: Config, optimizer: keras.optimizers.Optimizer) -> keras.Model:
+def inference_model(model: keras.Model, config: Config) -> keras.Model:
     """The model that is evaluated and saved: the trained one, or for the fast recipe its mirror average.
 
     Test-time mirroring: the answer is the mean of the answers for an image and
     its left-right mirror image, which the random mirroring in training has
-    taught the network to read. It shares the trained weights.
+    taught the network to read. It shares the trained weights. The wrapper is
+    not compiled, so the fast recipe is always evaluated by calling the model.
     """
     if config.recipe != "fast":
         return model
     image = layers.Input(shape=model.input_shape[1:], name="image")
     mirrored = keras.ops.flip(image, axis=2)
     average = layers.Average(name="mirror_average")([model(image), model(mirrored)])
-    wrapper = keras.Model(inputs=image, outputs=average, name="fast-classifier-mirrored")
-    # Compiled for evaluate(); the trained optimizer goes with it into model.keras.
-    wrapper.compile(loss=keras.losses.SparseCategoricalCrossentropy(), optimizer=optimizer,
-                    metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    return wrapper
+    # Not compiled: it is evaluated by calling it, and saved without an
+    # optimizer, so that loading it elsewhere needs nothing but Keras.
+    return keras.Model(inputs=image, outputs=average, name="fast-classifier-mirrored")
 
 
 def use_mixed_precision(config: Config) -> bool:
