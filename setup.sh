@@ -3,8 +3,9 @@
 # a virtual environment in .venv installed from the hash-locked requirements
 # (TensorFlow, then the lab's JupyterLab, notebook runner and TensorBoard).
 #
-#   ./setup.sh                 # CPU TensorFlow (laptops, CI)
-#   LAB_VARIANT=gpu ./setup.sh # CUDA TensorFlow; the host needs the NVIDIA driver
+#   ./setup.sh                 # CPU TensorFlow and CPU PyTorch (laptops, CI)
+#   LAB_VARIANT=gpu ./setup.sh # CUDA TensorFlow and CUDA PyTorch; the host needs the NVIDIA driver
+#   LAB_TORCH=0 ./setup.sh     # without PyTorch (the lecture's part 2 and its tests need it)
 set -euo pipefail
 cd "$(dirname "$0")"
 variant="${LAB_VARIANT:-cpu}"
@@ -28,5 +29,17 @@ python3 -m venv .venv
 .venv/bin/pip install --quiet --require-hashes -r "$lock"
 # JupyterLab, the notebook runner and TensorBoard: the notebooks run and are tested on the host too.
 .venv/bin/pip install --quiet --require-hashes -r requirements/lab.lock
+# PyTorch for the lecture's part 2, from its own lock (requirements/torch-*.lock).
+# The CPU build is not on PyPI (PyPI's Linux torch is a CUDA build of several
+# GB): pip finds it in a wheel folder named by its configuration (find-links),
+# else on PyTorch's CPU index. Either way the hash must match the lock.
+if [[ "${LAB_TORCH:-1}" != 0 ]]; then
+  torch_lock="requirements/torch-${variant}.lock"
+  if ! .venv/bin/pip install --quiet --require-hashes -r "$torch_lock" 2>/dev/null; then
+    index=https://pypi.org/simple
+    [[ "$variant" == cpu ]] && index=https://download.pytorch.org/whl/cpu
+    .venv/bin/pip install --quiet --require-hashes --extra-index-url "$index" -r "$torch_lock"
+  fi
+fi
 .venv/bin/pip install --quiet --no-deps --no-build-isolation -e .
 echo "lab ready: .venv/bin/invoke --list"
