@@ -167,9 +167,7 @@ def measure_torch_trainer(limit: int, epochs: int, data_dir: str, seed: int = 42
     Returns:
         The keys of `measure_lab_trainer`. TensorFlow is not imported.
     """
-    import time
-
-    from classifier.pipeline import load_dataset
+    from classifier.commands import load_dataset
     from classifier.torch_models import build_torch_model
     from classifier.torch_train import TorchTrainer, evaluate_torch, seed_torch
 

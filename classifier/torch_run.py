@@ -14,19 +14,15 @@ TensorFlow is never imported on this path: a machine with only PyTorch runs it.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from classifier import config as config_module
 from classifier.config import Config, UserError, to_dict
-from classifier.data import get_dataset
+from classifier.files import atomic_write, write_json, write_text
+from classifier.runs import create_run_dir, environment_record
 
 CHECKPOINT = Path("checkpoint") / "last.pt"
-
-
-class Interrupted(UserError):
-    """Ctrl-C during training: the run folder keeps its last finished epoch."""
 
 
 def import_torch():
@@ -64,23 +60,17 @@ def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
     Returns:
         The run folder.
     """
-    torch = import_torch()
+    import_torch()
     from classifier import report
-    from classifier.download import fetch, problems
-    from classifier.pipeline import load_dataset
-    from classifier.runs import create_run_dir, environment_record, write_json
+    from classifier.commands import Interrupted, load_dataset
     from classifier.torch_models import build_torch_model, count_parameters
-    from classifier.torch_train import (
-        TorchTrainer, evaluate_torch, load_checkpoint, save_checkpoint, seed_torch, weights_sha256,
-    )
+    from classifier.torch_train import TorchTrainer, evaluate_torch, load_checkpoint, save_checkpoint, seed_torch
 
-    dataset = get_dataset(config.dataset)
-    if problems(dataset, config_module.data_dir(config)):
-        fetch(dataset, config_module.data_dir(config))
     seed_torch(config.seed, config.deterministic)
     start = time.perf_counter()
     dataset, (train, val, test), hashes = load_dataset(config)
     load_seconds = time.perf_counter() - start
+    # Claimed only now: a failed download, or a --limit that does not fit the data, leaves no run folder.
     run_dir = resume_dir or create_run_dir(config_module.runs_dir(config), config)
     if not resume_dir:
         write_json(run_dir / "config.json", to_dict(config))
@@ -89,7 +79,8 @@ def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
         "status": "running",
         "seed": config.seed,
         "config": to_dict(config),
-        "data": {"dataset": dataset.name, "sha256": hashes, "train": len(train), "validation": len(val), "test": len(test)},
+        "data": {"dataset": dataset.name, "sha256": hashes, "train": len(train), "validation": len(val),
+                 "test": len(test)},
         "environment": {**environment_record(tensorflow=False), **torch_environment()},
     }
     write_json(run_dir / "manifest.json", manifest)
@@ -98,7 +89,7 @@ def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
     model = build_torch_model(config.model, dataset.image_shape, len(dataset.class_names))
     summary = f"{model}\n\nparameters: {count_parameters(model):,}\n"
     print(summary)
-    _write_text(run_dir / "model.txt", summary)
+    write_text(run_dir / "model.txt", summary)
     trainer = TorchTrainer(model, config)
     manifest["devices_used"] = [str(trainer.device)]
     start_epoch = load_checkpoint(run_dir / CHECKPOINT, trainer) if resume_dir else 0
@@ -113,51 +104,46 @@ def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
         manifest["status"] = "interrupted"
         write_json(run_dir / "manifest.json", manifest)
         done = len(trainer.history["loss"])
-        raise Interrupted(f"stopped after {done}/{config.epochs} epoch(s); continue with: invoke train --resume {run_dir}") from None
+        raise Interrupted(f"stopped after {done}/{config.epochs} epoch(s); "
+                          f"continue with: invoke train --resume {run_dir}") from None
 
     start = time.perf_counter()
     metrics = evaluate_torch(model, test, len(dataset.class_names), config.eval_batch_size)
     eval_seconds = time.perf_counter() - start
     print(f"test loss {metrics['loss']:.4f}, test accuracy {metrics['accuracy']:.4f}, "
-          f"argmax accuracy {metrics['argmax_accuracy']:.4f}, probabilities sum to 1: {metrics['probabilities_sum_to_one']}")
-
-    _save_state_dict(torch, model, run_dir / "model.pt")
-    write_json(run_dir / "history.json", {**history, "epoch_seconds": trainer.epoch_seconds})
-    write_json(run_dir / "metrics.json", {**metrics, "class_names": list(dataset.class_names)})
+          f"argmax accuracy {metrics['argmax_accuracy']:.4f}, "
+          f"probabilities sum to 1: {metrics['probabilities_sum_to_one']}")
     ran = trainer.epoch_seconds[start_epoch:]
-    write_json(run_dir / "timings.json", {
+    timings = {
         "load_seconds": load_seconds,
         "train_seconds": train_seconds,
         "evaluate_seconds": eval_seconds,
         "epoch_seconds": trainer.epoch_seconds,
         "train_images_per_second": len(train) * len(ran) / sum(ran) if ran else None,
-    })
-    report.learning_curves(history, run_dir / "learning_curves.png")
-    report.confusion_matrix_plot(metrics["confusion_matrix"], dataset.class_names, run_dir / "confusion_matrix.png")
-    manifest["status"] = "complete"
-    manifest["weights_sha256"] = weights_sha256(model)
-    write_json(run_dir / "manifest.json", manifest)
+    }
+    finish_torch_run(run_dir, model, {**history, "epoch_seconds": trainer.epoch_seconds}, metrics, timings,
+                     manifest, dataset.class_names)
     print(f"Run folder: {run_dir}")
     return run_dir
 
 
-def _save_state_dict(torch, model, path: Path) -> None:
-    """The weights in PyTorch's format: `model.load_state_dict(torch.load(path))` restores them."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(temporary, "wb") as stream:
-            torch.save(model.state_dict(), stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+def finish_torch_run(run_dir: Path, model, history: dict, metrics: dict, timings: dict, manifest: dict,
+                     class_names) -> None:
+    """`runs.finish_run` for a torch model: the weights as a state_dict (model.pt), then the same files.
 
+    `model.load_state_dict(torch.load("model.pt"))` restores the weights whose
+    SHA-256 the manifest holds.
+    """
+    torch = import_torch()
+    from classifier import report
+    from classifier.torch_train import weights_sha256
 
-def _write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_write(run_dir / "model.pt") as temporary:
+        torch.save(model.state_dict(), temporary)
+    write_json(run_dir / "history.json", history)
+    write_json(run_dir / "metrics.json", {**metrics, "class_names": list(class_names)})
+    write_json(run_dir / "timings.json", timings)
+    report.learning_curves(history, run_dir / "learning_curves.png")
+    report.confusion_matrix_plot(metrics["confusion_matrix"], class_names, run_dir / "confusion_matrix.png")
+    manifest.update(status="complete", weights_sha256=weights_sha256(model))
+    write_json(run_dir / "manifest.json", manifest)

@@ -16,8 +16,8 @@ Deterministic by default (`seed_torch`): Python, NumPy and torch are seeded,
 `torch.use_deterministic_algorithms(True)` refuses kernels that could add up
 in another order, `CUBLAS_WORKSPACE_CONFIG` makes cuBLAS repeat on a GPU, the
 DataLoader shuffles with its own seeded `torch.Generator` (worker processes,
-if any, are seeded from it), and each epoch's dropout masks come from the seed
-and the epoch number. A checkpoint is one dict (weights,
+if any, are seeded from it), and validation never draws from the random
+stream that training's dropout uses. A checkpoint is one dict (weights,
 optimizer, every RNG state, epochs done, history) written atomically after
 every epoch, so a run killed at any moment continues bit-identically:
 
@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from classifier.config import Config
 from classifier.data import Split
+from classifier.files import atomic_write
 from classifier.torch_models import outputs_probabilities
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -66,11 +67,6 @@ def seed_torch(seed: int, deterministic: bool = True) -> None:
     # cuDNN's autotuner times kernels and keeps the fastest: another pick on another run.
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = deterministic
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of torch's global RNG (dropout masks) in one epoch, from the run's seed alone."""
-    return int(np.random.default_rng([seed, epoch, 1]).integers(2**31 - 1))
 
 
 def seed_worker(worker_id: int) -> None:
@@ -155,10 +151,6 @@ class TorchTrainer:
         val_images, val_labels = to_tensors(val)
         for epoch in range(start_epoch, self.config.epochs):
             start = time.perf_counter()
-            # Dropout draws from torch's global RNG. Reseeding it from (seed, epoch)
-            # keeps each epoch's masks independent of what ran before: a resumed
-            # run, or the lecture-faithful model whose validation also drops out.
-            torch.manual_seed(epoch_seed(self.config.seed, epoch))
             self.model.train()
             total_loss, correct, seen = 0.0, 0, 0
             for x_batch, y_batch in loader:
@@ -189,7 +181,13 @@ class TorchTrainer:
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
         """The lecture's evaluate: call the model, the loss object on its output, accuracy by hand."""
-        outputs = predict(self.model, images, self.config.eval_batch_size, self.device)
+        # The lecture-faithful model drops out here too. On a forked RNG its draws
+        # leave training's stream as it was, so the corrected and the faithful
+        # model see the same dropout masks in training, and the notebook's plain
+        # loop (whose corrected model draws nothing here) gives the same weights.
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            outputs = predict(self.model, images, self.config.eval_batch_size, self.device)
         loss = self.loss_object(outputs, labels).item()
         accuracy = torch.mean((torch.argmax(outputs, dim=1) == labels).float()).item()
         return loss, accuracy
@@ -279,18 +277,11 @@ def checkpoint_dict(trainer: TorchTrainer) -> dict:
 
 
 def save_checkpoint(path: Path, trainer: TorchTrainer) -> Path:
-    """Write `checkpoint_dict(trainer)` to `path` atomically (temporary name, fsync, rename)."""
+    """Write `checkpoint_dict(trainer)` to `path` atomically (files.atomic_write: temporary name, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(temporary, "wb") as stream:
-            torch.save(checkpoint_dict(trainer), stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_write(path) as temporary:
+        torch.save(checkpoint_dict(trainer), temporary)
     return path
 
 

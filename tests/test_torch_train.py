@@ -83,7 +83,7 @@ def test_resume_from_a_checkpoint_is_bit_identical(tmp_path, model):
 
     assert weights_sha256(resumed.model) == weights_sha256(straight.model)
     assert resumed.history == straight.history
-    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temporary file
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # the atomic write left no temporary file
 
 
 def test_no_checkpoint_means_start_from_epoch_zero(tmp_path):
