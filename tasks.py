@@ -173,12 +173,13 @@ def test(c, markers="", args=""):
 _VARIANT_HELP = "gpu (CUDA TensorFlow, default) or cpu (hosts without an NVIDIA runtime)"
 
 
-@task(help={"variant": _VARIANT_HELP, "base_image": "override the pinned base image (FROM)"})
-def build(c, variant="gpu", base_image=""):
+@task(help={"variant": _VARIANT_HELP, "base_image": "override the pinned base image (FROM)",
+            "torch": "add PyTorch's CPU build for notebook 04 and --trainer torch (cpu variant only; +0.9 GB)"})
+def build(c, variant="gpu", base_image="", torch=False):
     """Build the lab image (classifier-lab:VARIANT) as your user's UID/GID."""
     from classifier import container
 
-    _run(container.build, variant, base_image=base_image or None)
+    _run(container.build, variant, base_image=base_image or None, torch=torch)
 
 
 @task(help={"variant": _VARIANT_HELP, "port": "JupyterLab's port on 127.0.0.1 (default 8888)"})

@@ -89,6 +89,7 @@ def build_command(
     uid: int | None = None,
     gid: int | None = None,
     network: str | None = None,
+    torch: bool = False,
 ) -> list[str]:
     """The `docker build` command line for a variant (see `build`)."""
     default_uid, default_gid = host_ids()
@@ -103,6 +104,8 @@ def build_command(
         command += ["--build-arg", f"BASE_IMAGE={base_image}"]
     if network:
         command += ["--network", network]
+    if torch:
+        command += ["--build-arg", "WITH_TORCH=1"]
     return command + ["."]
 
 
@@ -114,6 +117,7 @@ def build(
     uid: int | None = None,
     gid: int | None = None,
     network: str | None = None,
+    torch: bool = False,
 ) -> str:
     """Build the lab image.
 
@@ -123,11 +127,15 @@ def build(
         base_image: overrides the Dockerfile's pinned BASE_IMAGE (CI: the stand-in).
         uid, gid: the container user's ids; default the host user's (1000 for root).
         network: build network, e.g. "host" where the engine has no bridge.
+        torch: add PyTorch's CPU build (cpu variant only; docker/Dockerfile's WITH_TORCH says why).
 
     Returns:
         The image tag that was built.
     """
-    command = build_command(variant, tag=tag, base_image=base_image, uid=uid, gid=gid, network=network)
+    if torch and variant != "cpu":
+        raise ContainerError("--torch needs --variant cpu: PyTorch's CUDA build cannot share the GPU image with "
+                             "TensorFlow's (both write site-packages/nvidia/cudnn/lib; docker/Dockerfile says more)")
+    command = build_command(variant, tag=tag, base_image=base_image, uid=uid, gid=gid, network=network, torch=torch)
     _run(command)
     return command[command.index("-t") + 1]
 

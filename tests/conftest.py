@@ -196,11 +196,15 @@ def run_folder_from(stdout: str) -> Path:
 
 
 def require_torch():
-    """Import torch for a test module: skip without it, except in CI, which must have it (setup.sh installs it)."""
+    """Import torch for a test module: skip without it, except in CI, which must have it (setup.sh installs it).
+
+    An environment made without PyTorch on purpose (LAB_TORCH=0: `LAB_TORCH=0 ./setup.sh`,
+    or the lab image built without WITH_TORCH=1) skips even in CI.
+    """
     try:
         import torch
     except ImportError:
-        if os.environ.get("CI") == "true":
+        if os.environ.get("CI") == "true" and os.environ.get("LAB_TORCH", "1") != "0":
             pytest.fail("CI must install PyTorch (setup.sh installs requirements/torch-cpu.lock)", pytrace=False)
         pytest.skip("PyTorch is not installed (pip install --require-hashes -r requirements/torch-cpu.lock)",
                     allow_module_level=True)

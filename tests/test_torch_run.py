@@ -172,3 +172,13 @@ def test_bench_measures_the_torch_trainer(fashion_lab, tmp_path, monkeypatch):
     torch_row = results["summary"]["torch"]
     assert torch_row["train_images_per_second"] > 0 and 0.1 < torch_row["test_accuracy"] <= 1.0
     assert "| torch |" in (tmp_path / "bench.md").read_text()
+
+
+def test_the_image_gets_pytorch_only_when_asked_and_only_on_the_cpu_variant():
+    from classifier import container
+    from classifier.config import UserError
+
+    assert "WITH_TORCH=1" in container.build_command("cpu", torch=True)
+    assert not any("WITH_TORCH" in part for part in container.build_command("cpu"))
+    with pytest.raises(UserError, match="--torch needs --variant cpu"):
+        container.build("gpu", torch=True)
