@@ -45,7 +45,7 @@ _COLUMNS = (
 
 
 def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output: str = DEFAULT_OUTPUT,
-                  data_dir: str = "", seed: int = 42, subjects: tuple[str, ...] = SUBJECTS) -> dict:
+                  data_dir: str = "", seed: int = 42, subjects: tuple[str, ...] | None = None) -> dict:
     """Measure the reference and the lab's trainers, then write OUTPUT.json and OUTPUT.md.
 
     Args:
@@ -55,7 +55,8 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
         output: path without suffix for the .json and .md results.
         data_dir: dataset cache holding fashion_mnist/ ("" as for `invoke train`).
         seed: the seed every subject uses.
-        subjects: any of "reference", "fit", "tape"; ratios need "reference".
+        subjects: any of SUBJECTS; ratios need "reference". None: all of them
+            ("torch" only where PyTorch is installed).
 
     Returns:
         {"machine", "settings", "summary", "measurements"}, as written to OUTPUT.json.
@@ -64,6 +65,10 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
         raise UserError(f"epochs must be at least 2 (the first epoch is warm-up and not measured), got {epochs}")
     if repeats < 1:
         raise UserError(f"repeats must be at least 1, got {repeats}")
+    if subjects is None:
+        import importlib.util
+
+        subjects = tuple(s for s in SUBJECTS if s != "torch" or importlib.util.find_spec("torch") is not None)
     for subject in subjects:
         if subject not in SUBJECTS:
             raise UserError(f"unknown benchmark subject {subject!r}; accepted: {', '.join(SUBJECTS)}")
@@ -255,8 +260,9 @@ def markdown_report(results: dict) -> str:
         "Ratios are lab / reference, measured in the same run.\n\n"
         + markdown_table(results["summary"])
         + f"\nMachine: {machine['cpu']}, {machine['cores']} cores, TensorFlow {machine['tensorflow']} "
-        f"({machine['tensorflow_build']}), Keras {machine['keras']}, Python {machine['python']}, "
-        f"devices {', '.join(machine['devices'])}.\n"
+        f"({machine['tensorflow_build']}), Keras {machine['keras']}, PyTorch {machine.get('torch') or 'not installed'}, "
+        f"Python {machine['python']}, devices {', '.join(machine['devices'])}. The torch subject is the lab's "
+        "`--trainer torch` (classifier.torch_train, `evaluate_torch` at the same batch).\n"
     )
 
 
@@ -277,8 +283,19 @@ def machine_description() -> dict:
         "tensorflow": tf.__version__,
         "tensorflow_build": f"CUDA {cuda}" if cuda else "CPU build",
         "keras": keras.__version__,
+        "torch": _torch_version(),
         "devices": [device.name for device in tf.config.list_physical_devices()],
     }
+
+
+def _torch_version() -> str | None:
+    """torch's version and build, without importing it into this process (None if not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
