@@ -224,9 +224,11 @@ def down(variant: str | None = None) -> None:
 
 
 def lock_commands() -> list[list[str]]:
-    """The uv commands that write requirements/{cpu,gpu,lab}.lock, in order.
+    """The uv commands that write requirements/{cpu,gpu,lab,torch-cpu,torch-gpu}.lock, in order.
 
-    They are the commands recorded in each lock file's header.
+    They are the commands recorded in each lock file's header. The torch locks
+    are constrained by TensorFlow's and the lab's, so that installing one after
+    the other changes no version.
     """
     def compile_(*extra: str, output: str) -> list[str]:
         return ["uv", "pip", "compile", "pyproject.toml", *extra, "--generate-hashes", *_LOCK_PLATFORM, "-o", output]
@@ -236,7 +238,18 @@ def lock_commands() -> list[list[str]]:
         compile_("--extra", "gpu", output="requirements/gpu.lock"),
         compile_("--extra", "lab", "-c", "requirements/cpu.lock", "-c", "requirements/gpu.lock",
                  output="requirements/lab.lock"),
+        compile_("--extra", "torch-cpu", "-c", "requirements/cpu.lock", "-c", "requirements/lab.lock",
+                 output="requirements/torch-cpu.lock"),
+        compile_("--extra", "torch-gpu", "-c", "requirements/gpu.lock", "-c", "requirements/lab.lock",
+                 output="requirements/torch-gpu.lock"),
     ]
+
+
+def _torch_cpu_source() -> list[str]:
+    """Where uv finds PyTorch's CPU wheel (not on PyPI): $LAB_TORCH_WHEELS, a folder, else PyTorch's CPU index."""
+    if folder := os.environ.get("LAB_TORCH_WHEELS"):
+        return ["--find-links", folder]
+    return ["--extra-index-url", "https://download.pytorch.org/whl/cpu", "--index-strategy", "unsafe-best-match"]
 
 
 def lock(upgrade: bool = False) -> list[Path]:
@@ -253,6 +266,7 @@ def lock(upgrade: bool = False) -> list[Path]:
         raise ContainerError("uv not found: pip install uv")
     written = []
     for command in lock_commands():
-        _run([uv, *command[1:]] + (["--upgrade"] if upgrade else []))
+        source = _torch_cpu_source() if "torch-cpu" in command else []
+        _run([uv, *command[1:]] + source + (["--upgrade"] if upgrade else []))
         written.append(REPO_ROOT / command[-1])
     return written
