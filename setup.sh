@@ -3,8 +3,9 @@
 # a virtual environment in .venv installed from the hash-locked requirements
 # (TensorFlow, then the lab's JupyterLab, notebook runner and TensorBoard).
 #
-#   ./setup.sh                 # CPU TensorFlow (laptops, CI)
-#   LAB_VARIANT=gpu ./setup.sh # CUDA TensorFlow; the host needs the NVIDIA driver
+#   ./setup.sh                 # CPU TensorFlow and CPU PyTorch (laptops, CI)
+#   LAB_VARIANT=gpu ./setup.sh # CUDA TensorFlow; the host needs the NVIDIA driver (PyTorch: see below)
+#   LAB_TORCH=0 ./setup.sh     # without PyTorch (the lecture's part 2 and its tests need it)
 set -euo pipefail
 cd "$(dirname "$0")"
 variant="${LAB_VARIANT:-cpu}"
@@ -28,5 +29,21 @@ python3 -m venv .venv
 .venv/bin/pip install --quiet --require-hashes -r "$lock"
 # JupyterLab, the notebook runner and TensorBoard: the notebooks run and are tested on the host too.
 .venv/bin/pip install --quiet --require-hashes -r requirements/lab.lock
+# PyTorch's CPU build for the lecture's part 2, from its own lock. It is not on
+# PyPI (PyPI's Linux torch is a CUDA build of several GB): pip finds it in a
+# wheel folder named by its configuration (find-links), else on PyTorch's CPU
+# index. Either way the hash must match the lock.
+if [[ "${LAB_TORCH:-1}" != 0 && "$variant" == cpu ]]; then
+  if ! .venv/bin/pip install --quiet --require-hashes -r requirements/torch-cpu.lock 2>/dev/null; then
+    .venv/bin/pip install --quiet --require-hashes --extra-index-url https://download.pytorch.org/whl/cpu \
+      -r requirements/torch-cpu.lock
+  fi
+elif [[ "${LAB_TORCH:-1}" != 0 ]]; then
+  # PyTorch's CUDA build (CUDA 13) cannot share TensorFlow's environment: both
+  # cuDNN wheels write site-packages/nvidia/cudnn/lib/libcudnn*.so.9.
+  echo "note: PyTorch is not installed beside CUDA TensorFlow; for it make a second environment:" >&2
+  echo "  python3 -m venv .venv-torch && .venv-torch/bin/pip install --require-hashes -r requirements/torch-gpu.lock" \
+       "&& .venv-torch/bin/pip install --no-deps -e ." >&2
+fi
 .venv/bin/pip install --quiet --no-deps --no-build-isolation -e .
 echo "lab ready: .venv/bin/invoke --list"

@@ -14,7 +14,8 @@ from classifier.config import UserError
 
 _CONFIG_HELP = {
     "dataset": "cifar10 (default), cifar100, mnist or fashion_mnist",
-    "model": "sequential_add (default), sequential_list, functional (the lecture's network) or fast_cnn",
+    "model": "sequential_add (default), sequential_list, functional (the lecture's network) or fast_cnn; with "
+             "--trainer torch: torch_module (default), torch_sequential, torch_mixed or torch_lecture (both pitfalls)",
     "data_dir": "dataset cache (default: $CLASSIFIER_DATA_DIR or ./data)",
 }
 
@@ -65,7 +66,8 @@ def data(c, dataset="cifar10", data_dir="", from_="", mirror=""):
 @task(help={
     "dataset": _CONFIG_HELP["dataset"],
     "model": _CONFIG_HELP["model"],
-    "trainer": "fit (model.fit, default) or tape (tf.data + GradientTape + tf.function)",
+    "trainer": "fit (model.fit, default), tape (tf.data + GradientTape + tf.function) "
+               "or torch (PyTorch: DataLoader + zero_grad/backward/step)",
     "epochs": "passes over the training images (default 5)",
     "batch_size": "images per step (default 32)",
     "seed": "random seed for weights, data order and dropout (default 42)",
@@ -100,7 +102,7 @@ def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=Non
     "data_dir": _CONFIG_HELP["data_dir"],
 })
 def bench(c, limit="12000", epochs="3", repeats="3", output="benchmarks/results/latest", data_dir=""):
-    """Time the lecture's script against the lab's fit and tape trainers; write JSON and Markdown."""
+    """Time the lecture's script against the lab's fit, tape and torch trainers; write JSON and Markdown."""
     from classifier.bench import run_benchmark
 
     _run(run_benchmark, limit=_int("limit", limit), epochs=_int("epochs", epochs), repeats=_int("repeats", repeats),
@@ -171,12 +173,13 @@ def test(c, markers="", args=""):
 _VARIANT_HELP = "gpu (CUDA TensorFlow, default) or cpu (hosts without an NVIDIA runtime)"
 
 
-@task(help={"variant": _VARIANT_HELP, "base_image": "override the pinned base image (FROM)"})
-def build(c, variant="gpu", base_image=""):
+@task(help={"variant": _VARIANT_HELP, "base_image": "override the pinned base image (FROM)",
+            "torch": "add PyTorch's CPU build for notebook 04 and --trainer torch (cpu variant only; +0.9 GB)"})
+def build(c, variant="gpu", base_image="", torch=False):
     """Build the lab image (classifier-lab:VARIANT) as your user's UID/GID."""
     from classifier import container
 
-    _run(container.build, variant, base_image=base_image or None)
+    _run(container.build, variant, base_image=base_image or None, torch=torch)
 
 
 @task(help={"variant": _VARIANT_HELP, "port": "JupyterLab's port on 127.0.0.1 (default 8888)"})

@@ -7,6 +7,7 @@ The lecture, in the order the data flows:
     evaluate    -> test metrics with the lecture's cross-checks
     report      -> sample grid, model picture, learning curves, confusion matrix
     tensors     -> lecture 1.1, tensor basics
+    torch_models, torch_train -> part 2 in PyTorch: the network as nn.Module, the DataLoader loop
 
 The machinery around it:
     registry    -> the names a config may hold, TensorFlow-free
@@ -19,6 +20,7 @@ The machinery around it:
     runs        -> run folders and their evidence
     runtime     -> gpu_config, seeds, DurationTime
     commands    -> what tasks.py calls: data, train, plot
+    torch_run   -> `invoke train --trainer torch`: the same run folder, TensorFlow never imported
     lab         -> what the notebooks import
     reproduce, doctor, bench, container -> the other tasks
 """

@@ -1,4 +1,4 @@
-"""Benchmarks: the lecture's own script against the lab's `fit` and `tape` trainers.
+"""Benchmarks: the lecture's own script against the lab's `fit`, `tape` and `torch` trainers.
 
 Every measurement runs in its own child process (so peak memory is each
 one's own), on the same Fashion-MNIST files, the same network and the same
@@ -28,7 +28,7 @@ from classifier.config import PROJECT_ROOT, UserError, make_config
 from classifier.files import write_json, write_text
 
 REFERENCE_SCRIPT = PROJECT_ROOT / "benchmarks" / "lecture_reference.py"
-SUBJECTS = ("reference", "fit", "tape")
+SUBJECTS = ("reference", "fit", "tape", "torch")
 DEFAULT_OUTPUT = "benchmarks/results/latest"
 
 # Columns of the table: (key in a summary, heading, format).
@@ -45,7 +45,7 @@ _COLUMNS = (
 
 
 def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output: str = DEFAULT_OUTPUT,
-                  data_dir: str = "", seed: int = 42, subjects: tuple[str, ...] = SUBJECTS) -> dict:
+                  data_dir: str = "", seed: int = 42, subjects: tuple[str, ...] | None = None) -> dict:
     """Measure the reference and the lab's trainers, then write OUTPUT.json and OUTPUT.md.
 
     Args:
@@ -55,7 +55,8 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
         output: path without suffix for the .json and .md results.
         data_dir: dataset cache holding fashion_mnist/ ("" as for `invoke train`).
         seed: the seed every subject uses.
-        subjects: any of "reference", "fit", "tape"; ratios need "reference".
+        subjects: any of SUBJECTS; ratios need "reference". None: all of them
+            ("torch" only where PyTorch is installed).
 
     Returns:
         {"machine", "settings", "summary", "measurements"}, as written to OUTPUT.json.
@@ -64,6 +65,10 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
         raise UserError(f"epochs must be at least 2 (the first epoch is warm-up and not measured), got {epochs}")
     if repeats < 1:
         raise UserError(f"repeats must be at least 1, got {repeats}")
+    if subjects is None:
+        import importlib.util
+
+        subjects = tuple(s for s in SUBJECTS if s != "torch" or importlib.util.find_spec("torch") is not None)
     for subject in subjects:
         if subject not in SUBJECTS:
             raise UserError(f"unknown benchmark subject {subject!r}; accepted: {', '.join(SUBJECTS)}")
@@ -161,6 +166,42 @@ def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: st
     }
 
 
+def measure_torch_trainer(limit: int, epochs: int, data_dir: str, seed: int = 42) -> dict:
+    """Train and evaluate the lecture's PyTorch network as `invoke train --trainer torch` does.
+
+    Returns:
+        The keys of `measure_lab_trainer`. TensorFlow is not imported.
+    """
+    from classifier.commands import load_dataset
+    from classifier.torch_models import build_torch_model
+    from classifier.torch_train import TorchTrainer, evaluate_torch, seed_torch
+
+    config = make_config(dataset="fashion_mnist", trainer="torch", limit=limit or None, epochs=epochs,
+                         seed=seed, data_dir=data_dir)
+    seed_torch(config.seed, config.deterministic)
+    dataset, (train, val, test), _ = load_dataset(config)
+    model = build_torch_model(config.model, dataset.image_shape, len(dataset.class_names))
+    trainer = TorchTrainer(model, config, verbose=False)
+    start = time.perf_counter()
+    history = trainer.train(train, val)
+    train_seconds = time.perf_counter() - start
+    # Evaluated twice like the TensorFlow subjects, the second one timed.
+    evaluate_torch(model, test, len(dataset.class_names), config.eval_batch_size)
+    start = time.perf_counter()
+    metrics = evaluate_torch(model, test, len(dataset.class_names), config.eval_batch_size)
+    eval_seconds = time.perf_counter() - start
+    return {
+        "train_images": len(train),
+        "epoch_seconds": trainer.epoch_seconds,
+        "train_seconds": train_seconds,
+        "eval_images": len(test),
+        "eval_seconds": eval_seconds,
+        "test_accuracy": metrics["accuracy"],
+        "val_accuracy": history["val_accuracy"][-1],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
 def summarise(measurements: dict[str, list[dict]]) -> dict[str, dict]:
     """Median figures per subject, warm-up epoch left out, with ratios to "reference".
 
@@ -219,8 +260,9 @@ def markdown_report(results: dict) -> str:
         "Ratios are lab / reference, measured in the same run.\n\n"
         + markdown_table(results["summary"])
         + f"\nMachine: {machine['cpu']}, {machine['cores']} cores, TensorFlow {machine['tensorflow']} "
-        f"({machine['tensorflow_build']}), Keras {machine['keras']}, Python {machine['python']}, "
-        f"devices {', '.join(machine['devices'])}.\n"
+        f"({machine['tensorflow_build']}), Keras {machine['keras']}, PyTorch {machine.get('torch') or 'not installed'}, "
+        f"Python {machine['python']}, devices {', '.join(machine['devices'])}. The torch subject is the lab's "
+        "`--trainer torch` (classifier.torch_train, `evaluate_torch` at the same batch).\n"
     )
 
 
@@ -241,8 +283,19 @@ def machine_description() -> dict:
         "tensorflow": tf.__version__,
         "tensorflow_build": f"CUDA {cuda}" if cuda else "CPU build",
         "keras": keras.__version__,
+        "torch": _torch_version(),
         "devices": [device.name for device in tf.config.list_physical_devices()],
     }
+
+
+def _torch_version() -> str | None:
+    """torch's version and build, without importing it into this process (None if not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -256,11 +309,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="results path without suffix")
     parser.add_argument("--data-dir", default="", help="dataset cache")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--child", choices=("fit", "tape"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("fit", "tape", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--json", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
-        if args.child:
+        if args.child == "torch":
+            result = measure_torch_trainer(args.limit, args.epochs, args.data_dir, args.seed)
+            Path(args.json).write_text(json.dumps(result))
+        elif args.child:
             result = measure_lab_trainer(args.child, args.limit, args.epochs, args.data_dir, args.seed)
             Path(args.json).write_text(json.dumps(result))
         else:

@@ -71,6 +71,14 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
     Returns:
         The run folder.
     """
+    if resume:
+        run_dir, config = _resume_target(Path(resume))
+    if config.trainer == "torch":
+        # The lecture's part 2: PyTorch's loop, the same run folder, no TensorFlow imported.
+        from classifier.torch_run import train_torch
+
+        return train_torch(config, run_dir if resume else None)
+
     # Imported here so that bad input above is reported without loading TensorFlow.
     from classifier.checkpoints import Checkpoints
     from classifier.distribute import make_strategy, make_trainer
@@ -79,9 +87,7 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
     from classifier.recipes import inference_model, make_optimizer, steps_per_epoch, use_mixed_precision
     from classifier.runtime import DurationTime, devices, gpu_config, seed_everything
 
-    if resume:
-        run_dir, config = _resume_target(Path(resume))
-    else:
+    if not resume:
         config, chosen = resolve_recipe(config, given)
         if chosen:
             print(f"recipe {config.recipe} chose: " + ", ".join(f"{key}={value}" for key, value in chosen.items()))

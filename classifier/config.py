@@ -27,8 +27,8 @@ class UserError(Exception):
 @dataclass(frozen=True)
 class Config:
     dataset: str = "cifar10"  # a name from classifier.data.DATASETS
-    model: str = "sequential_add"  # a name from registry.MODELS
-    trainer: str = "fit"  # a name from registry.TRAINERS: "fit" (lecture 1.2) or "tape" (lecture 1.3)
+    model: str = "sequential_add"  # a name from registry.MODELS (registry.TORCH_MODELS for the torch trainer)
+    trainer: str = "fit"  # registry.TRAINERS: "fit" (1.2), "tape" (1.3); or registry.TORCH_TRAINERS: "torch" (part 2)
     epochs: int = 5  # full passes over the training part
     batch_size: int = 32  # images per optimizer step
     learning_rate: float = 0.001  # RMSprop step size (Keras' default, as in the lecture)
@@ -64,6 +64,9 @@ def make_config(base: Config | None = None, **overrides) -> Config:
         if key not in types:
             raise UserError(f"unknown config key {key!r}; accepted: {', '.join(types)}")
         changes[key] = _coerce(key, value, types[key])
+    # The torch trainer trains PyTorch modules: with no model named, the lecture's class.
+    if changes.get("trainer") == "torch" and "model" not in changes and base.model == Config.model:
+        changes["model"] = "torch_module"
     config = dataclasses.replace(base, **changes)
     validate(config)
     return config
@@ -97,10 +100,22 @@ def validate(config: Config) -> None:
     from classifier.data import DATASETS
 
     _one_of("dataset", config.dataset, DATASETS)
-    _one_of("model", config.model, registry.MODELS)
-    _one_of("trainer", config.trainer, registry.TRAINERS)
+    _one_of("trainer", config.trainer, registry.TRAINERS + registry.TORCH_TRAINERS)
+    if config.trainer in registry.TORCH_TRAINERS:
+        if config.model not in registry.TORCH_MODELS:
+            raise UserError(f"model {config.model!r} is a Keras model; --trainer torch trains one of: "
+                            f"{', '.join(registry.TORCH_MODELS)}")
+    elif config.model in registry.TORCH_MODELS:
+        raise UserError(f"model {config.model!r} is a PyTorch module; train it with --trainer torch")
+    else:
+        _one_of("model", config.model, registry.MODELS)
     _one_of("recipe", config.recipe, registry.RECIPES)
     _one_of("strategy", config.strategy, registry.STRATEGIES)
+    if config.trainer in registry.TORCH_TRAINERS:
+        for key, lecture in (("recipe", "lecture"), ("strategy", "default")):
+            if getattr(config, key) != lecture:
+                raise UserError(f"--{key} {getattr(config, key)} is for the TensorFlow trainers (fit, tape); "
+                                f"--trainer torch takes --{key} {lecture} only")
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(config, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(config, key)}")

@@ -89,6 +89,7 @@ def build_command(
     uid: int | None = None,
     gid: int | None = None,
     network: str | None = None,
+    torch: bool = False,
 ) -> list[str]:
     """The `docker build` command line for a variant (see `build`)."""
     default_uid, default_gid = host_ids()
@@ -103,6 +104,8 @@ def build_command(
         command += ["--build-arg", f"BASE_IMAGE={base_image}"]
     if network:
         command += ["--network", network]
+    if torch:
+        command += ["--build-arg", "WITH_TORCH=1"]
     return command + ["."]
 
 
@@ -114,6 +117,7 @@ def build(
     uid: int | None = None,
     gid: int | None = None,
     network: str | None = None,
+    torch: bool = False,
 ) -> str:
     """Build the lab image.
 
@@ -123,11 +127,15 @@ def build(
         base_image: overrides the Dockerfile's pinned BASE_IMAGE (CI: the stand-in).
         uid, gid: the container user's ids; default the host user's (1000 for root).
         network: build network, e.g. "host" where the engine has no bridge.
+        torch: add PyTorch's CPU build (cpu variant only; docker/Dockerfile's WITH_TORCH says why).
 
     Returns:
         The image tag that was built.
     """
-    command = build_command(variant, tag=tag, base_image=base_image, uid=uid, gid=gid, network=network)
+    if torch and variant != "cpu":
+        raise ContainerError("--torch needs --variant cpu: PyTorch's CUDA build cannot share the GPU image with "
+                             "TensorFlow's (both write site-packages/nvidia/cudnn/lib; docker/Dockerfile says more)")
+    command = build_command(variant, tag=tag, base_image=base_image, uid=uid, gid=gid, network=network, torch=torch)
     _run(command)
     return command[command.index("-t") + 1]
 
@@ -216,9 +224,11 @@ def down(variant: str | None = None) -> None:
 
 
 def lock_commands() -> list[list[str]]:
-    """The uv commands that write requirements/{cpu,gpu,lab}.lock, in order.
+    """The uv commands that write requirements/{cpu,gpu,lab,torch-cpu,torch-gpu}.lock, in order.
 
-    They are the commands recorded in each lock file's header.
+    They are the commands recorded in each lock file's header. The torch locks
+    are constrained by TensorFlow's and the lab's, so that installing one after
+    the other changes no version.
     """
     def compile_(*extra: str, output: str) -> list[str]:
         return ["uv", "pip", "compile", "pyproject.toml", *extra, "--generate-hashes", *_LOCK_PLATFORM, "-o", output]
@@ -228,7 +238,18 @@ def lock_commands() -> list[list[str]]:
         compile_("--extra", "gpu", output="requirements/gpu.lock"),
         compile_("--extra", "lab", "-c", "requirements/cpu.lock", "-c", "requirements/gpu.lock",
                  output="requirements/lab.lock"),
+        compile_("--extra", "torch-cpu", "-c", "requirements/cpu.lock", "-c", "requirements/lab.lock",
+                 output="requirements/torch-cpu.lock"),
+        compile_("--extra", "torch-gpu", "-c", "requirements/gpu.lock", "-c", "requirements/lab.lock",
+                 output="requirements/torch-gpu.lock"),
     ]
+
+
+def _torch_cpu_source() -> list[str]:
+    """Where uv finds PyTorch's CPU wheel (not on PyPI): $LAB_TORCH_WHEELS, a folder, else PyTorch's CPU index."""
+    if folder := os.environ.get("LAB_TORCH_WHEELS"):
+        return ["--find-links", folder]
+    return ["--extra-index-url", "https://download.pytorch.org/whl/cpu", "--index-strategy", "unsafe-best-match"]
 
 
 def lock(upgrade: bool = False) -> list[Path]:
@@ -245,6 +266,7 @@ def lock(upgrade: bool = False) -> list[Path]:
         raise ContainerError("uv not found: pip install uv")
     written = []
     for command in lock_commands():
-        _run([uv, *command[1:]] + (["--upgrade"] if upgrade else []))
+        source = _torch_cpu_source() if "torch-cpu" in command else []
+        _run([uv, *command[1:]] + source + (["--upgrade"] if upgrade else []))
         written.append(REPO_ROOT / command[-1])
     return written

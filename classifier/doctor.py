@@ -124,6 +124,49 @@ def _conv2d_check(tf, device: str) -> Check:
     return Check(f"conv2d {device}", OK, "forward and backward pass ran")
 
 
+def check_torch(lock_dir: Path = PROJECT_ROOT / "requirements") -> list[Check]:
+    """PyTorch (the lecture's part 2): import, version against its lock, CUDA build, and a
+    Conv2d forward and backward pass on every device torch sees."""
+    variant = "gpu" if _installed("tensorflow") and not _installed("tensorflow-cpu") else "cpu"
+    fix = f"./setup.sh installs it, or: pip install --require-hashes -r requirements/torch-{variant}.lock"
+    try:
+        import torch
+    except ImportError as error:
+        return [Check("torch", WARN, f"not importable ({error}): invoke train --trainer torch and notebook 04 need it", fix)]
+    wanted = locked_versions(lock_dir / f"torch-{variant}.lock").get("torch") if (lock_dir / f"torch-{variant}.lock").is_file() else None
+    if wanted and torch.__version__ != wanted:
+        checks = [Check("torch", FAIL, f"{torch.__version__} installed, lock says {wanted}", fix)]
+    else:
+        checks = [Check("torch", OK, f"{torch.__version__} (as locked)" if wanted else torch.__version__)]
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    checks.append(Check("torch build", INFO, f"CUDA {torch.version.cuda}, cuDNN {cudnn}" if torch.version.cuda
+                        else "CPU-only build"))
+    devices = ["cpu"] + [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    if torch.version.cuda and not torch.cuda.is_available() and shutil.which("nvidia-smi"):
+        checks.append(Check("torch gpus", FAIL, "nvidia-smi sees a GPU but torch does not",
+                            "check that the driver supports CUDA " + str(torch.version.cuda) + " (nvidia-smi)"))
+    for device in devices:
+        checks.append(_torch_conv2d_check(torch, device))
+    return checks
+
+
+def _torch_conv2d_check(torch, device: str) -> Check:
+    """One Conv2d forward and backward pass on `device`, as the first training step makes."""
+    try:
+        generator = torch.Generator().manual_seed(1)
+        conv = torch.nn.Conv2d(3, 4, kernel_size=3, padding=1).to(device)
+        images = torch.rand(2, 3, 16, 16, generator=generator).to(device)
+        loss = (conv(images) ** 2).sum()
+        loss.backward()
+        if not bool(torch.isfinite(conv.weight.grad).all()):
+            raise RuntimeError("the gradient is not finite")
+    except Exception as error:  # noqa: BLE001 - any failure here is the finding
+        return Check(f"torch conv2d {device}", FAIL, str(error).splitlines()[0][:160],
+                     "check that the driver supports torch's CUDA version (nvidia-smi) and that no other "
+                     "process holds all GPU memory")
+    return Check(f"torch conv2d {device}", OK, "forward and backward pass ran")
+
+
 def check_graphviz() -> Check:
     from classifier.report import graphviz_missing
 
@@ -207,6 +250,7 @@ def diagnose(data_dir: Path, runs_dir: Path) -> list[Check]:
     return [
         *check_versions(),
         *check_tensorflow(),
+        *check_torch(),
         check_graphviz(),
         *check_datasets(data_dir),
         *check_disk(data_dir, runs_dir),

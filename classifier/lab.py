@@ -117,6 +117,49 @@ def record_run(model, history: dict, test_data, *, dataset: str, trainer: str, m
     return run_dir
 
 
+def record_torch_run(model, history: dict, test_data, *, dataset: str, model_name: str, epochs: int,
+                     batch_size: int, seed: int, limit: int | None = None, val_split: float = 0.2,
+                     train_seconds: float | None = None) -> Path:
+    """`record_run` for a PyTorch model (lecture part 2): the run folder `invoke train --trainer torch` writes.
+
+    Args:
+        model: the trained `nn.Module` (logits out, or softmax for the lecture-faithful build).
+        history: per-epoch {"loss", "accuracy", "val_loss", "val_accuracy"}.
+        test_data: (x_test, y_test) as `load_data` gave them (uint8, NHWC); they are
+            scaled and put channels-first as for training.
+        dataset, model_name, epochs, batch_size, seed, limit, val_split: the settings
+            the notebook used, as `invoke train --trainer torch` flags would give them.
+        train_seconds: the training time, if measured.
+
+    Returns:
+        The run folder.
+    """
+    from classifier.data import Split
+    from classifier.torch_run import finish_torch_run, torch_environment
+    from classifier.torch_train import evaluate_torch
+
+    config = make_config(dataset=dataset, trainer="torch", model=model_name, epochs=epochs, batch_size=batch_size,
+                         seed=seed, limit=limit, val_split=val_split)
+    info = get_dataset(dataset)
+    run_dir = create_run_dir(config_module.runs_dir(config), config)
+    write_json(run_dir / "config.json", to_dict(config))
+    x_test, y_test = test_data
+    test = Split(np.asarray(x_test, dtype=np.float32) / np.float32(255.0), np.asarray(y_test, dtype=np.int32))
+    started = time.perf_counter()
+    metrics = evaluate_torch(model, test, len(info.class_names), config.eval_batch_size)
+    manifest = {"status": "running", "seed": seed, "config": to_dict(config), "source": "notebook",
+                "environment": {**environment_record(tensorflow=False), **torch_environment()}}
+    timings = {"train_seconds": train_seconds, "evaluate_seconds": time.perf_counter() - started}
+    finish_torch_run(run_dir, model, {key: [float(value) for value in values] for key, values in history.items()},
+                     metrics, timings, manifest, info.class_names)
+    _show(run_dir / "learning_curves.png")
+    _show(run_dir / "confusion_matrix.png")
+    print(f"test loss {metrics['loss']:.4f}, test accuracy {metrics['accuracy']:.4f}")
+    print(f"Run folder: {run_dir}")
+    print(f"weights SHA-256: {manifest['weights_sha256']}")
+    return run_dir
+
+
 def _scratch(name: str) -> Path:
     folder = config_module.runs_dir(make_config()) / "notebooks"
     folder.mkdir(parents=True, exist_ok=True)

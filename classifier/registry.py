@@ -12,6 +12,13 @@ MODELS = (*LECTURE_MODELS, "fast_cnn")
 # "fit": compile + fit (lecture 1.2); "tape": tf.data + GradientTape under tf.function (lecture 1.3).
 TRAINERS = ("fit", "tape")
 
+# The lecture's part 2, in PyTorch (classifier/torch_models.py, torch_train.py):
+# "torch" is the DataLoader + zero_grad/backward/step loop; it trains these modules
+# (the lecture's class, nn.Sequential blocks, a mix of the two, and the lecture's
+# class as written, with both of its pitfalls).
+TORCH_TRAINERS = ("torch",)
+TORCH_MODELS = ("torch_module", "torch_sequential", "torch_mixed", "torch_lecture")
+
 # "lecture": the lecture's network and schedule; "fast": classifier/recipes.py.
 RECIPES = ("lecture", "fast")
 

@@ -17,8 +17,8 @@ from classifier.files import read_json
 from classifier.runs import environment_record
 
 # Keys of environment_record() whose change can change the numbers, in the order shown.
-_COMPARED = ("python", "tensorflow", "tensorflow_build", "cpu", "cpu_count", "devices", "numerics_env",
-             "container_image", "git")
+_COMPARED = ("python", "tensorflow", "tensorflow_build", "torch", "torch_build", "torch_devices", "torch_threads",
+             "cpu", "cpu_count", "devices", "numerics_env", "container_image", "git")
 _METRICS = ("loss", "accuracy", "argmax_accuracy")
 
 
@@ -68,7 +68,13 @@ def reproduce(run_dir: str, runs_dir: str = "") -> bool:
 
     original = Path(run_dir)
     manifest, metrics = load_finished_run(original)
-    differences = environment_differences(manifest.get("environment", {}), environment_record())
+    if manifest["config"].get("trainer") == "torch":
+        from classifier.torch_run import torch_environment
+
+        current = {**environment_record(tensorflow=False), **torch_environment()}
+    else:
+        current = environment_record()
+    differences = environment_differences(manifest.get("environment", {}), current)
     if differences:
         print("The environment differs from the one recorded; the numbers may differ because of:")
         for line in differences:

@@ -37,6 +37,7 @@ NUMERICS_ENV = (
     "TF_NUM_INTRAOP_THREADS",
     "TF_NUM_INTEROP_THREADS",
     "PYTHONHASHSEED",
+    "CUBLAS_WORKSPACE_CONFIG",  # cuBLAS' reduction order on a GPU (torch_train sets it)
 )
 
 
@@ -60,23 +61,30 @@ def create_run_dir(runs_root: Path, config: Config) -> Path:
     raise UserError(f"runs folder {runs_root} already holds 999 runs named {base}*")
 
 
-def environment_record() -> dict:
-    """What a rerun needs to know about this machine and software to expect the same numbers."""
-    import tensorflow as tf
+def environment_record(tensorflow: bool = True) -> dict:
+    """What a rerun needs to know about this machine and software to expect the same numbers.
 
-    return {
+    Args:
+        tensorflow: include TensorFlow's version, build and devices (the torch
+            trainer leaves it out, so that it runs where TensorFlow is not installed).
+    """
+    record = {
         "git": _git_state(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "tensorflow": tf.__version__,
-        "tensorflow_build": {key: str(value) for key, value in tf.sysconfig.get_build_info().items()},
-        "devices": [device.name for device in tf.config.list_physical_devices()],
         "numerics_env": {key: os.environ.get(key) for key in NUMERICS_ENV},
         "container_image": os.environ.get("LAB_IMAGE") or None,  # set by docker/Dockerfile
         "packages": {dist.metadata["Name"]: dist.version for dist in metadata.distributions()},
     }
+    if tensorflow:
+        import tensorflow as tf
+
+        record["tensorflow"] = tf.__version__
+        record["tensorflow_build"] = {key: str(value) for key, value in tf.sysconfig.get_build_info().items()}
+        record["devices"] = [device.name for device in tf.config.list_physical_devices()]
+    return record
 
 
 def _git_state() -> dict:

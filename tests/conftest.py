@@ -193,3 +193,35 @@ def train_fashion(lab: Path, *args: str) -> tuple[Path, subprocess.CompletedProc
 def run_folder_from(stdout: str) -> Path:
     """The run folder a training printed ('Run folder: PATH')."""
     return Path([line.split(": ", 1)[1] for line in stdout.splitlines() if line.startswith("Run folder: ")][-1])
+
+
+def require_torch():
+    """Import torch for a test module: skip without it, except in CI, which must have it (setup.sh installs it).
+
+    An environment made without PyTorch on purpose (LAB_TORCH=0: `LAB_TORCH=0 ./setup.sh`,
+    or the lab image built without WITH_TORCH=1) skips even in CI.
+    """
+    try:
+        import torch
+    except ImportError:
+        if os.environ.get("CI") == "true" and os.environ.get("LAB_TORCH", "1") != "0":
+            pytest.fail("CI must install PyTorch (setup.sh installs requirements/torch-cpu.lock)", pytrace=False)
+        pytest.skip("PyTorch is not installed (pip install --require-hashes -r requirements/torch-cpu.lock)",
+                    allow_module_level=True)
+    return torch
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run torch on one intra-op thread during the test.
+
+    torch's OpenMP threads spin while they wait; on 2 cores shared with other
+    work they slowed the torch tests tenfold (500 s against 51 s measured).
+    The tests compare runs made with the same setting, so it changes no assertion.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

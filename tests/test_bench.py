@@ -62,7 +62,7 @@ def test_small_real_benchmark_writes_json_and_markdown(fashion_lab, tmp_path):
     results = run_benchmark(limit=500, epochs=2, repeats=1, output=str(output), data_dir=str(fashion_lab / "data"))
     written = json.loads(output.with_suffix(".json").read_text())
     assert written["summary"] == results["summary"]
-    assert set(written["summary"]) == {"reference", "fit", "tape"}
+    assert set(written["summary"]) == {"reference", "fit", "tape", "torch"}
     for subject, figures in written["summary"].items():
         assert figures["train_images_per_second"] > 0 and figures["peak_rss_mib"] > 0
         assert 0.1 < figures["test_accuracy"] <= 1.0, subject

@@ -20,10 +20,10 @@ import nbclient
 import nbformat
 import pytest
 
-from conftest import ROOT, run_folder_from, run_invoke
+from conftest import ROOT, require_torch, run_folder_from, run_invoke
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-LECTURE = ["01_tensor_basics", "02_keras_classifier", "03_advanced_classifier"]
+LECTURE = ["01_tensor_basics", "02_keras_classifier", "03_advanced_classifier", "04_pytorch_classifier"]
 SMALL = {"NOTEBOOK_LIMIT": "600", "NOTEBOOK_EPOCHS": "1"}
 
 pytestmark = pytest.mark.slow
@@ -46,12 +46,19 @@ def test_notebooks_are_stored_without_outputs(path):
     ("03_advanced_classifier", ["x = layers.Conv2D(", "tf.data.Dataset.from_tensor_slices(", ".shuffle(",
                                 "@tf.function", "tf.GradientTape()", "tape.gradient(", "apply_gradients(",
                                 "self.model(x)"]),
+    ("04_pytorch_classifier", ["class TorchClsfModel(nn.Module):", "def forward(self, x):", "F.relu(self.conv1(x))",
+                               "nn.Sequential(", "np.transpose(images, (0, 3, 1, 2))", "* 2.0 - 1.0",
+                               "DataLoader(TensorDataset(x, y), batch_size=self.batch_size, shuffle=True",
+                               "torch.optim.RMSprop(self.model.parameters(), lr=0.001)", "nn.CrossEntropyLoss()",
+                               "self.optimizer.zero_grad()", "loss.backward()", "self.optimizer.step()",
+                               "x = F.dropout(x) if", "return F.softmax(self.fc2(x), dim=1)"]),
 ])
 def test_the_lecture_code_is_written_out_in_the_cells(name, snippets):
     source = "\n".join(cell.source for cell in nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells)
     missing = [snippet for snippet in snippets if snippet not in source]
     assert not missing
     assert "make_trainer" not in source and "classifier.models" not in source and "classifier.train" not in source
+    assert "classifier.torch" not in source
 
 
 def execute(path: Path, tmp_path: Path, monkeypatch, fashion_source) -> tuple[str, list]:
@@ -84,14 +91,24 @@ def test_tensor_basics_runs_and_shows_the_lecture_output(tmp_path, monkeypatch, 
 @pytest.mark.parametrize("name, flags", [
     ("02_keras_classifier", ("--model", "sequential_add", "--trainer", "fit")),
     ("03_advanced_classifier", ("--model", "functional", "--trainer", "tape")),
+    ("04_pytorch_classifier", ("--model", "torch_module", "--trainer", "torch")),
 ])
 def test_notebook_runs_and_equals_its_invoke_train(name, flags, tmp_path, monkeypatch, fashion_source, fashion_lab):
+    if "torch" in flags:
+        require_torch()
+        # One OpenMP thread in the kernel and in invoke: torch's spinning threads
+        # crawl on 2 shared cores (conftest.one_torch_thread).
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
     text, stderr = execute(ROOT / "notebooks" / f"{name}.ipynb", tmp_path, monkeypatch, fashion_source)
     assert stderr == [], stderr
     assert re.search(r"\[(\d+) images\]", text).group(1) != "0", "the sample grid and plots must render"
     notebook_run = run_folder_from(text)
-    assert {"samples.png", "learning_curves.png", "confusion_matrix.png", "model.keras"} <= {
+    weights = "model.pt" if "torch" in flags else "model.keras"
+    assert {"samples.png", "learning_curves.png", "confusion_matrix.png", weights} <= {
         p.name for p in notebook_run.iterdir()} | {"samples.png"}
+    if "torch" in flags:
+        assert "parameters: 333526" in text and "d loss / d w at w=2: 30.0" in text
+        assert "two evaluations of the same images agree: False" in text and "lecture weights, dropout off" in text
     notebook_manifest = json.loads((notebook_run / "manifest.json").read_text())
 
     # The command the notebook's header names, with the same small settings.
