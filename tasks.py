@@ -76,15 +76,19 @@ def data(c, dataset="cifar10", data_dir="", from_="", mirror=""):
     "recipe": "lecture (default: the lecture's network and schedule) or fast (higher accuracy, same minutes)",
     "strategy": "default (one device) or mirrored (tf.distribute.MirroredStrategy over all visible GPUs)",
     "resume": "continue the stopped run in this run folder from its last finished epoch",
+    "numerics": "fastest (TensorFlow's choices for this machine) or portable (the same weights on other "
+                "machines, see README); default: $CLASSIFIER_NUMERICS or fastest",
 })
 def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=None, seed=None,
-          val_split=None, limit=None, runs_dir=None, data_dir=None, recipe=None, strategy=None, resume=""):
+          val_split=None, limit=None, runs_dir=None, data_dir=None, recipe=None, strategy=None, resume="",
+          numerics=None):
     """Train a classifier, evaluate it on the test set and write a run folder."""
     from classifier.commands import train_command
 
     flags = {key: value for key, value in dict(
         dataset=dataset, model=model, trainer=trainer, epochs=epochs, batch_size=batch_size, seed=seed,
         val_split=val_split, limit=limit, runs_dir=runs_dir, data_dir=data_dir, recipe=recipe, strategy=strategy,
+        numerics=numerics,
     ).items() if value is not None}
     if resume and flags:
         names = ", ".join(f"--{key.replace('_', '-')}" for key in flags)

@@ -1,0 +1,241 @@
+"""Numerics modes: the settings that decide how TensorFlow does its arithmetic on a machine.
+
+    invoke train --numerics portable     # the same weights on any x86-64 machine with AVX2 and the same L1
+    invoke train --numerics fastest      # TensorFlow's own choices for this machine
+
+TensorFlow and its oneDNN library read these settings from the environment
+once, when they start, and never again. So `apply(mode)` must run before the
+first `import tensorflow` in the process: `tasks.py` calls it first thing,
+and it refuses (UserError) when TensorFlow is already loaded with other
+values, since the settings could no longer take effect.
+
+Why each portable setting is needed (measured on Fashion-MNIST, see README's
+reproducibility section):
+
+- oneDNN's JIT kernels, which TensorFlow uses for every float32 matrix
+  product (Dense and Conv2D through Eigen's contraction, `dnnl_sgemm`), are
+  chosen for the newest instruction set the CPU has. AVX-512, AVX2 (with FMA)
+  and AVX kernels round differently. `ONEDNN_MAX_CPU_ISA` caps them at AVX2,
+  which nearly every x86-64 laptop since 2015 has (Intel Haswell, AMD Zen or
+  newer).
+- The intra-op thread count decides how Eigen splits reductions and matrix
+  products, and TensorFlow takes it from the number of cores unless
+  `TF_NUM_INTRAOP_THREADS` says otherwise. Fixed at 4, the split is the same
+  on a 1-core container and a 16-core workstation.
+- oneDNN's graph rewrites (`TF_ENABLE_ONEDNN_OPTS`) are fixed on, and its
+  floating-point math mode to STRICT (no silent bfloat16 or TF32).
+- TensorFlow's deterministic ops; on a GPU also TF32 off, deterministic cuDNN
+  and cuBLAS (workspace config) and no cuDNN autotuning.
+
+What no setting fixes (see `LIMITS` and the README): Eigen derives the size
+of the slices in which it sums long dot products from the L1 cache size the
+CPU reports; a CPU below AVX2 cannot run AVX2 kernels; ARM machines (Apple
+silicon) run other kernels altogether; GPUs of different models run other
+cuDNN algorithms.
+
+This module imports nothing heavy and never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+from classifier.config import UserError
+
+# The instruction-set cap of the portable mode and the thread counts it fixes.
+PORTABLE_ISA = "AVX2"  # Haswell (2013) / Zen (2017) and newer: nearly every x86-64 student machine
+PORTABLE_INTRAOP_THREADS = 4  # a common laptop's core count; more cores than this stay idle in matrix products
+PORTABLE_INTEROP_THREADS = 1  # the lecture's networks are one chain of ops: nothing runs side by side anyway
+
+# Every value ONEDNN_MAX_CPU_ISA accepts in oneDNN 3.7 (TensorFlow 2.21's), lowest first.
+# oneDNN silently ignores any other value, so the lab checks it.
+ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+               "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX", "AVX10_1_512_AMX",
+               "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "ALL", "DEFAULT")
+
+# The settings of each mode. "fastest" sets nothing: TensorFlow chooses for the
+# machine, and whatever the user exported is kept.
+MODES: dict[str, dict[str, str]] = {
+    "fastest": {},
+    "portable": {
+        # CPU: which kernels, how many threads, which graph rewrites.
+        "ONEDNN_MAX_CPU_ISA": PORTABLE_ISA,
+        "ONEDNN_DEFAULT_FPMATH_MODE": "STRICT",
+        "TF_ENABLE_ONEDNN_OPTS": "1",
+        "TF_NUM_INTRAOP_THREADS": str(PORTABLE_INTRAOP_THREADS),
+        "TF_NUM_INTEROP_THREADS": str(PORTABLE_INTEROP_THREADS),
+        "OMP_NUM_THREADS": str(PORTABLE_INTRAOP_THREADS),
+        "TF_DETERMINISTIC_OPS": "1",
+        # GPU: TF32 rounds float32 inputs to 10-bit mantissas on Ampere and newer;
+        # autotuning picks cuDNN algorithms by timing, which can differ from run to run.
+        "NVIDIA_TF32_OVERRIDE": "0",
+        "TF_CUDNN_DETERMINISTIC": "1",
+        "TF_CUDNN_USE_AUTOTUNE": "0",
+        "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+    },
+}
+DEFAULT_MODE = "fastest"
+
+# Variables that change the arithmetic but that the portable mode clears rather
+# than sets: each one, left in place, would undo part of the mode.
+_CLEARED = {
+    "portable": ("ONEDNN_CPU_ISA_HINTS", "DNNL_MAX_CPU_ISA", "DNNL_DEFAULT_FPMATH_MODE",
+                 "TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD", "TF_USE_EIGEN_PARALLEL_FOR_IN_WORK_SHARDER"),
+    "fastest": (),
+}
+
+# Everything recorded in a run's manifest: what the modes set or clear, plus
+# variables that are checked but not on the training path (numpy's OpenBLAS
+# only scales the images, element by element, which rounds the same everywhere).
+RECORDED = tuple(dict.fromkeys([
+    *MODES["portable"], *_CLEARED["portable"],
+    "TF_FORCE_GPU_ALLOW_GROWTH", "CUDA_VISIBLE_DEVICES", "PYTHONHASHSEED",
+    "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "MKL_NUM_THREADS",
+]))
+
+# What the portable mode promises per kind of machine; the README shows this table.
+LIMITS = (
+    ("same CPU model, any core count or affinity", "same bits"),
+    ("another x86-64 CPU with AVX2 or AVX-512 and the same L1 data cache size", "same bits"),
+    ("another x86-64 CPU with another L1 data cache size", "same to about 2 decimals (loss, accuracy)"),
+    ("x86-64 CPU without AVX2 (AVX only)", "same to about 2 decimals"),
+    ("ARM (Apple silicon under Docker, Graviton)", "same to about 2 decimals, not measured"),
+    ("same GPU model and driver", "same bits"),
+    ("another GPU model", "same to about 2 decimals, not measured"),
+)
+
+
+def mode_names() -> tuple[str, ...]:
+    """The accepted numerics modes, e.g. ('fastest', 'portable')."""
+    return tuple(MODES)
+
+
+def settings(mode: str) -> dict[str, str]:
+    """The environment variables `mode` sets, name -> value.
+
+    Raises:
+        UserError: an unknown mode (the message lists the accepted ones).
+    """
+    if mode not in MODES:
+        raise UserError(f"unknown numerics mode {mode!r}; accepted: {', '.join(MODES)}")
+    return dict(MODES[mode])
+
+
+def apply(mode: str, environ: dict | None = None, announce=None) -> dict:
+    """Set `mode`'s variables in the environment, before TensorFlow starts.
+
+    A value the user exported that the mode replaces is announced in one line,
+    e.g. "numerics portable overrides TF_NUM_INTRAOP_THREADS=16 -> 4", so that
+    nobody wonders why their setting had no effect.
+
+    Args:
+        mode: a name from MODES.
+        environ: the environment to change (default: os.environ, which is what
+            TensorFlow reads; a dict in tests).
+        announce: called with the one line about overridden values (default: print it on stderr).
+
+    Returns:
+        The manifest's record: {"mode", "applied" (what the mode set),
+        "overridden" (the user's values it replaced or cleared), "environment"
+        (every RECORDED variable as it now is), "machine" (see machine_kind)}.
+
+    Raises:
+        UserError: an unknown mode; an invalid ONEDNN_MAX_CPU_ISA under
+            "fastest" (oneDNN would ignore it without a word); or TensorFlow
+            already imported in this process with other values.
+    """
+    wanted = settings(mode)
+    environ = os.environ if environ is None else environ
+    if mode == "fastest" and environ.get("ONEDNN_MAX_CPU_ISA", "").upper() not in ("", *ONEDNN_ISAS):
+        raise UserError(f"ONEDNN_MAX_CPU_ISA={environ['ONEDNN_MAX_CPU_ISA']} is not a level oneDNN knows "
+                        f"(it would be ignored); accepted: {', '.join(ONEDNN_ISAS)}")
+    overridden = {name: environ[name] for name, value in wanted.items()
+                  if name in environ and environ[name] != value}
+    overridden.update({name: environ[name] for name in _CLEARED[mode] if name in environ})
+    if environ is os.environ and "tensorflow" in sys.modules and (overridden or _missing(wanted, environ)):
+        raise UserError(f"numerics mode {mode!r} must be chosen before TensorFlow is imported; "
+                        "run the command in a fresh process (a new terminal or notebook kernel)")
+    if overridden:
+        changes = ", ".join(f"{name}={value} -> {wanted.get(name, '(unset)')}" for name, value in overridden.items())
+        (announce or _print_to_stderr)(f"numerics {mode} overrides {changes}")
+    for name in _CLEARED[mode]:
+        environ.pop(name, None)
+    environ.update(wanted)
+    return record(mode, environ, applied=wanted, overridden=overridden)
+
+
+def _print_to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _missing(wanted: dict, environ) -> bool:
+    return any(environ.get(name) != value for name, value in wanted.items())
+
+
+def record(mode: str, environ=None, applied: dict | None = None, overridden: dict | None = None) -> dict:
+    """The manifest entry for `mode` as the environment now stands (see apply)."""
+    environ = os.environ if environ is None else environ
+    return {
+        "mode": mode,
+        "applied": dict(settings(mode) if applied is None else applied),
+        "overridden": dict(overridden or {}),
+        "environment": {name: environ.get(name) for name in RECORDED},
+        "machine": machine_kind(),
+    }
+
+
+def machine_kind() -> dict:
+    """What decides the arithmetic on this CPU beyond the environment: vendor, ISA, L1 size, architecture.
+
+    Two machines with the same kind and the same mode give the same bits
+    under "portable"; `reproduce` compares kinds to decide whether to expect
+    identical weights or only metrics within a tolerance.
+
+    Returns:
+        {"architecture", "vendor", "isa" (the highest of avx512f/avx2/avx
+        the CPU has), "l1d_kib" (per core, or None if unknown)}.
+    """
+    flags, vendor = set(), None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "flags" and not flags:
+                flags = set(value.split())
+            elif key.strip() == "vendor_id" and vendor is None:
+                vendor = value.strip()
+    except OSError:
+        pass
+    isa = next((name for name in ("avx512f", "avx2", "avx") if name in flags), None)
+    return {"architecture": platform.machine(), "vendor": vendor, "isa": isa, "l1d_kib": _l1d_kib()}
+
+
+def _l1d_kib() -> int | None:
+    """The per-core L1 data cache in KiB from sysfs (what CPUID reports), or None."""
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "1" and (index / "type").read_text().strip() == "Data":
+                return int((index / "size").read_text().strip().rstrip("K"))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def same_kind(recorded: dict | None, current: dict | None) -> list[str]:
+    """One line per way two machine kinds differ (empty: same kind).
+
+    Args:
+        recorded: a manifest's numerics["machine"] (None for runs made before it was recorded).
+        current: machine_kind() here.
+    """
+    if not recorded or not current:
+        return ["machine kind not recorded"]
+    return [f"{key}: {recorded.get(key)} -> {current.get(key)}"
+            for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
+
+
+def resolve(mode: str | None) -> str:
+    """The mode to use: `mode` if given, else $CLASSIFIER_NUMERICS (the lab image sets it), else DEFAULT_MODE."""
+    return mode or os.environ.get("CLASSIFIER_NUMERICS") or DEFAULT_MODE

@@ -1,0 +1,147 @@
+"""The numerics modes: what `apply` sets, and the proof that "portable" gives one model on emulated machines.
+
+The slow test trains the same short run on real Fashion-MNIST in child
+processes that differ the way students' machines differ: the instruction set
+oneDNN may use (ONEDNN_MAX_CPU_ISA set above the lab's cap, as a newer CPU
+would allow), the cores the process may run on (taskset 1 and 2 cores), and
+oneDNN's environment defaults. Under "portable" every child must give the
+same weights hash; under "fastest" (the mode switched off) the same children
+must not, which shows the first assertion can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+
+import pytest
+
+from classifier import numerics
+from classifier.config import UserError
+from conftest import ROOT, run_folder_from
+
+
+def test_portable_sets_the_cap_threads_and_gpu_determinism():
+    environ = {}
+    record = numerics.apply("portable", environ, announce=pytest.fail)
+    assert environ["ONEDNN_MAX_CPU_ISA"] == "AVX2" and environ["ONEDNN_MAX_CPU_ISA"] in numerics.ONEDNN_ISAS
+    assert environ["TF_NUM_INTRAOP_THREADS"] == "4" and environ["TF_NUM_INTEROP_THREADS"] == "1"
+    assert environ["NVIDIA_TF32_OVERRIDE"] == "0" and environ["TF_DETERMINISTIC_OPS"] == "1"
+    assert environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert record["mode"] == "portable" and record["applied"] == numerics.MODES["portable"]
+    assert record["environment"]["TF_NUM_INTRAOP_THREADS"] == "4"
+    assert record["overridden"] == {}
+    assert set(record["machine"]) == {"architecture", "vendor", "isa", "l1d_kib"}
+
+
+def test_portable_names_what_it_overrides_in_one_line():
+    environ = {"TF_NUM_INTRAOP_THREADS": "16", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "ONEDNN_CPU_ISA_HINTS": "PREFER_YMM",
+               "TF_NUM_INTEROP_THREADS": "1", "HOME": "/home/student"}
+    lines = []
+    record = numerics.apply("portable", environ, announce=lines.append)
+    assert lines == ["numerics portable overrides ONEDNN_MAX_CPU_ISA=AVX512_CORE -> AVX2, TF_NUM_INTRAOP_THREADS=16 -> 4, "
+                     "ONEDNN_CPU_ISA_HINTS=PREFER_YMM -> (unset)"]
+    assert record["overridden"] == {"TF_NUM_INTRAOP_THREADS": "16", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+                                    "ONEDNN_CPU_ISA_HINTS": "PREFER_YMM"}
+    assert "ONEDNN_CPU_ISA_HINTS" not in environ and environ["HOME"] == "/home/student"
+
+
+def test_fastest_keeps_the_users_environment():
+    environ = {"TF_NUM_INTRAOP_THREADS": "16", "ONEDNN_MAX_CPU_ISA": "avx2"}
+    record = numerics.apply("fastest", environ, announce=pytest.fail)
+    assert environ == {"TF_NUM_INTRAOP_THREADS": "16", "ONEDNN_MAX_CPU_ISA": "avx2"}
+    assert record["applied"] == {} and record["environment"]["TF_NUM_INTRAOP_THREADS"] == "16"
+
+
+@pytest.mark.parametrize("mode, environ, message", [
+    ("portible", {}, "unknown numerics mode 'portible'; accepted: fastest, portable"),
+    ("fastest", {"ONEDNN_MAX_CPU_ISA": "AVX3"}, "ONEDNN_MAX_CPU_ISA=AVX3 is not a level oneDNN knows"),
+])
+def test_bad_mode_or_isa_is_one_clear_error(mode, environ, message):
+    with pytest.raises(UserError, match=message):
+        numerics.apply(mode, environ)
+
+
+def test_refuses_once_tensorflow_is_loaded(monkeypatch):
+    # A stand-in module: the guard looks only at whether the name is loaded.
+    monkeypatch.setitem(sys.modules, "tensorflow", types.ModuleType("tensorflow"))
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "2")
+    with pytest.raises(UserError, match="must be chosen before TensorFlow is imported"):
+        numerics.apply("portable")
+    assert os.environ["TF_NUM_INTRAOP_THREADS"] == "2", "a refused mode must change nothing"
+
+
+def test_resolve_takes_the_flag_then_the_environment(monkeypatch):
+    monkeypatch.setenv("CLASSIFIER_NUMERICS", "portable")
+    assert numerics.resolve(None) == "portable" and numerics.resolve("fastest") == "fastest"
+    monkeypatch.delenv("CLASSIFIER_NUMERICS")
+    assert numerics.resolve(None) == numerics.DEFAULT_MODE
+
+
+def test_machine_kind_differences_are_named():
+    here = numerics.machine_kind()
+    assert numerics.same_kind(here, dict(here)) == []
+    other = {**here, "isa": "avx512f", "l1d_kib": 48}
+    assert numerics.same_kind(here, other) == [f"isa: {here['isa']} -> avx512f", f"l1d_kib: {here['l1d_kib']} -> 48"]
+    assert numerics.same_kind(None, here) == ["machine kind not recorded"]
+
+
+def test_bad_numerics_flag_is_refused_before_training(invoke_cli, tmp_path):
+    result = invoke_cli("train", "--numerics", "exact", "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "error: unknown numerics mode 'exact'; accepted: fastest, portable"
+    assert not (tmp_path / "runs").exists()
+
+
+# Emulated machines: (name, CPUs for taskset, environment the user exported).
+# ONEDNN_MAX_CPU_ISA above the cap stands for a newer CPU; "onednn defaults"
+# for a machine (or a user) with oneDNN's environment set otherwise.
+EMULATED_MACHINES = (
+    ("this machine, 2 cores", "0,1", {}),
+    ("1 core", "0", {}),
+    ("newer CPU (ISA above the cap), 2 cores, 2 threads asked for", "0,1",
+     {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX", "TF_NUM_INTRAOP_THREADS": "2"}),
+    ("oneDNN defaults changed, 1 core", "0",
+     {"TF_ENABLE_ONEDNN_OPTS": "0", "ONEDNN_DEFAULT_FPMATH_MODE": "BF16", "ONEDNN_CPU_ISA_HINTS": "PREFER_YMM"}),
+)
+
+
+def _hashes_on_emulated_machines(lab, mode: str) -> dict[str, str]:
+    """Weights hash of the same short training on each emulated machine under `mode`."""
+    if not shutil.which("taskset"):
+        pytest.skip("taskset (util-linux) is needed to emulate 1- and 2-core machines")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs to emulate a 2-core machine")
+    hashes = {}
+    for name, cpus, environ in EMULATED_MACHINES:
+        # Start from this process's environment without the variables under test.
+        base = {key: value for key, value in os.environ.items() if key not in numerics.RECORDED}
+        result = subprocess.run(
+            ["taskset", "-c", cpus, sys.executable, "-m", "invoke", "train", "--dataset", "fashion_mnist",
+             "--data-dir", str(lab / "data"), "--runs-dir", str(lab / f"runs-{mode}"), "--limit", "1200",
+             "--epochs", "1", "--numerics", mode],
+            cwd=ROOT, env={**base, **environ}, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        run_dir = run_folder_from(result.stdout)
+        hashes[name] = json.loads((run_dir / "manifest.json").read_text())["weights_sha256"]
+        if mode == "portable" and environ:
+            assert "numerics portable overrides" in result.stderr
+    return hashes
+
+
+@pytest.mark.slow
+def test_portable_mode_gives_one_model_on_every_emulated_machine(fashion_lab):
+    hashes = _hashes_on_emulated_machines(fashion_lab, "portable")
+    assert len(set(hashes.values())) == 1, json.dumps(hashes, indent=2)
+
+
+@pytest.mark.slow
+def test_without_the_mode_the_emulated_machines_differ(fashion_lab):
+    # The control: the same children under "fastest" give more than one model,
+    # so the test above fails when the mode stops fixing what it fixes.
+    hashes = _hashes_on_emulated_machines(fashion_lab, "fastest")
+    assert len(set(hashes.values())) > 1, json.dumps(hashes, indent=2)
