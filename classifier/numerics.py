@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -188,52 +189,102 @@ def record(mode: str, environ=None, applied: dict | None = None, overridden: dic
 
 
 def machine_kind() -> dict:
-    """What decides the arithmetic on this CPU beyond the environment: vendor, ISA, L1 size, architecture.
+    """What decides the arithmetic beyond the environment: CPU, its instruction set and caches, GPUs.
 
-    Two machines with the same kind and the same mode give the same bits
-    under "portable"; `reproduce` compares kinds to decide whether to expect
-    identical weights or only metrics within a tolerance.
+    `reproduce` compares a run's recorded kind with this machine's (see
+    kind_differences) to decide whether to expect identical weights or only
+    metrics within a tolerance. TensorFlow-free: it reads /proc, /sys and nvidia-smi.
 
     Returns:
-        {"architecture", "vendor", "isa" (the highest of avx512f/avx2/avx
-        the CPU has), "l1d_kib" (per core, or None if unknown)}.
+        {"architecture", "vendor", "cpu_model", "cpus" (this process may use),
+        "isa" (the highest of avx512f/avx2/avx/sse4_1 the CPU has), "l1d_kib"
+        and "l2_kib" (per core, None if unknown), "gpus" (model names)}.
     """
-    flags, vendor = set(), None
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    return {
+        "architecture": platform.machine(),
+        "vendor": info.get("vendor_id"),
+        "cpu_model": info.get("model name") or platform.processor() or None,
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "isa": next((name for name in ("avx512f", "avx2", "avx", "sse4_1") if name in flags), None),
+        "l1d_kib": _cache_kib(1, "Data"),
+        "l2_kib": _cache_kib(2, "Unified"),
+        "gpus": _gpu_models(),
+    }
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's entries in /proc/cpuinfo (empty where there is none)."""
+    entries: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "flags" and not flags:
-                flags = set(value.split())
-            elif key.strip() == "vendor_id" and vendor is None:
-                vendor = value.strip()
+            if not key.strip() and entries:
+                break  # the blank line after the first processor
+            entries.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    isa = next((name for name in ("avx512f", "avx2", "avx") if name in flags), None)
-    return {"architecture": platform.machine(), "vendor": vendor, "isa": isa, "l1d_kib": _l1d_kib()}
+    return entries
 
 
-def _l1d_kib() -> int | None:
-    """The per-core L1 data cache in KiB from sysfs (what CPUID reports), or None."""
+def _cache_kib(level: int, kind: str) -> int | None:
+    """The per-core cache of `level` and `kind` in KiB from sysfs (what CPUID reports), or None."""
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
-            if (index / "level").read_text().strip() == "1" and (index / "type").read_text().strip() == "Data":
+            if (index / "level").read_text().strip() == str(level) and (index / "type").read_text().strip() == kind:
                 return int((index / "size").read_text().strip().rstrip("K"))
         except (OSError, ValueError):
             continue
     return None
 
 
-def same_kind(recorded: dict | None, current: dict | None) -> list[str]:
-    """One line per way two machine kinds differ (empty: same kind).
+def _gpu_models() -> list[str]:
+    """NVIDIA GPU model names from nvidia-smi, without starting TensorFlow ([] without a GPU)."""
+    try:
+        result = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in result.stdout.splitlines() if line.strip()] if result.returncode == 0 else []
+
+
+def effective_isa(mode: str, isa: str | None) -> str | None:
+    """The instruction set oneDNN uses under `mode` on a CPU whose highest is `isa`."""
+    if mode == "portable" and isa == "avx512f":
+        return "avx2"  # the cap
+    return isa
+
+
+def kind_differences(mode: str, recorded: dict | None, current: dict) -> list[str]:
+    """One line per way the recorded machine differs from this one in what changes the numbers under `mode`.
+
+    Under "portable" the core count and the CPU model do not matter (the
+    threads are fixed and the instruction set is capped); the architecture,
+    vendor, effective instruction set, cache sizes and GPU models still do.
+    Under "fastest" everything in machine_kind() matters.
 
     Args:
-        recorded: a manifest's numerics["machine"] (None for runs made before it was recorded).
+        mode: the run's numerics mode.
+        recorded: the manifest's numerics["machine"] (None for runs made before it was recorded).
         current: machine_kind() here.
+
+    Returns:
+        e.g. ["l1d_kib: 32 -> 48"]; empty when the rerun should be bit-identical.
     """
-    if not recorded or not current:
-        return ["machine kind not recorded"]
-    return [f"{key}: {recorded.get(key)} -> {current.get(key)}"
-            for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
+    if not recorded:
+        return ["machine kind: not recorded in this run"]
+    keys = ["architecture", "vendor", "isa", "l1d_kib", "l2_kib", "gpus"]
+    if mode != "portable":
+        keys[1:1] = ["cpu_model", "cpus"]
+    lines = []
+    for key in keys:
+        before, now = recorded.get(key), current.get(key)
+        if key == "isa":
+            before, now = effective_isa(mode, before), effective_isa(mode, now)
+        if before != now:
+            lines.append(f"{key}: {before} -> {now}")
+    return lines
 
 
 def resolve(mode: str | None) -> str:

@@ -35,7 +35,7 @@ def test_portable_sets_the_cap_threads_and_gpu_determinism():
     assert record["mode"] == "portable" and record["applied"] == numerics.MODES["portable"]
     assert record["environment"]["TF_NUM_INTRAOP_THREADS"] == "4"
     assert record["overridden"] == {}
-    assert set(record["machine"]) == {"architecture", "vendor", "isa", "l1d_kib"}
+    assert record["machine"] == numerics.machine_kind()
 
 
 def test_portable_names_what_it_overrides_in_one_line():
@@ -82,12 +82,36 @@ def test_resolve_takes_the_flag_then_the_environment(monkeypatch):
     assert numerics.resolve(None) == numerics.DEFAULT_MODE
 
 
-def test_machine_kind_differences_are_named():
+def test_machine_kind_reads_this_cpu():
     here = numerics.machine_kind()
-    assert numerics.same_kind(here, dict(here)) == []
-    other = {**here, "isa": "avx512f", "l1d_kib": 48}
-    assert numerics.same_kind(here, other) == [f"isa: {here['isa']} -> avx512f", f"l1d_kib: {here['l1d_kib']} -> 48"]
-    assert numerics.same_kind(None, here) == ["machine kind not recorded"]
+    assert set(here) == {"architecture", "vendor", "cpu_model", "cpus", "isa", "l1d_kib", "l2_kib", "gpus"}
+    assert here["cpus"] == len(os.sched_getaffinity(0)) and isinstance(here["gpus"], list)
+    if here["architecture"] == "x86_64":
+        assert here["isa"] in ("avx512f", "avx2", "avx", "sse4_1") and here["l1d_kib"] > 0
+
+
+_LAPTOP = {"architecture": "x86_64", "vendor": "GenuineIntel", "cpu_model": "Intel Core i5-8250U", "cpus": 8,
+           "isa": "avx2", "l1d_kib": 32, "l2_kib": 256, "gpus": []}
+
+
+@pytest.mark.parametrize("mode, other, expected", [
+    # Under portable a workstation with AVX-512 and more cores runs the same capped kernels and threads.
+    ("portable", {"cpu_model": "Intel Xeon Gold 6248", "cpus": 2, "isa": "avx512f"}, []),
+    ("fastest", {"cpu_model": "Intel Xeon Gold 6248", "cpus": 2, "isa": "avx512f"},
+     ["cpu_model: Intel Core i5-8250U -> Intel Xeon Gold 6248", "cpus: 8 -> 2", "isa: avx2 -> avx512f"]),
+    # What the cap cannot fix: the L1 size, an older CPU, another architecture, a GPU.
+    ("portable", {"l1d_kib": 48}, ["l1d_kib: 32 -> 48"]),
+    ("portable", {"isa": "avx"}, ["isa: avx2 -> avx"]),
+    ("portable", {"architecture": "aarch64", "vendor": None, "isa": None},
+     ["architecture: x86_64 -> aarch64", "vendor: GenuineIntel -> None", "isa: avx2 -> None"]),
+    ("portable", {"gpus": ["NVIDIA H100 80GB HBM3"]}, ["gpus: [] -> ['NVIDIA H100 80GB HBM3']"]),
+])
+def test_kind_differences_name_what_changes_the_numbers(mode, other, expected):
+    assert numerics.kind_differences(mode, _LAPTOP, {**_LAPTOP, **other}) == expected
+
+
+def test_a_run_without_a_recorded_kind_is_another_kind():
+    assert numerics.kind_differences("portable", None, _LAPTOP) == ["machine kind: not recorded in this run"]
 
 
 def test_bad_numerics_flag_is_refused_before_training(invoke_cli, tmp_path):
