@@ -30,25 +30,36 @@ from classifier import numerics  # noqa: E402  (after the path fix above)
 
 # (what differs, taskset CPUs, the environment that differs): the issue's table, plus a newer CPU.
 MACHINES = (
-    ("nothing (this machine, 2 cores)", "0,1", {}),
+    ("nothing (this machine, 2 cores)", "0,1", {}, None),
     ("`ONEDNN_MAX_CPU_ISA=AVX512_CORE_AMX` (a newer CPU, above the lab's cap)", "0,1",
-     {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}),
-    ("`ONEDNN_MAX_CPU_ISA=AVX2`", "0,1", {"ONEDNN_MAX_CPU_ISA": "AVX2"}),
-    ("`ONEDNN_MAX_CPU_ISA=AVX` (a CPU below the cap)", "0,1", {"ONEDNN_MAX_CPU_ISA": "AVX"}),
-    ("`ONEDNN_MAX_CPU_ISA=SSE41` (below the cap)", "0,1", {"ONEDNN_MAX_CPU_ISA": "SSE41"}),
-    ("one core (`taskset -c 0`)", "0", {}),
-    ("`TF_ENABLE_ONEDNN_OPTS=0`", "0,1", {"TF_ENABLE_ONEDNN_OPTS": "0"}),
-    ("`TF_ENABLE_ONEDNN_OPTS=0`, one core", "0", {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+     {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, None),
+    ("`ONEDNN_MAX_CPU_ISA=AVX2`", "0,1", {"ONEDNN_MAX_CPU_ISA": "AVX2"}, None),
+    ("`ONEDNN_MAX_CPU_ISA=AVX` set by the user", "0,1", {"ONEDNN_MAX_CPU_ISA": "AVX"}, None),
+    ("`ONEDNN_MAX_CPU_ISA=SSE41` set by the user", "0,1", {"ONEDNN_MAX_CPU_ISA": "SSE41"}, None),
+    ("a CPU with AVX only (the ceiling kept under the mode)", "0,1", {}, "AVX"),
+    ("a CPU with SSE4.1 only (the ceiling kept under the mode)", "0,1", {}, "SSE41"),
+    ("one core (`taskset -c 0`)", "0", {}, None),
+    ("`TF_ENABLE_ONEDNN_OPTS=0`", "0,1", {"TF_ENABLE_ONEDNN_OPTS": "0"}, None),
+    ("`TF_ENABLE_ONEDNN_OPTS=0`, one core", "0", {"TF_ENABLE_ONEDNN_OPTS": "0"}, None),
     ("`ONEDNN_MAX_CPU_ISA=AVX2`, `TF_NUM_INTRAOP_THREADS=4`, `TF_NUM_INTEROP_THREADS=1`, two cores", "0,1",
-     {"ONEDNN_MAX_CPU_ISA": "AVX2", "TF_NUM_INTRAOP_THREADS": "4", "TF_NUM_INTEROP_THREADS": "1"}),
+     {"ONEDNN_MAX_CPU_ISA": "AVX2", "TF_NUM_INTRAOP_THREADS": "4", "TF_NUM_INTEROP_THREADS": "1"}, None),
     ("the same, one core", "0",
-     {"ONEDNN_MAX_CPU_ISA": "AVX2", "TF_NUM_INTRAOP_THREADS": "4", "TF_NUM_INTEROP_THREADS": "1"}),
+     {"ONEDNN_MAX_CPU_ISA": "AVX2", "TF_NUM_INTRAOP_THREADS": "4", "TF_NUM_INTEROP_THREADS": "1"}, None),
 )
 
 
-def train_on(cpus: str, environ: dict, mode: str, args) -> dict:
-    """One `invoke train` under `mode` as the emulated machine; its hash, loss, accuracy and images/s."""
+def train_on(cpus: str, environ: dict, ceiling: str | None, mode: str, args) -> dict:
+    """One `invoke train` under `mode` as the emulated machine; its hash, loss, accuracy and images/s.
+
+    With a `ceiling` (the CPU's own highest instruction set) the mode's
+    settings are applied here and the ceiling after them, since no mode can
+    give a CPU instructions it lacks; the child then runs as "fastest", which
+    changes nothing further.
+    """
     base = {key: value for key, value in os.environ.items() if key not in numerics.RECORDED}
+    if ceiling:
+        environ = {**environ, **numerics.settings(mode), "ONEDNN_MAX_CPU_ISA": ceiling}
+        mode = "fastest"
     with tempfile.TemporaryDirectory(prefix="numerics-") as runs:
         command = ["taskset", "-c", cpus, sys.executable, "-m", "invoke", "train", "--dataset", "fashion_mnist",
                    "--limit", str(args.limit), "--epochs", str(args.epochs), "--seed", "42", "--trainer", "fit",
@@ -91,14 +102,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs (default 2)")
     parser.add_argument("--data-dir", default="", help="dataset cache holding fashion_mnist/")
     parser.add_argument("--modes", default="fastest,portable", help="comma-separated numerics modes")
+    parser.add_argument("--rows", default="", help="only these machines, separated by | (default: all)")
     parser.add_argument("--output", default="", help="path without suffix for .json and .md (default: print only)")
     args = parser.parse_args()
     modes = args.modes.split(",")
     rows = []
-    for machine, cpus, environ in MACHINES:
-        row = {"machine": machine, "cpus": cpus, "environment": environ}
+    for machine, cpus, environ, ceiling in MACHINES:
+        if args.rows and machine not in args.rows.split("|"):
+            continue
+        row = {"machine": machine, "cpus": cpus, "environment": environ, "cpu_ceiling": ceiling}
         for mode in modes:
-            row[mode] = train_on(cpus, environ, mode, args)
+            row[mode] = train_on(cpus, environ, ceiling, mode, args)
             print(f"{machine} [{mode}]: {row[mode]['weights_sha256'][:8]} loss {row[mode]['loss']:.10f} "
                   f"accuracy {row[mode]['accuracy']:.4f}", flush=True)
         rows.append(row)
