@@ -43,6 +43,14 @@ def _int(flag: str, value: str) -> int:
         raise Exit(f"error: --{flag} must be a whole number, got {value!r}", code=2) from None
 
 
+def _float(flag: str, value: str) -> float:
+    """A number flag, answered in one line when it is not one."""
+    try:
+        return float(value)
+    except ValueError:
+        raise Exit(f"error: --{flag} must be a number, got {value!r}", code=2) from None
+
+
 def _config(**overrides):
     from classifier.config import make_config
 
@@ -77,14 +85,17 @@ def data(c, dataset="cifar10", data_dir="", from_="", mirror=""):
     "strategy": "default (one device) or mirrored (tf.distribute.MirroredStrategy over all visible GPUs)",
     "resume": "continue the stopped run in this run folder from its last finished epoch",
     "numerics": "fastest (TensorFlow's choices for this machine) or portable (the same weights on other "
-                "machines, see README); default: $CLASSIFIER_NUMERICS or fastest",
+                "machines, see README; the lab image's default); default: $CLASSIFIER_NUMERICS or fastest",
 })
 def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=None, seed=None,
           val_split=None, limit=None, runs_dir=None, data_dir=None, recipe=None, strategy=None, resume="",
           numerics=None):
     """Train a classifier, evaluate it on the test set and write a run folder."""
+    from classifier import numerics as numerics_module
     from classifier.commands import train_command
 
+    if not resume:
+        numerics = _run(numerics_module.resolve, numerics)  # the flag, else $CLASSIFIER_NUMERICS, else fastest
     flags = {key: value for key, value in dict(
         dataset=dataset, model=model, trainer=trainer, epochs=epochs, batch_size=batch_size, seed=seed,
         val_split=val_split, limit=limit, runs_dir=runs_dir, data_dir=data_dir, recipe=recipe, strategy=strategy,
@@ -114,12 +125,14 @@ def bench(c, limit="12000", epochs="3", repeats="3", output="benchmarks/results/
 @task(help={
     "run": "a finished run folder, e.g. runs/20261126-231502-fashion_mnist-sequential_add-fit",
     "runs_dir": "where the rerun's folder goes (default: beside the original)",
+    "tolerance": "largest test loss/accuracy difference accepted on another kind of machine (default 0.02)",
 })
-def reproduce(c, run, runs_dir=""):
+def reproduce(c, run, runs_dir="", tolerance=""):
     """Re-run a finished run from its manifest and compare metrics and weights."""
     from classifier.reproduce import reproduce as reproduce_run
 
-    if not _run(reproduce_run, run, runs_dir=runs_dir):
+    limit = _float("tolerance", tolerance) if tolerance else None
+    if not _run(reproduce_run, run, runs_dir=runs_dir, tolerance=limit):
         raise Exit(code=1)
 
 

@@ -288,5 +288,14 @@ def kind_differences(mode: str, recorded: dict | None, current: dict) -> list[st
 
 
 def resolve(mode: str | None) -> str:
-    """The mode to use: `mode` if given, else $CLASSIFIER_NUMERICS (the lab image sets it), else DEFAULT_MODE."""
-    return mode or os.environ.get("CLASSIFIER_NUMERICS") or DEFAULT_MODE
+    """The mode for `invoke train`: `mode` if given, else $CLASSIFIER_NUMERICS (the lab image sets it), else DEFAULT_MODE.
+
+    Raises:
+        UserError: $CLASSIFIER_NUMERICS holds an unknown mode (the message names the variable).
+    """
+    if mode:
+        return mode
+    from_environment = os.environ.get("CLASSIFIER_NUMERICS", "")
+    if from_environment and from_environment not in MODES:
+        raise UserError(f"CLASSIFIER_NUMERICS={from_environment} is not a numerics mode; accepted: {', '.join(MODES)}")
+    return from_environment or DEFAULT_MODE

@@ -20,8 +20,8 @@ import types
 
 import pytest
 
-from classifier import numerics
-from classifier.config import UserError
+from classifier import numerics, registry
+from classifier.config import Config, UserError, make_config
 from conftest import ROOT, run_folder_from
 
 
@@ -82,6 +82,12 @@ def test_resolve_takes_the_flag_then_the_environment(monkeypatch):
     assert numerics.resolve(None) == numerics.DEFAULT_MODE
 
 
+def test_config_takes_and_checks_the_mode():
+    assert make_config(numerics="portable").numerics == "portable"
+    with pytest.raises(UserError, match="unknown numerics 'fast'; accepted: fastest, portable"):
+        make_config(numerics="fast")
+
+
 def test_machine_kind_reads_this_cpu():
     here = numerics.machine_kind()
     assert set(here) == {"architecture", "vendor", "cpu_model", "cpus", "isa", "l1d_kib", "l2_kib", "gpus"}
@@ -117,8 +123,18 @@ def test_a_run_without_a_recorded_kind_is_another_kind():
 def test_bad_numerics_flag_is_refused_before_training(invoke_cli, tmp_path):
     result = invoke_cli("train", "--numerics", "exact", "--runs-dir", str(tmp_path / "runs"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == "error: unknown numerics mode 'exact'; accepted: fastest, portable"
+    assert result.stderr.strip() == "error: unknown numerics 'exact'; accepted: fastest, portable"
     assert not (tmp_path / "runs").exists()
+
+
+def test_bad_numerics_in_the_environment_names_the_variable(invoke_cli, tmp_path):
+    result = invoke_cli("train", "--runs-dir", str(tmp_path / "runs"), env={"CLASSIFIER_NUMERICS": "exact"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "error: CLASSIFIER_NUMERICS=exact is not a numerics mode; accepted: fastest, portable"
+
+
+def test_the_modes_are_the_registrys_names():
+    assert tuple(numerics.MODES) == registry.NUMERICS and numerics.DEFAULT_MODE == Config().numerics
 
 
 # Emulated machines: (name, CPUs for taskset, environment the user exported).
