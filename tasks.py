@@ -113,13 +113,18 @@ def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=Non
     "repeats": "measurements per subject; the median is reported (default 3)",
     "output": "path without suffix for the .json and .md results (default benchmarks/results/latest)",
     "data_dir": _CONFIG_HELP["data_dir"],
+    "subjects": "comma-separated: reference (the lecture's script), fit, tape, fast (the fast recipe) "
+                "(default reference,fit,tape)",
+    "numerics": "comma-separated numerics modes to measure each subject under, e.g. fastest,portable "
+                "(default fastest); with two, a table of their cost",
 })
-def bench(c, limit="12000", epochs="3", repeats="3", output="benchmarks/results/latest", data_dir=""):
+def bench(c, limit="12000", epochs="3", repeats="3", output="benchmarks/results/latest", data_dir="",
+          subjects="reference,fit,tape", numerics="fastest"):
     """Time the lecture's script against the lab's fit and tape trainers; write JSON and Markdown."""
     from classifier.bench import run_benchmark
 
     _run(run_benchmark, limit=_int("limit", limit), epochs=_int("epochs", epochs), repeats=_int("repeats", repeats),
-         output=output, data_dir=data_dir)
+         output=output, data_dir=data_dir, subjects=tuple(subjects.split(",")), numerics_modes=tuple(numerics.split(",")))
 
 
 @task(help={
