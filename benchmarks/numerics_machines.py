@@ -27,6 +27,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from classifier import numerics  # noqa: E402  (after the path fix above)
+from classifier.files import write_json, write_text  # noqa: E402
 
 # (what differs, taskset CPUs, the environment that differs): the table, plus a newer CPU.
 MACHINES = (
@@ -120,11 +121,8 @@ def main() -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         settings = {"limit": args.limit, "epochs": args.epochs, "seed": 42, "trainer": "fit",
                     "machine": numerics.machine_kind()}
-        for path, text in ((target.with_suffix(".json"), json.dumps({"settings": settings, "rows": rows}, indent=2)),
-                           (target.with_suffix(".md"), table)):
-            temporary = path.with_name(f".tmp-{path.name}")
-            temporary.write_text(text + ("\n" if not text.endswith("\n") else ""))
-            os.replace(temporary, path)
+        write_json(target.with_suffix(".json"), {"settings": settings, "rows": rows})
+        write_text(target.with_suffix(".md"), table)
 
 
 if __name__ == "__main__":
