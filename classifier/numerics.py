@@ -22,8 +22,13 @@ reproducibility section):
   products, and TensorFlow takes it from the number of cores unless
   `TF_NUM_INTRAOP_THREADS` says otherwise. Fixed at 4, the split is the same
   on a 1-core container and a 16-core workstation.
-- oneDNN's graph rewrites (`TF_ENABLE_ONEDNN_OPTS`) are fixed on, and its
-  floating-point math mode to STRICT (no silent bfloat16 or TF32).
+- oneDNN's graph rewrites (`TF_ENABLE_ONEDNN_OPTS`): TensorFlow turns them
+  on by default only on CPUs with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX
+  (tensorflow/core/util/port.cc), so an Intel 12th-generation laptop and an
+  AMD Zen 3 desktop run different kernels for the same command. The mode
+  fixes them on: with them on, an AVX-512 server (the issue's) and this AVX2
+  AMD EPYC gave the same bits. oneDNN's floating-point math mode is fixed to
+  STRICT (no silent bfloat16 or TF32).
 - TensorFlow's deterministic ops; on a GPU also TF32 off, deterministic cuDNN
   and cuBLAS (workspace config) and no cuDNN autotuning.
 
