@@ -32,11 +32,12 @@ reproducibility section):
 - TensorFlow's deterministic ops; on a GPU also TF32 off, deterministic cuDNN
   and cuBLAS (workspace config) and no cuDNN autotuning.
 
-What no setting fixes (see `LIMITS` and the README): Eigen derives the size
-of the slices in which it sums long dot products from the L1 cache size the
-CPU reports; a CPU below AVX2 cannot run AVX2 kernels; ARM machines (Apple
-silicon) run other kernels altogether; GPUs of different models run other
-cuDNN algorithms.
+What no setting fixes (the README's promise table): Eigen derives the
+length of the slices in which it sums long dot products from the L1 cache
+size the CPU reports (288 numbers with 32 KiB, 320 with 48 KiB or more); a
+CPU below AVX2 cannot run AVX2 kernels; ARM machines (Apple silicon) run
+other kernels altogether; GPUs of different models run other cuDNN
+algorithms. `machine_kind()` records these, and `reproduce` compares them.
 
 This module imports nothing heavy and never imports TensorFlow.
 """
@@ -101,18 +102,6 @@ RECORDED = tuple(dict.fromkeys([
     "TF_FORCE_GPU_ALLOW_GROWTH", "CUDA_VISIBLE_DEVICES", "PYTHONHASHSEED",
     "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "MKL_NUM_THREADS",
 ]))
-
-# What the portable mode promises per kind of machine; the README shows this table.
-LIMITS = (
-    ("same CPU model, any core count or affinity", "same bits"),
-    ("another x86-64 CPU with AVX2 or AVX-512 and the same L1 data cache size", "same bits"),
-    ("another x86-64 CPU with another L1 data cache size", "same to about 2 decimals (loss, accuracy)"),
-    ("x86-64 CPU without AVX2 (AVX only)", "same to about 2 decimals"),
-    ("ARM (Apple silicon under Docker, Graviton)", "same to about 2 decimals, not measured"),
-    ("same GPU model and driver", "same bits"),
-    ("another GPU model", "same to about 2 decimals, not measured"),
-)
-
 
 def mode_names() -> tuple[str, ...]:
     """The accepted numerics modes, e.g. ('fastest', 'portable')."""
