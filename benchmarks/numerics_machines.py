@@ -10,7 +10,7 @@ once per numerics mode.
     python benchmarks/numerics_machines.py --data-dir /tmp/lab-data --output benchmarks/results/numerics_machines
     python benchmarks/numerics_machines.py --limit 1200 --epochs 1     # a 5-minute version
 
-About 40 s per cell on 2 quiet cores at the default size (90 s on a busy machine); 18 cells.
+About 40 s per cell on 2 quiet cores at the default size (2-3 minutes on a busy machine); 16 cells.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ MACHINES = (
     ("`ONEDNN_MAX_CPU_ISA=AVX512_CORE_AMX` (what a newer CPU allows; above the lab's cap)", "0,1",
      {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, None),
     ("a CPU with AVX only (`ONEDNN_MAX_CPU_ISA=AVX`, kept under the mode)", "0,1", {}, "AVX"),
-    ("a CPU with SSE4.1 only (`ONEDNN_MAX_CPU_ISA=SSE41`, kept under the mode)", "0,1", {}, "SSE41"),
     ("one core (`taskset -c 0`)", "0", {}, None),
     ("`TF_ENABLE_ONEDNN_OPTS=0`", "0,1", {"TF_ENABLE_ONEDNN_OPTS": "0"}, None),
     ("`TF_ENABLE_ONEDNN_OPTS=0`, one core", "0", {"TF_ENABLE_ONEDNN_OPTS": "0"}, None),

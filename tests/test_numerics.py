@@ -150,24 +150,29 @@ EMULATED_MACHINES = (
 )
 
 
-def _hashes_on_emulated_machines(lab, mode: str) -> dict[str, str]:
-    """Weights hash of the same short training on each emulated machine under `mode`."""
+def _on_machine(cpus: str, environ: dict, *args: str) -> subprocess.CompletedProcess:
+    """`invoke ARGS` as a process pinned to `cpus` whose environment differs by `environ` alone."""
+    # Start from this process's environment without the variables under test.
+    base = {key: value for key, value in os.environ.items()
+            if key not in numerics.RECORDED and key != "CLASSIFIER_NUMERICS"}
+    return subprocess.run(["taskset", "-c", cpus, sys.executable, "-m", "invoke", *args], cwd=ROOT,
+                          env={**base, **environ}, capture_output=True, text=True, timeout=600)
+
+
+def _hashes_on_emulated_machines(lab, mode: str) -> dict[str, tuple[str, object]]:
+    """(weights hash, run folder) of the same short training on each emulated machine under `mode`."""
     if not shutil.which("taskset"):
         pytest.skip("taskset (util-linux) is needed to emulate 1- and 2-core machines")
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs 2 CPUs to emulate a 2-core machine")
     hashes = {}
     for name, cpus, environ in EMULATED_MACHINES:
-        # Start from this process's environment without the variables under test.
-        base = {key: value for key, value in os.environ.items() if key not in numerics.RECORDED}
-        result = subprocess.run(
-            ["taskset", "-c", cpus, sys.executable, "-m", "invoke", "train", "--dataset", "fashion_mnist",
-             "--data-dir", str(lab / "data"), "--runs-dir", str(lab / f"runs-{mode}"), "--limit", "1200",
-             "--epochs", "1", "--numerics", mode],
-            cwd=ROOT, env={**base, **environ}, capture_output=True, text=True, timeout=600)
+        result = _on_machine(cpus, environ, "train", "--dataset", "fashion_mnist", "--data-dir", str(lab / "data"),
+                             "--runs-dir", str(lab / f"runs-{mode}"), "--limit", "1200", "--epochs", "1",
+                             "--numerics", mode)
         assert result.returncode == 0, result.stderr[-3000:]
         run_dir = run_folder_from(result.stdout)
-        hashes[name] = json.loads((run_dir / "manifest.json").read_text())["weights_sha256"]
+        hashes[name] = (json.loads((run_dir / "manifest.json").read_text())["weights_sha256"], run_dir)
         if mode == "portable" and environ:
             assert "numerics portable overrides" in result.stderr
     return hashes
@@ -175,13 +180,20 @@ def _hashes_on_emulated_machines(lab, mode: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_portable_mode_gives_one_model_on_every_emulated_machine(fashion_lab):
-    hashes = _hashes_on_emulated_machines(fashion_lab, "portable")
+    runs = _hashes_on_emulated_machines(fashion_lab, "portable")
+    hashes = {name: weights for name, (weights, _) in runs.items()}
     assert len(set(hashes.values())) == 1, json.dumps(hashes, indent=2)
+    # `invoke reproduce` applies the run's mode again: on one core, with threads asked for, the same bits.
+    run_dir = runs["this machine, 2 cores"][1]
+    result = _on_machine("0", {"TF_NUM_INTRAOP_THREADS": "1"}, "reproduce", str(run_dir))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "numerics portable overrides TF_NUM_INTRAOP_THREADS=1 -> 4" in result.stderr
+    assert "IDENTICAL" in result.stdout and "Another kind of machine" not in result.stdout
 
 
 @pytest.mark.slow
 def test_without_the_mode_the_emulated_machines_differ(fashion_lab):
     # The control: the same children under "fastest" give more than one model,
     # so the test above fails when the mode stops fixing what it fixes.
-    hashes = _hashes_on_emulated_machines(fashion_lab, "fastest")
+    hashes = {name: weights for name, (weights, _) in _hashes_on_emulated_machines(fashion_lab, "fastest").items()}
     assert len(set(hashes.values())) > 1, json.dumps(hashes, indent=2)
