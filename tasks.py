@@ -44,6 +44,14 @@ def _int(flag: str, value: str) -> int:
         raise Exit(f"error: --{flag} must be a whole number, got {value!r}", code=2) from None
 
 
+def _float(flag: str, value: str) -> float:
+    """A number flag, answered in one line when it is not one."""
+    try:
+        return float(value)
+    except ValueError:
+        raise Exit(f"error: --{flag} must be a number, got {value!r}", code=2) from None
+
+
 def _config(**overrides):
     from classifier.config import make_config
 
@@ -78,15 +86,22 @@ def data(c, dataset="cifar10", data_dir="", from_="", mirror=""):
     "recipe": "lecture (default: the lecture's network and schedule) or fast (higher accuracy, same minutes)",
     "strategy": "default (one device) or mirrored (tf.distribute.MirroredStrategy over all visible GPUs)",
     "resume": "continue the stopped run in this run folder from its last finished epoch",
+    "numerics": "fastest (TensorFlow's choices for this machine) or portable (the same weights on other "
+                "machines, see README; the lab image's default); default: $CLASSIFIER_NUMERICS or fastest",
 })
 def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=None, seed=None,
-          val_split=None, limit=None, runs_dir=None, data_dir=None, recipe=None, strategy=None, resume=""):
+          val_split=None, limit=None, runs_dir=None, data_dir=None, recipe=None, strategy=None, resume="",
+          numerics=None):
     """Train a classifier, evaluate it on the test set and write a run folder."""
+    from classifier import numerics as numerics_module
     from classifier.commands import train_command
 
+    if not resume:
+        numerics = _run(numerics_module.resolve, numerics)  # the flag, else $CLASSIFIER_NUMERICS, else fastest
     flags = {key: value for key, value in dict(
         dataset=dataset, model=model, trainer=trainer, epochs=epochs, batch_size=batch_size, seed=seed,
         val_split=val_split, limit=limit, runs_dir=runs_dir, data_dir=data_dir, recipe=recipe, strategy=strategy,
+        numerics=numerics,
     ).items() if value is not None}
     if resume and flags:
         names = ", ".join(f"--{key.replace('_', '-')}" for key in flags)
@@ -100,24 +115,32 @@ def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=Non
     "repeats": "measurements per subject; the median is reported (default 3)",
     "output": "path without suffix for the .json and .md results (default benchmarks/results/latest)",
     "data_dir": _CONFIG_HELP["data_dir"],
+    "subjects": "comma-separated: reference (the lecture's script), fit, tape, fast (the fast recipe), torch "
+                "(default reference,fit,tape,torch; torch where PyTorch is installed)",
+    "numerics": "comma-separated numerics modes to measure each subject under, e.g. fastest,portable "
+                "(default fastest); with two, a table of their cost",
 })
-def bench(c, limit="12000", epochs="3", repeats="3", output="benchmarks/results/latest", data_dir=""):
+def bench(c, limit="12000", epochs="3", repeats="3", output="benchmarks/results/latest", data_dir="",
+          subjects="", numerics="fastest"):
     """Time the lecture's script against the lab's fit, tape and torch trainers; write JSON and Markdown."""
     from classifier.bench import run_benchmark
 
     _run(run_benchmark, limit=_int("limit", limit), epochs=_int("epochs", epochs), repeats=_int("repeats", repeats),
-         output=output, data_dir=data_dir)
+         output=output, data_dir=data_dir, subjects=tuple(subjects.split(",")) if subjects else None,
+         numerics_modes=tuple(numerics.split(",")))
 
 
 @task(help={
     "run": "a finished run folder, e.g. runs/20261126-231502-fashion_mnist-sequential_add-fit",
     "runs_dir": "where the rerun's folder goes (default: beside the original)",
+    "tolerance": "largest test loss/accuracy difference accepted on another kind of machine (default 0.02)",
 })
-def reproduce(c, run, runs_dir=""):
+def reproduce(c, run, runs_dir="", tolerance=""):
     """Re-run a finished run from its manifest and compare metrics and weights."""
     from classifier.reproduce import reproduce as reproduce_run
 
-    if not _run(reproduce_run, run, runs_dir=runs_dir):
+    limit = _float("tolerance", tolerance) if tolerance else None
+    if not _run(reproduce_run, run, runs_dir=runs_dir, tolerance=limit):
         raise Exit(code=1)
 
 

@@ -8,6 +8,12 @@ the reference measured in the same run.
 
     invoke bench --limit 12000 --epochs 3 --repeats 3     # about 4 minutes on 2 cores
     python -m classifier.bench --limit 12000 --epochs 3 --repeats 3 --output benchmarks/results/latest
+
+The cost of the portable numerics mode (classifier/numerics.py): every subject
+under each mode, in the same run, with a table of portable / fastest ratios
+and accuracy differences ("fast" is the fast recipe with the `tape` trainer):
+
+    invoke bench --subjects fit,fast --numerics fastest,portable --output benchmarks/results/numerics_cost
 """
 
 from __future__ import annotations
@@ -24,11 +30,14 @@ import time
 from pathlib import Path
 
 from classifier import config as config_module
-from classifier.config import PROJECT_ROOT, UserError, make_config
+from classifier import numerics, registry
+from classifier.config import PROJECT_ROOT, UserError, make_config, resolve_recipe
 from classifier.files import write_json, write_text
 
 REFERENCE_SCRIPT = PROJECT_ROOT / "benchmarks" / "lecture_reference.py"
-SUBJECTS = ("reference", "fit", "tape", "torch")
+SUBJECTS = ("reference", "fit", "tape", "fast", "torch")
+# "fast" is the fast recipe (classifier/recipes.py) with the `tape` trainer, as the README runs it.
+DEFAULT_SUBJECTS = ("reference", "fit", "tape", "torch")
 DEFAULT_OUTPUT = "benchmarks/results/latest"
 
 # Columns of the table: (key in a summary, heading, format).
@@ -45,7 +54,8 @@ _COLUMNS = (
 
 
 def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output: str = DEFAULT_OUTPUT,
-                  data_dir: str = "", seed: int = 42, subjects: tuple[str, ...] | None = None) -> dict:
+                  data_dir: str = "", seed: int = 42, subjects: tuple[str, ...] | None = None,
+                  numerics_modes: tuple[str, ...] = ("fastest",)) -> dict:
     """Measure the reference and the lab's trainers, then write OUTPUT.json and OUTPUT.md.
 
     Args:
@@ -55,11 +65,14 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
         output: path without suffix for the .json and .md results.
         data_dir: dataset cache holding fashion_mnist/ ("" as for `invoke train`).
         seed: the seed every subject uses.
-        subjects: any of SUBJECTS; ratios need "reference". None: all of them
+        subjects: any of SUBJECTS; ratios need "reference". None: DEFAULT_SUBJECTS
             ("torch" only where PyTorch is installed).
+        numerics_modes: each subject is measured under each of these numerics
+            modes; with more than one, rows are named "SUBJECT [MODE]" and
+            the results add "numerics_cost" (ratios to the first mode).
 
     Returns:
-        {"machine", "settings", "summary", "measurements"}, as written to OUTPUT.json.
+        {"machine", "settings", "summary", "measurements"} (and "numerics_cost"), as written to OUTPUT.json.
     """
     if epochs < 2:
         raise UserError(f"epochs must be at least 2 (the first epoch is warm-up and not measured), got {epochs}")
@@ -68,10 +81,13 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
     if subjects is None:
         import importlib.util
 
-        subjects = tuple(s for s in SUBJECTS if s != "torch" or importlib.util.find_spec("torch") is not None)
+        subjects = tuple(s for s in DEFAULT_SUBJECTS if s != "torch" or importlib.util.find_spec("torch") is not None)
     for subject in subjects:
         if subject not in SUBJECTS:
             raise UserError(f"unknown benchmark subject {subject!r}; accepted: {', '.join(SUBJECTS)}")
+    for mode in numerics_modes:
+        if mode not in registry.NUMERICS:
+            raise UserError(f"unknown numerics mode {mode!r}; accepted: {', '.join(registry.NUMERICS)}")
     # Validates limit and data_dir the way `invoke train` does, and checks the files before minutes of work.
     config = make_config(dataset="fashion_mnist", limit=limit or None, epochs=epochs, seed=seed, data_dir=data_dir)
     root = config_module.data_dir(config)
@@ -81,20 +97,28 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
     if found := problems(get_dataset("fashion_mnist"), root):
         raise UserError(f"Fashion-MNIST is not ready in {root}: {found[0]}; run: invoke data --dataset fashion_mnist")
 
-    measurements: dict[str, list[dict]] = {subject: [] for subject in subjects}
+    def row(subject: str, mode: str) -> str:
+        return subject if len(numerics_modes) == 1 else f"{subject} [{mode}]"
+
+    measurements: dict[str, list[dict]] = {row(subject, mode): [] for subject in subjects for mode in numerics_modes}
     # Interleaved (reference, fit, tape, reference, ...) so that a slow spell of
-    # the machine falls on every subject rather than on one.
+    # the machine falls on every subject and mode rather than on one.
     for repeat in range(repeats):
         for subject in subjects:
-            print(f"[bench] repeat {repeat + 1}/{repeats}: {subject}", flush=True)
-            measurements[subject].append(_measure_in_child(subject, limit, epochs, str(root), seed))
+            for mode in numerics_modes:
+                print(f"[bench] repeat {repeat + 1}/{repeats}: {row(subject, mode)}", flush=True)
+                measurements[row(subject, mode)].append(
+                    _measure_in_child(subject, limit, epochs, str(root), seed, numerics_mode=mode))
     results = {
         "machine": machine_description(),
         "settings": {"dataset": "fashion_mnist", "limit": limit or None, "epochs": epochs, "repeats": repeats,
-                     "seed": seed, "batch_size": config.batch_size, "eval_batch_size_lab": config.eval_batch_size},
-        "summary": summarise(measurements),
+                     "seed": seed, "batch_size": config.batch_size, "eval_batch_size_lab": config.eval_batch_size,
+                     "numerics": list(numerics_modes)},
+        "summary": summarise(measurements, baseline=row("reference", numerics_modes[0])),
         "measurements": measurements,
     }
+    if len(numerics_modes) > 1:
+        results["numerics_cost"] = numerics_cost(results["summary"], subjects, numerics_modes)
     target = Path(output)
     if not target.is_absolute():
         target = PROJECT_ROOT / target
@@ -102,12 +126,19 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
     write_json(target.with_suffix(".json"), results)
     write_text(target.with_suffix(".md"), markdown_report(results))
     print(markdown_table(results["summary"]))
+    if "numerics_cost" in results:
+        print(numerics_cost_table(results["numerics_cost"]))
     print(f"[bench] wrote {target.with_suffix('.json')} and {target.with_suffix('.md')}")
     return results
 
 
-def _measure_in_child(subject: str, limit: int, epochs: int, data_root: str, seed: int) -> dict:
-    """One measurement in a fresh Python process; returns what it wrote as JSON."""
+def _measure_in_child(subject: str, limit: int, epochs: int, data_root: str, seed: int,
+                      numerics_mode: str = "fastest") -> dict:
+    """One measurement in a fresh Python process under `numerics_mode`; returns what it wrote as JSON."""
+    # The child gets the mode's settings in its environment before it starts,
+    # which works alike for the lecture's script and the lab's trainers.
+    environment = dict(os.environ)
+    numerics.apply(numerics_mode, environment, announce=lambda line: print(f"[bench] {line}"))
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
         result_path = Path(folder) / "result.json"
         common = ["--limit", str(limit), "--epochs", str(epochs), "--seed", str(seed), "--json", str(result_path)]
@@ -115,15 +146,19 @@ def _measure_in_child(subject: str, limit: int, epochs: int, data_root: str, see
             command = [sys.executable, str(REFERENCE_SCRIPT), "--data-dir", data_root, *common]
         else:
             command = [sys.executable, "-m", "classifier.bench", "--child", subject, "--data-dir", data_root, *common]
-        completed = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True)
+        completed = subprocess.run(command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True)
         if completed.returncode != 0 or not result_path.exists():
             raise UserError(f"benchmark of {subject} failed (exit {completed.returncode}): "
                             f"{completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else 'no output'}")
         return json.loads(result_path.read_text())
 
 
-def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: str, seed: int = 42) -> dict:
-    """Train and evaluate the lecture's network with the lab's trainer as `invoke train` does.
+def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: str, seed: int = 42,
+                        recipe: str = "lecture") -> dict:
+    """Train and evaluate with the lab's trainer and `recipe` as `invoke train` does.
+
+    The fast recipe fills in its network, batch size, learning rate and
+    validation split; `epochs` and `limit` stay as given.
 
     Returns:
         {"train_images", "epoch_seconds", "train_seconds", "eval_images", "eval_seconds",
@@ -133,14 +168,19 @@ def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: st
     from classifier.distribute import make_trainer
     from classifier.evaluate import evaluate
     from classifier.models import build_model
-    from classifier.recipes import make_optimizer, steps_per_epoch
+    from classifier.recipes import inference_model, make_optimizer, steps_per_epoch, use_mixed_precision
     from classifier.runtime import EpochTimer, gpu_config, seed_everything
 
-    config = make_config(dataset="fashion_mnist", trainer=trainer_name, limit=limit or None, epochs=epochs,
-                         seed=seed, data_dir=data_dir)
+    given = {"dataset": "fashion_mnist", "trainer": trainer_name, "limit": limit or None, "epochs": epochs,
+             "seed": seed, "data_dir": data_dir, "recipe": recipe}
+    config, _ = resolve_recipe(make_config(**given), frozenset(given))
     gpu_config()
     seed_everything(config.seed, config.deterministic)
     dataset, (train, val, test), _ = load_dataset(config)
+    if use_mixed_precision(config):
+        from tensorflow import keras
+
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = build_model(config.model, dataset.image_shape, len(dataset.class_names))
     optimizer = make_optimizer(config, steps_per_epoch(len(train), config.batch_size))
     timer = EpochTimer()
@@ -149,6 +189,7 @@ def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: st
     history = trainer.train((train.images, train.labels), (val.images, val.labels))
     train_seconds = time.perf_counter() - start
     direct = trainer_name == "tape"
+    model = inference_model(model, config, optimizer)
     # As in the reference: the first evaluation traces, the second is measured.
     evaluate(model, test, len(dataset.class_names), config.eval_batch_size, direct=direct)
     start = time.perf_counter()
@@ -202,11 +243,12 @@ def measure_torch_trainer(limit: int, epochs: int, data_dir: str, seed: int = 42
     }
 
 
-def summarise(measurements: dict[str, list[dict]]) -> dict[str, dict]:
-    """Median figures per subject, warm-up epoch left out, with ratios to "reference".
+def summarise(measurements: dict[str, list[dict]], baseline: str = "reference") -> dict[str, dict]:
+    """Median figures per subject, warm-up epoch left out, with ratios to `baseline`.
 
     Args:
         measurements: subject -> list of what one child process measured.
+        baseline: the row the ratios are against, when it was measured.
 
     Returns:
         subject -> {"train_images_per_second", "eval_images_per_second", "seconds_per_epoch",
@@ -226,12 +268,50 @@ def summarise(measurements: dict[str, list[dict]]) -> dict[str, dict]:
             "test_accuracy": statistics.median(run["test_accuracy"] for run in runs),
             "repeats": len(runs),
         }
-    if "reference" in summary:
-        base = summary["reference"]
+    if baseline in summary:
+        base = summary[baseline]
         for figures in summary.values():
             figures["train_speedup"] = figures["train_images_per_second"] / base["train_images_per_second"]
             figures["eval_speedup"] = figures["eval_images_per_second"] / base["eval_images_per_second"]
     return summary
+
+
+def numerics_cost(summary: dict[str, dict], subjects, modes) -> dict[str, dict]:
+    """Per subject, each later mode against the first: training and evaluation speed ratios, accuracy difference.
+
+    Args:
+        summary: summarise()'s result with rows named "SUBJECT [MODE]".
+        subjects: the subjects measured.
+        modes: the numerics modes measured; the first is the baseline.
+
+    Returns:
+        "SUBJECT: MODE vs FIRST" -> {"train_ratio", "eval_ratio", "baseline_accuracy", "accuracy",
+        "accuracy_difference"}.
+    """
+    cost = {}
+    for subject in subjects:
+        base = summary[f"{subject} [{modes[0]}]"]
+        for mode in modes[1:]:
+            figures = summary[f"{subject} [{mode}]"]
+            cost[f"{subject}: {mode} vs {modes[0]}"] = {
+                "train_ratio": figures["train_images_per_second"] / base["train_images_per_second"],
+                "eval_ratio": figures["eval_images_per_second"] / base["eval_images_per_second"],
+                "baseline_accuracy": base["test_accuracy"],
+                "accuracy": figures["test_accuracy"],
+                "accuracy_difference": figures["test_accuracy"] - base["test_accuracy"],
+            }
+    return cost
+
+
+def numerics_cost_table(cost: dict[str, dict]) -> str:
+    """The numerics cost as a Markdown table."""
+    lines = ["| subject: mode vs baseline | train images/s ratio | eval images/s ratio | baseline accuracy "
+             "| accuracy | difference |", "|---|---:|---:|---:|---:|---:|"]
+    for name, figures in cost.items():
+        lines.append(f"| {name} | {figures['train_ratio']:.2f}x | {figures['eval_ratio']:.2f}x | "
+                     f"{figures['baseline_accuracy']:.4f} | {figures['accuracy']:.4f} | "
+                     f"{figures['accuracy_difference']:+.4f} |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(summary: dict[str, dict]) -> str:
@@ -259,6 +339,8 @@ def markdown_report(results: dict) -> str:
         f"the lab: `classifier.evaluate.evaluate` at batch {settings['eval_batch_size_lab']}). "
         "Ratios are lab / reference, measured in the same run.\n\n"
         + markdown_table(results["summary"])
+        + ("\nThe numerics modes' cost, ratios against the first mode, measured in the same run:\n\n"
+           + numerics_cost_table(results["numerics_cost"]) if "numerics_cost" in results else "")
         + f"\nMachine: {machine['cpu']}, {machine['cores']} cores, TensorFlow {machine['tensorflow']} "
         f"({machine['tensorflow_build']}), Keras {machine['keras']}, PyTorch {machine.get('torch') or 'not installed'}, "
         f"Python {machine['python']}, devices {', '.join(machine['devices'])}. The torch subject is the lab's "
@@ -309,7 +391,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="results path without suffix")
     parser.add_argument("--data-dir", default="", help="dataset cache")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--child", choices=("fit", "tape", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--subjects", default="", help=f"comma-separated, of {', '.join(SUBJECTS)}")
+    parser.add_argument("--numerics", default="fastest", help="comma-separated numerics modes, e.g. fastest,portable")
+    parser.add_argument("--child", choices=("fit", "tape", "fast", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--json", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
@@ -317,10 +401,13 @@ def main(argv: list[str] | None = None) -> None:
             result = measure_torch_trainer(args.limit, args.epochs, args.data_dir, args.seed)
             Path(args.json).write_text(json.dumps(result))
         elif args.child:
-            result = measure_lab_trainer(args.child, args.limit, args.epochs, args.data_dir, args.seed)
+            trainer, recipe = ("tape", "fast") if args.child == "fast" else (args.child, "lecture")
+            result = measure_lab_trainer(trainer, args.limit, args.epochs, args.data_dir, args.seed, recipe=recipe)
             Path(args.json).write_text(json.dumps(result))
         else:
-            run_benchmark(args.limit, args.epochs, args.repeats, args.output, args.data_dir, args.seed)
+            run_benchmark(args.limit, args.epochs, args.repeats, args.output, args.data_dir, args.seed,
+                          subjects=tuple(args.subjects.split(",")) if args.subjects else None,
+                          numerics_modes=tuple(args.numerics.split(",")))
     except UserError as error:
         sys.exit(f"error: {error}")
 

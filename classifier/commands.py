@@ -13,6 +13,7 @@ import pprint
 from pathlib import Path
 
 from classifier import config as config_module
+from classifier import numerics
 from classifier.config import Config, UserError, make_config, resolve_recipe, to_dict
 from classifier.data import get_dataset, load_arrays, prepare
 from classifier.download import dataset_folder, fetch, import_from, problems, verified_files
@@ -78,19 +79,20 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
         from classifier.torch_run import train_torch
 
         return train_torch(config, run_dir if resume else None)
+    if not resume:
+        config, chosen = resolve_recipe(config, given)
+        if chosen:
+            print(f"recipe {config.recipe} chose: " + ", ".join(f"{key}={value}" for key, value in chosen.items()))
+    # Before TensorFlow starts: it reads these settings once, when it is loaded.
+    numerics_record = numerics.apply(config.numerics)
 
-    # Imported here so that bad input above is reported without loading TensorFlow.
+    # Imported here: after the numerics settings, and so that bad input above is reported without loading TensorFlow.
     from classifier.checkpoints import Checkpoints
     from classifier.distribute import make_strategy, make_trainer
     from classifier.evaluate import evaluate
     from classifier.models import build_model
     from classifier.recipes import inference_model, make_optimizer, steps_per_epoch, use_mixed_precision
     from classifier.runtime import DurationTime, devices, gpu_config, seed_everything
-
-    if not resume:
-        config, chosen = resolve_recipe(config, given)
-        if chosen:
-            print(f"recipe {config.recipe} chose: " + ", ".join(f"{key}={value}" for key, value in chosen.items()))
 
     gpus = gpu_config()
     seed_everything(config.seed, config.deterministic)
@@ -110,6 +112,7 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
         "gpus": gpus,
         "devices_used": devices(),
         "environment": environment_record(),
+        "numerics": numerics_record,
     }
     write_json(run_dir / "manifest.json", manifest)
     from classifier import report

@@ -41,6 +41,7 @@ class Config:
     eval_batch_size: int = 256  # images per evaluation step; does not change the numbers
     recipe: str = "lecture"  # a name from registry.RECIPES: "lecture" or "fast" (classifier/recipes.py)
     strategy: str = "default"  # a name from registry.STRATEGIES: "default" (one device) or "mirrored"
+    numerics: str = "fastest"  # a name from registry.NUMERICS: "fastest" or "portable" (classifier/numerics.py)
 
 
 def make_config(base: Config | None = None, **overrides) -> Config:
@@ -116,6 +117,7 @@ def validate(config: Config) -> None:
             if getattr(config, key) != lecture:
                 raise UserError(f"--{key} {getattr(config, key)} is for the TensorFlow trainers (fit, tape); "
                                 f"--trainer torch takes --{key} {lecture} only")
+    _one_of("numerics", config.numerics, registry.NUMERICS)
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(config, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(config, key)}")

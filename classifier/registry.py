@@ -25,6 +25,10 @@ RECIPES = ("lecture", "fast")
 # "default": one device; "mirrored": tf.distribute.MirroredStrategy (classifier/distribute.py).
 STRATEGIES = ("default", "mirrored")
 
+# "fastest": TensorFlow's own choices for the machine; "portable": the settings of
+# classifier/numerics.py that give the same weights on other machines (README, reproducibility).
+NUMERICS = ("fastest", "portable")
+
 # What each recipe sets for the fields the person leaves out (classifier/recipes.py
 # says why; benchmarks/NOTES.md measured it). A flag the person gives always wins.
 RECIPE_SETTINGS = {

@@ -22,23 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from classifier import numerics
 from classifier.config import PROJECT_ROOT, Config, UserError
 from classifier.files import atomic_write, write_json
 
-# Environment variables that change what TensorFlow computes or where.
-NUMERICS_ENV = (
-    "TF_ENABLE_ONEDNN_OPTS",
-    "TF_DETERMINISTIC_OPS",
-    "TF_CUDNN_DETERMINISTIC",
-    "NVIDIA_TF32_OVERRIDE",
-    "TF_FORCE_GPU_ALLOW_GROWTH",
-    "CUDA_VISIBLE_DEVICES",
-    "OMP_NUM_THREADS",
-    "TF_NUM_INTRAOP_THREADS",
-    "TF_NUM_INTEROP_THREADS",
-    "PYTHONHASHSEED",
-    "CUBLAS_WORKSPACE_CONFIG",  # cuBLAS' reduction order on a GPU (torch_train sets it)
-)
+# Environment variables that change what TensorFlow computes or where (classifier/numerics.py).
+NUMERICS_ENV = numerics.RECORDED
 
 
 def create_run_dir(runs_root: Path, config: Config) -> Path:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from classifier.bench import markdown_table, run_benchmark, summarise
+from classifier.bench import markdown_table, numerics_cost, numerics_cost_table, run_benchmark, summarise
 from classifier.config import UserError
 
 
@@ -45,10 +45,24 @@ def test_markdown_table_has_a_row_per_subject():
     ({"epochs": 1}, "epochs must be at least 2"),
     ({"repeats": 0}, "repeats must be at least 1"),
     ({"subjects": ("reference", "keras2")}, "unknown benchmark subject 'keras2'"),
+    ({"numerics_modes": ("fastest", "exact")}, "unknown numerics mode 'exact'; accepted: fastest, portable"),
 ])
 def test_bad_settings_are_refused_before_any_work(kwargs, message):
     with pytest.raises(UserError, match=message):
         run_benchmark(**kwargs)
+
+
+def test_numerics_cost_is_each_mode_against_the_first():
+    summary = summarise({
+        "fit [fastest]": [_run([9.0, 2.0, 2.0], accuracy=0.80)],
+        "fit [portable]": [_run([9.0, 2.5, 2.5], eval_seconds=4.0, accuracy=0.81)],
+    }, baseline="reference [fastest]")
+    cost = numerics_cost(summary, ["fit"], ["fastest", "portable"])
+    assert list(cost) == ["fit: portable vs fastest"]
+    figures = cost["fit: portable vs fastest"]
+    assert figures["train_ratio"] == pytest.approx(0.8) and figures["eval_ratio"] == pytest.approx(0.5)
+    assert figures["accuracy_difference"] == pytest.approx(0.01)
+    assert "| fit: portable vs fastest | 0.80x | 0.50x | 0.8000 | 0.8100 | +0.0100 |" in numerics_cost_table(cost)
 
 
 def test_missing_data_is_named(tmp_path):
@@ -71,3 +85,14 @@ def test_small_real_benchmark_writes_json_and_markdown(fashion_lab, tmp_path):
     markdown = output.with_suffix(".md").read_text()
     assert "| reference |" in markdown and "| tape |" in markdown and "Machine:" in markdown
     assert not list(output.parent.glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_numerics_cost_of_the_fast_recipe_is_measured(fashion_lab, tmp_path):
+    output = tmp_path / "cost"
+    results = run_benchmark(limit=500, epochs=2, repeats=1, output=str(output), data_dir=str(fashion_lab / "data"),
+                            subjects=("fast",), numerics_modes=("fastest", "portable"))
+    assert set(results["summary"]) == {"fast [fastest]", "fast [portable]"}
+    figures = results["numerics_cost"]["fast: portable vs fastest"]
+    assert figures["train_ratio"] > 0 and abs(figures["accuracy_difference"]) < 0.5
+    assert "| fast: portable vs fastest |" in output.with_suffix(".md").read_text()

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from classifier import numerics
 from classifier.config import UserError, make_config
 from classifier.download import import_from
 from classifier.commands import train_command
@@ -39,3 +40,55 @@ def test_unfinished_run_cannot_be_reproduced(tmp_path):
         load_finished_run(tmp_path)
     with pytest.raises(UserError, match="is not a run folder"):
         load_finished_run(tmp_path / "nothing")
+
+
+def _finished_tiny_run(tiny_dataset, tmp_path):
+    dataset, source = tiny_dataset
+    import_from(dataset, tmp_path / "data", source)
+    config = make_config(dataset="tiny", trainer="tape", epochs=1, data_dir=str(tmp_path / "data"),
+                         runs_dir=str(tmp_path / "runs"))
+    return train_command(config, verbose=0)
+
+
+def _edit_run(run_dir, machine: dict, loss_shift: float) -> None:
+    """Make the run look as if it came from another machine with slightly other numbers."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["numerics"]["machine"] = {**manifest["numerics"]["machine"], **machine}
+    manifest["weights_sha256"] = "0" * 64
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["loss"] += loss_shift
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_the_manifest_records_the_numerics_mode(tiny_dataset, tmp_path):
+    run_dir = _finished_tiny_run(tiny_dataset, tmp_path)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["config"]["numerics"] == "fastest"
+    assert manifest["numerics"]["mode"] == "fastest" and manifest["numerics"]["applied"] == {}
+    assert manifest["numerics"]["machine"] == numerics.machine_kind()
+    assert set(manifest["environment"]["numerics_env"]) == set(numerics.RECORDED)
+
+
+def test_another_kind_of_machine_is_compared_within_the_tolerance(tiny_dataset, tmp_path, capsys):
+    run_dir = _finished_tiny_run(tiny_dataset, tmp_path)
+    _edit_run(run_dir, {"l1d_kib": 4096}, loss_shift=0.005)
+    assert reproduce(str(run_dir), tolerance=0.01) is True
+    out = capsys.readouterr().out
+    assert "Another kind of machine than the run's under numerics fastest (l1d_kib: 4096 ->" in out
+    assert "WITHIN TOLERANCE: largest metric difference 0.005" in out
+    assert reproduce(str(run_dir), tolerance=0.001) is False
+    assert "DIFFERENT: largest metric difference 0.005" in capsys.readouterr().out
+
+
+def test_the_same_kind_of_machine_must_give_the_same_bits(tiny_dataset, tmp_path, capsys):
+    run_dir = _finished_tiny_run(tiny_dataset, tmp_path)
+    _edit_run(run_dir, {}, loss_shift=0.0)  # only the hash differs now
+    assert reproduce(str(run_dir), tolerance=1.0) is False
+    out = capsys.readouterr().out
+    assert "Another kind of machine" not in out and "DIFFERENT:" in out
+
+
+def test_a_negative_tolerance_is_refused(tiny_dataset, tmp_path):
+    with pytest.raises(UserError, match="--tolerance must be 0 or more, got -1"):
+        reproduce(str(tmp_path), tolerance=-1)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, require_torch, run_folder_from, run_invoke, train_fashion
+from conftest import ROOT, require_torch, run_folder_from, run_invoke
 
 torch = require_torch()
 

@@ -1,0 +1,295 @@
+"""Numerics modes: the settings that decide how TensorFlow does its arithmetic on a machine.
+
+    invoke train --numerics portable     # the same weights on any x86-64 machine with AVX2 and the same L1
+    invoke train --numerics fastest      # TensorFlow's own choices for this machine
+
+TensorFlow and its oneDNN library read these settings from the environment
+once, when they start, and never again. So `apply(mode)` must run before the
+first `import tensorflow` in the process: `tasks.py` calls it first thing,
+and it refuses (UserError) when TensorFlow is already loaded with other
+values, since the settings could no longer take effect.
+
+Why each portable setting is needed (measured on Fashion-MNIST, see README's
+reproducibility section):
+
+- oneDNN's JIT kernels, which TensorFlow uses for every float32 matrix
+  product (Dense and Conv2D through Eigen's contraction, `dnnl_sgemm`), are
+  chosen for the newest instruction set the CPU has. AVX-512, AVX2 (with FMA)
+  and AVX kernels round differently. `ONEDNN_MAX_CPU_ISA` caps them at AVX2,
+  which nearly every x86-64 laptop since 2015 has (Intel Haswell, AMD Zen or
+  newer).
+- The intra-op thread count decides how Eigen splits reductions and matrix
+  products, and TensorFlow takes it from the number of cores unless
+  `TF_NUM_INTRAOP_THREADS` says otherwise. Fixed at 4, the split is the same
+  on a 1-core container and a 16-core workstation.
+- oneDNN's graph rewrites (`TF_ENABLE_ONEDNN_OPTS`): TensorFlow turns them
+  on by default only on CPUs with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX
+  (tensorflow/core/util/port.cc), so an Intel 12th-generation laptop and an
+  AMD Zen 3 desktop run different kernels for the same command. The mode
+  fixes them on: with them on, an AVX-512 server (the issue's) and this AVX2
+  AMD EPYC gave the same bits. oneDNN's floating-point math mode is fixed to
+  STRICT (no silent bfloat16 or TF32).
+- TensorFlow's deterministic ops; on a GPU also TF32 off, deterministic cuDNN
+  and cuBLAS (workspace config) and no cuDNN autotuning.
+
+What no setting fixes (the README's promise table): Eigen derives the
+length of the slices in which it sums long dot products from the L1 cache
+size the CPU reports (288 numbers with 32 KiB, 320 with 48 KiB or more); a
+CPU below AVX2 cannot run AVX2 kernels; ARM machines (Apple silicon) run
+other kernels altogether; GPUs of different models run other cuDNN
+algorithms. `machine_kind()` records these, and `reproduce` compares them.
+
+This module imports nothing heavy and never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from classifier.config import UserError
+
+# The instruction-set cap of the portable mode and the thread counts it fixes.
+PORTABLE_ISA = "AVX2"  # Haswell (2013) / Zen (2017) and newer: nearly every x86-64 student machine
+PORTABLE_INTRAOP_THREADS = 4  # a common laptop's core count; more cores than this stay idle in matrix products
+PORTABLE_INTEROP_THREADS = 1  # the lecture's networks are one chain of ops: nothing runs side by side anyway
+
+# Every value ONEDNN_MAX_CPU_ISA accepts in oneDNN 3.7 (TensorFlow 2.21's), lowest first.
+# oneDNN silently ignores any other value, so the lab checks it.
+ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+               "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX", "AVX10_1_512_AMX",
+               "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "ALL", "DEFAULT")
+
+# The settings of each mode. "fastest" sets nothing: TensorFlow chooses for the
+# machine, and whatever the user exported is kept.
+MODES: dict[str, dict[str, str]] = {
+    "fastest": {},
+    "portable": {
+        # CPU: which kernels, how many threads, which graph rewrites.
+        "ONEDNN_MAX_CPU_ISA": PORTABLE_ISA,
+        "ONEDNN_DEFAULT_FPMATH_MODE": "STRICT",
+        "TF_ENABLE_ONEDNN_OPTS": "1",
+        "TF_NUM_INTRAOP_THREADS": str(PORTABLE_INTRAOP_THREADS),
+        "TF_NUM_INTEROP_THREADS": str(PORTABLE_INTEROP_THREADS),
+        "OMP_NUM_THREADS": str(PORTABLE_INTRAOP_THREADS),
+        "TF_DETERMINISTIC_OPS": "1",
+        # GPU: TF32 rounds float32 inputs to 10-bit mantissas on Ampere and newer;
+        # autotuning picks cuDNN algorithms by timing, which can differ from run to run.
+        "NVIDIA_TF32_OVERRIDE": "0",
+        "TF_CUDNN_DETERMINISTIC": "1",
+        "TF_CUDNN_USE_AUTOTUNE": "0",
+        "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+    },
+}
+DEFAULT_MODE = "fastest"
+
+# Variables that change the arithmetic but that the portable mode clears rather
+# than sets: each one, left in place, would undo part of the mode.
+_CLEARED = {
+    "portable": ("ONEDNN_CPU_ISA_HINTS", "DNNL_MAX_CPU_ISA", "DNNL_DEFAULT_FPMATH_MODE",
+                 "TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD", "TF_USE_EIGEN_PARALLEL_FOR_IN_WORK_SHARDER"),
+    "fastest": (),
+}
+
+# Everything recorded in a run's manifest: what the modes set or clear, plus
+# variables that are checked but not on the training path (numpy's OpenBLAS
+# only scales the images, element by element, which rounds the same everywhere).
+RECORDED = tuple(dict.fromkeys([
+    *MODES["portable"], *_CLEARED["portable"],
+    "TF_FORCE_GPU_ALLOW_GROWTH", "CUDA_VISIBLE_DEVICES", "PYTHONHASHSEED",
+    "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "MKL_NUM_THREADS",
+]))
+
+def mode_names() -> tuple[str, ...]:
+    """The accepted numerics modes, e.g. ('fastest', 'portable')."""
+    return tuple(MODES)
+
+
+def settings(mode: str) -> dict[str, str]:
+    """The environment variables `mode` sets, name -> value.
+
+    Raises:
+        UserError: an unknown mode (the message lists the accepted ones).
+    """
+    if mode not in MODES:
+        raise UserError(f"unknown numerics mode {mode!r}; accepted: {', '.join(MODES)}")
+    return dict(MODES[mode])
+
+
+def apply(mode: str, environ: dict | None = None, announce=None) -> dict:
+    """Set `mode`'s variables in the environment, before TensorFlow starts.
+
+    A value the user exported that the mode replaces is announced in one line,
+    e.g. "numerics portable overrides TF_NUM_INTRAOP_THREADS=16 -> 4", so that
+    nobody wonders why their setting had no effect.
+
+    Args:
+        mode: a name from MODES.
+        environ: the environment to change (default: os.environ, which is what
+            TensorFlow reads; a dict in tests).
+        announce: called with the one line about overridden values (default: print it on stderr).
+
+    Returns:
+        The manifest's record: {"mode", "applied" (what the mode set),
+        "overridden" (the user's values it replaced or cleared), "environment"
+        (every RECORDED variable as it now is), "machine" (see machine_kind)}.
+
+    Raises:
+        UserError: an unknown mode; an invalid ONEDNN_MAX_CPU_ISA under
+            "fastest" (oneDNN would ignore it without a word); or TensorFlow
+            already imported in this process with other values.
+    """
+    wanted = settings(mode)
+    environ = os.environ if environ is None else environ
+    if mode == "fastest" and environ.get("ONEDNN_MAX_CPU_ISA", "").upper() not in ("", *ONEDNN_ISAS):
+        raise UserError(f"ONEDNN_MAX_CPU_ISA={environ['ONEDNN_MAX_CPU_ISA']} is not a level oneDNN knows "
+                        f"(it would be ignored); accepted: {', '.join(ONEDNN_ISAS)}")
+    overridden = {name: environ[name] for name, value in wanted.items()
+                  if name in environ and environ[name] != value}
+    overridden.update({name: environ[name] for name in _CLEARED[mode] if name in environ})
+    if environ is os.environ and "tensorflow" in sys.modules and (overridden or _missing(wanted, environ)):
+        raise UserError(f"numerics mode {mode!r} must be chosen before TensorFlow is imported; "
+                        "run the command in a fresh process (a new terminal or notebook kernel)")
+    if overridden:
+        changes = ", ".join(f"{name}={value} -> {wanted.get(name, '(unset)')}" for name, value in overridden.items())
+        (announce or _print_to_stderr)(f"numerics {mode} overrides {changes}")
+    for name in _CLEARED[mode]:
+        environ.pop(name, None)
+    environ.update(wanted)
+    return record(mode, environ, applied=wanted, overridden=overridden)
+
+
+def _print_to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _missing(wanted: dict, environ) -> bool:
+    return any(environ.get(name) != value for name, value in wanted.items())
+
+
+def record(mode: str, environ=None, applied: dict | None = None, overridden: dict | None = None) -> dict:
+    """The manifest entry for `mode` as the environment now stands (see apply)."""
+    environ = os.environ if environ is None else environ
+    return {
+        "mode": mode,
+        "applied": dict(settings(mode) if applied is None else applied),
+        "overridden": dict(overridden or {}),
+        "environment": {name: environ.get(name) for name in RECORDED},
+        "machine": machine_kind(),
+    }
+
+
+def machine_kind() -> dict:
+    """What decides the arithmetic beyond the environment: CPU, its instruction set and caches, GPUs.
+
+    `reproduce` compares a run's recorded kind with this machine's (see
+    kind_differences) to decide whether to expect identical weights or only
+    metrics within a tolerance. TensorFlow-free: it reads /proc, /sys and nvidia-smi.
+
+    Returns:
+        {"architecture", "vendor", "cpu_model", "cpus" (this process may use),
+        "isa" (the highest of avx512f/avx2/avx/sse4_1 the CPU has), "l1d_kib"
+        and "l2_kib" (per core, None if unknown), "gpus" (model names)}.
+    """
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    return {
+        "architecture": platform.machine(),
+        "vendor": info.get("vendor_id"),
+        "cpu_model": info.get("model name") or platform.processor() or None,
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "isa": next((name for name in ("avx512f", "avx2", "avx", "sse4_1") if name in flags), None),
+        "l1d_kib": _cache_kib(1, "Data"),
+        "l2_kib": _cache_kib(2, "Unified"),
+        "gpus": _gpu_models(),
+    }
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's entries in /proc/cpuinfo (empty where there is none)."""
+    entries: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if not key.strip() and entries:
+                break  # the blank line after the first processor
+            entries.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return entries
+
+
+def _cache_kib(level: int, kind: str) -> int | None:
+    """The per-core cache of `level` and `kind` in KiB from sysfs (what CPUID reports), or None."""
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == str(level) and (index / "type").read_text().strip() == kind:
+                return int((index / "size").read_text().strip().rstrip("K"))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _gpu_models() -> list[str]:
+    """NVIDIA GPU model names from nvidia-smi, without starting TensorFlow ([] without a GPU)."""
+    try:
+        result = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in result.stdout.splitlines() if line.strip()] if result.returncode == 0 else []
+
+
+def effective_isa(mode: str, isa: str | None) -> str | None:
+    """The instruction set oneDNN uses under `mode` on a CPU whose highest is `isa`."""
+    if mode == "portable" and isa == "avx512f":
+        return "avx2"  # the cap
+    return isa
+
+
+def kind_differences(mode: str, recorded: dict | None, current: dict) -> list[str]:
+    """One line per way the recorded machine differs from this one in what changes the numbers under `mode`.
+
+    Under "portable" the core count and the CPU model do not matter (the
+    threads are fixed and the instruction set is capped); the architecture,
+    vendor, effective instruction set, cache sizes and GPU models still do.
+    Under "fastest" everything in machine_kind() matters.
+
+    Args:
+        mode: the run's numerics mode.
+        recorded: the manifest's numerics["machine"] (None for runs made before it was recorded).
+        current: machine_kind() here.
+
+    Returns:
+        e.g. ["l1d_kib: 32 -> 48"]; empty when the rerun should be bit-identical.
+    """
+    if not recorded:
+        return ["machine kind: not recorded in this run"]
+    keys = ["architecture", "vendor", "isa", "l1d_kib", "l2_kib", "gpus"]
+    if mode != "portable":
+        keys[1:1] = ["cpu_model", "cpus"]
+    lines = []
+    for key in keys:
+        before, now = recorded.get(key), current.get(key)
+        if key == "isa":
+            before, now = effective_isa(mode, before), effective_isa(mode, now)
+        if before != now:
+            lines.append(f"{key}: {before} -> {now}")
+    return lines
+
+
+def resolve(mode: str | None) -> str:
+    """The mode for `invoke train`: `mode` if given, else $CLASSIFIER_NUMERICS (the lab image sets it), else DEFAULT_MODE.
+
+    Raises:
+        UserError: $CLASSIFIER_NUMERICS holds an unknown mode (the message names the variable).
+    """
+    if mode:
+        return mode
+    from_environment = os.environ.get("CLASSIFIER_NUMERICS", "")
+    if from_environment and from_environment not in MODES:
+        raise UserError(f"CLASSIFIER_NUMERICS={from_environment} is not a numerics mode; accepted: {', '.join(MODES)}")
+    return from_environment or DEFAULT_MODE
