@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from classifier import config as config_module
+from classifier import numerics
 from classifier.config import Config, UserError, to_dict
 from classifier.files import atomic_write, write_json, write_text
 from classifier.runs import create_run_dir, environment_record
@@ -60,6 +61,9 @@ def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
     Returns:
         The run folder.
     """
+    # The numerics mode's thread counts and oneDNN cap are read by PyTorch's
+    # CPU kernels too, once, when it starts: set them first.
+    numerics_record = numerics.apply(config.numerics)
     import_torch()
     from classifier import report
     from classifier.commands import Interrupted, load_dataset
@@ -82,6 +86,7 @@ def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
         "data": {"dataset": dataset.name, "sha256": hashes, "train": len(train), "validation": len(val),
                  "test": len(test)},
         "environment": {**environment_record(tensorflow=False), **torch_environment()},
+        "numerics": numerics_record,
     }
     write_json(run_dir / "manifest.json", manifest)
     report.show_samples(train.images, train.labels, dataset.class_names, run_dir / "samples.png")
