@@ -236,3 +236,20 @@ def lock(c, upgrade=False):
 
     for path in _run(container.lock, upgrade=upgrade):
         print(f"wrote {path}")
+
+
+@task(help={
+    "run": "a finished run folder, e.g. runs/20261127-150831-fashion_mnist-sequential_add-fit",
+    "format": "savedmodel, tflite, onnx, or several comma-separated (default: all three)",
+    "int8": "also write an int8-quantized TFLite and report its accuracy drop and size",
+    "data_dir": _CONFIG_HELP["data_dir"],
+})
+def export(c, run, format="savedmodel,tflite,onnx", int8=False, data_dir=""):
+    """Export a run's model (SavedModel, TFLite, ONNX), check each on the test set, write export.md."""
+    from classifier.export import ExportMismatch, export_run, markdown_table
+
+    try:
+        result = _run(export_run, run, formats=format, int8=int8, data_dir=data_dir)
+    except ExportMismatch as error:
+        raise Exit(f"error: {error}", code=1) from None
+    print(markdown_table(result), end="")

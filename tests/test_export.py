@@ -1,0 +1,168 @@
+"""`invoke export`: each format written by its toolchain, run in its own runtime, checked against metrics.json."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import run_invoke, train_fashion
+
+_RUNTIMES = ("ai_edge_litert", "onnxruntime", "tf2onnx", "onnx")
+_missing = [name for name in _RUNTIMES if importlib.util.find_spec(name) is None]
+if _missing and os.environ.get("CI") == "true":
+    pytest.fail(f"CI must install {', '.join(_missing)} (requirements/lab.lock)", pytrace=False)
+pytestmark = pytest.mark.skipif(bool(_missing), reason=f"{', '.join(_missing)} not installed (pip install -r requirements/lab.lock)")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished `fit` run (1 epoch) on a small learnable dataset the test made, registered as 'tiny'."""
+    from classifier import data
+    from classifier.config import make_config
+    from classifier.download import import_from
+    from classifier.pipeline import train_command
+    from conftest import make_idx_files, sha256_bytes
+
+    import gzip
+
+    root = tmp_path_factory.mktemp("export")
+    files = make_idx_files(root / "source", num_train=300, num_test=200)
+    spec = data.Dataset(
+        name="tiny", title="Tiny patterns", base_url="http://127.0.0.1:9/unused/",
+        files=tuple(data.DataFile(name, sha256_bytes(blob), len(blob), sha256_bytes(gzip.decompress(blob)))
+                    for name, blob in files.items()),
+        class_names=tuple(f"class{i}" for i in range(10)), image_shape=(28, 28, 1), format="idx",
+    )
+    data.DATASETS["tiny"] = spec
+    import_from(spec, root / "data", root / "source")
+    config = make_config(dataset="tiny", epochs=1, data_dir=str(root / "data"), runs_dir=str(root / "runs"))
+    yield train_command(config, verbose=0)
+    del data.DATASETS["tiny"]
+
+
+def test_every_format_gives_the_runs_test_accuracy(tiny_run):
+    from classifier.export import TOLERANCE, export_run
+
+    result = export_run(tiny_run, int8=True)
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    rows = {row["format"]: row for row in result["rows"]}
+    assert list(rows) == ["keras", "savedmodel", "tflite", "onnx", "tflite_int8"]
+    assert result["test_images"] == 200
+    for name in ("savedmodel", "tflite", "onnx"):
+        assert abs(rows[name]["accuracy"] - metrics["accuracy"]) <= TOLERANCE, rows[name]
+        assert rows[name]["within_tolerance"] is True and rows[name]["latency_ms"] > 0
+    assert rows["savedmodel"]["runtime"].startswith("tf.saved_model")
+    assert rows["tflite"]["runtime"].startswith("ai-edge-litert")
+    assert rows["onnx"]["runtime"].startswith("onnxruntime")
+    # int8 stores a byte per weight where float stores four.
+    assert rows["tflite_int8"]["size_bytes"] < rows["tflite"]["size_bytes"] / 3
+    assert rows["tflite_int8"]["accuracy_drop"] == pytest.approx(metrics["accuracy"] - rows["tflite_int8"]["accuracy"])
+    for row in rows.values():
+        assert (tiny_run / row["path"]).exists(), row["path"]
+    assert (tiny_run / "export" / "savedmodel" / "saved_model.pb").is_file()
+    assert json.loads((tiny_run / "export.json").read_text()) == result
+    table = (tiny_run / "export.md").read_text()
+    assert table.count("| ok |") == 0 and table.count(" ok |") == 4 and "tflite_int8" in table
+    leftovers = [p.name for p in (tiny_run / "export").iterdir() if p.name.startswith(".")]
+    leftovers += [p.name for p in tiny_run.iterdir() if p.name.startswith(".")]
+    assert not leftovers, "no temporary file may be left"
+
+
+def test_a_second_export_keeps_the_other_formats_rows(tiny_run):
+    from classifier.export import export_run
+
+    export_run(tiny_run, formats="savedmodel,tflite")
+    result = export_run(tiny_run, formats="onnx")
+    assert {row["format"] for row in result["rows"]} >= {"keras", "savedmodel", "tflite", "onnx"}
+
+
+def _odd_layer_run(tiny_run, tmp_path):
+    """A copy of the run whose model.keras has a layer computing tf.math.igamma, which neither TFLite nor ONNX has."""
+    import tensorflow as tf
+    from tensorflow import keras
+
+    @keras.utils.register_keras_serializable(package="test_export")
+    class Igamma(keras.layers.Layer):
+        def call(self, x):
+            return tf.math.igamma(x + 1.0, x + 1.0)
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "export.*", "checkpoint"))
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    x = Igamma(name="odd_igamma")(x)
+    outputs = keras.layers.Dense(10, activation="softmax", name="dense")(x)
+    keras.Model(inputs, outputs).save(run / "model.keras")
+    return run
+
+
+@pytest.mark.parametrize("name", ["tflite", "onnx"])
+def test_a_layer_the_format_cannot_hold_is_named(tiny_run, tmp_path, name):
+    from classifier.config import UserError
+    from classifier.export import export_run
+
+    run = _odd_layer_run(tiny_run, tmp_path)
+    with pytest.raises(UserError) as raised:
+        export_run(run, formats=name)
+    message = str(raised.value)
+    assert "layer 'odd_igamma' (Igamma)" in message and "Igamma is not supported" in message, message
+    assert "\n" not in message
+    assert not (run / "export.json").exists() and not list((run / "export").iterdir())
+
+
+def test_an_export_that_misses_the_accuracy_is_a_mismatch(tiny_run, tmp_path):
+    from classifier.export import ExportMismatch, export_run
+
+    # The SavedModel holds the untrained odd model fine, but it cannot give the run's accuracy.
+    run = _odd_layer_run(tiny_run, tmp_path)
+    with pytest.raises(ExportMismatch, match="savedmodel accuracy"):
+        export_run(run, formats="savedmodel")
+    rows = json.loads((run / "export.json").read_text())["rows"]
+    assert [row["within_tolerance"] for row in rows] == [True, False]
+    assert "MISMATCH" in (run / "export.md").read_text()
+
+
+def _unfinished(tiny_run, tmp_path, status):
+    run = tmp_path / "unfinished"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "export.*"))
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "status": status}))
+    return run
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("format", "error: unknown format 'coreml'; accepted: savedmodel, tflite, onnx (comma-separated)"),
+    ("running", "did not finish (status running)"),
+    ("interrupted", "did not finish (status interrupted)"),
+    ("not_a_run", "is not a run folder (no config.json in it)"),
+])
+def test_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path, case, expected):
+    if case == "format":
+        args = [str(tiny_run), "--format", "onnx,coreml"]
+    elif case == "not_a_run":
+        args = [str(tmp_path)]
+    else:
+        args = [str(_unfinished(tiny_run, tmp_path, case))]
+    before = sorted(p.name for p in tiny_run.iterdir())
+    result = run_invoke("export", *args, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert sorted(p.name for p in tiny_run.iterdir()) == before
+
+
+@pytest.mark.slow
+def test_export_of_a_real_fashion_mnist_run(fashion_lab):
+    """The issue's check as a person runs it: train briefly on the real images, export, read the table."""
+    run, _ = train_fashion(fashion_lab, "--limit", "600", "--epochs", "1")
+    result = run_invoke("export", str(run), "--data-dir", str(fashion_lab / "data"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    rows = {row["format"]: row for row in json.loads((run / "export.json").read_text())["rows"]}
+    for name in ("savedmodel", "tflite", "onnx"):
+        assert abs(rows[name]["accuracy"] - metrics["accuracy"]) <= 0.001
+    assert "| onnx | onnxruntime" in result.stdout and result.stdout == (run / "export.md").read_text()
