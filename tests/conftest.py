@@ -64,7 +64,33 @@ def make_idx_files(folder: Path, num_train=600, num_test=200, num_classes=10, se
     return files
 
 
-def make_cifar_archive(path: Path, kind="cifar10", per_batch=20, num_test=30, seed=0) -> bytes:
+class _Python2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2's str (BINSTRING), as CIFAR's published batches were written.
+
+    Python 3's protocol 2 writes bytes as a call to `_codecs.encode`, which
+    Keras' restricted unpickler (keras.datasets.cifar10.load_data) refuses;
+    the published files never contain it.
+    """
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_bytes(self, obj):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + len(obj).to_bytes(4, "little") + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_bytes
+
+
+def _python2_pickle(value) -> bytes:
+    buffer = io.BytesIO()
+    _Python2Pickler(buffer, protocol=2).dump(value)
+    return buffer.getvalue()
+
+
+def make_cifar_archive(path: Path, kind="cifar10", per_batch=20, num_test=30, seed=0, compresslevel=9) -> bytes:
     """A CIFAR python tarball as published: pickled dicts with bytes keys, (N, 3072) rows."""
     rng = np.random.default_rng(seed)
     num_classes = 10 if kind == "cifar10" else 100
@@ -76,7 +102,7 @@ def make_cifar_archive(path: Path, kind="cifar10", per_batch=20, num_test=30, se
         else [("train", per_batch * 5), ("test", num_test)]
     )
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=compresslevel) as tar:
         for name, count in members:
             labels = rng.integers(0, num_classes, size=count)
             images = pattern_images(labels, (32, 32, 3), rng)
@@ -88,7 +114,7 @@ def make_cifar_archive(path: Path, kind="cifar10", per_batch=20, num_test=30, se
             }
             if kind == "cifar100":
                 batch[b"coarse_labels"] = (labels // 5).tolist()
-            payload = pickle.dumps(batch, protocol=2)
+            payload = _python2_pickle(batch)
             info = tarfile.TarInfo(f"{top}/{name}")
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
@@ -122,6 +148,12 @@ def http_root(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _keras_home(tmp_path_factory):
+    """`invoke data` fills Keras' dataset cache: keep the tests' entries out of the user's ~/.keras."""
+    os.environ["KERAS_HOME"] = str(tmp_path_factory.mktemp("keras-home"))
 
 
 @pytest.fixture
