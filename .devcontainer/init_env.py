@@ -1,0 +1,46 @@
+"""Dev Containers' initializeCommand: give compose the settings it reads from .env, on the host.
+
+    python3 .devcontainer/init_env.py      # run by VS Code / `devcontainer up` before the containers start
+
+Only missing keys are added (the token, and the host user's UID/GID so that
+files the lab writes into the repository belong to that user); what
+`invoke lab` or a person already put in .env stays. Python's standard library
+only: the host needs nothing but python3.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from classifier.container import _read_env_file, host_ids  # noqa: E402  (stdlib-only module)
+
+
+def main() -> int:
+    """Add JUPYTER_TOKEN, LAB_UID and LAB_GID to .env where missing; 0 on success."""
+    path = ROOT / ".env"
+    values = _read_env_file(path)
+    uid, gid = host_ids()
+    wanted = {"JUPYTER_TOKEN": secrets.token_urlsafe(32), "LAB_UID": str(uid), "LAB_GID": str(gid)}
+    added = {key: value for key, value in wanted.items() if not values.get(key)}
+    if added:
+        values.update(added)
+        temporary = path.with_name(f".env.tmp-{os.getpid()}")
+        temporary.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+        temporary.chmod(0o600)
+        temporary.replace(path)
+    # The data folder must exist before compose mounts it, or Docker creates it as root.
+    for folder in (ROOT / "data", ROOT / "runs"):
+        folder.mkdir(exist_ok=True)
+    print(f"devcontainer: .env has the token and LAB_UID={values['LAB_UID']} LAB_GID={values['LAB_GID']}"
+          + (f" (added {', '.join(added)})" if added else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""The lab in a real browser: headless Chromium (Debian's) driven by Playwright, as a student uses it.
+
+    python -m pytest tests/test_browser.py -s          # prints the folder with the screenshots
+
+Against the compose lab when a Docker engine and the lab image are there
+(`LAB_IMAGE`, default classifier-lab:test-cpu, the image tests/test_docker.py
+builds), else against JupyterLab and TensorBoard started on this machine from
+the test's own Python environment (`BROWSER_LAB=host` forces it). Either way:
+without the token JupyterLab refuses; with it, notebook 02 is opened and run
+top to bottom through JupyterLab's Run menu, no output cell is an error and
+the plots rendered; TensorBoard shows a run's scalars. Playwright's own
+browser download cannot work offline, so Debian's /usr/bin/chromium is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_invoke, train_fashion
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+SCREENSHOTS = Path(os.environ.get("BROWSER_SCREENSHOTS", ROOT / "test-output" / "browser"))
+IN_CI = os.environ.get("CI") == "true"
+NOTEBOOK = "notebooks/02_keras_classifier.ipynb"
+
+pytestmark = pytest.mark.slow
+
+
+def _unavailable(reason: str):
+    if IN_CI:
+        pytest.fail(f"CI must run the browser test, but {reason}")
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
+
+
+def _wait_for(url: str, timeout: float, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _status(url) == 200:
+            return
+        if log and "Running as root is not recommended" in log.read_text():
+            break  # a server that refused to start
+        time.sleep(1)
+    if log:
+        raise AssertionError(f"{url} did not answer 200; server log:\n{log.read_text()[-3000:]}")
+    raise AssertionError(f"{url} did not answer 200 within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium from Debian, driven by Playwright."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (pip install -r requirements/lab.lock)")
+    if not Path(CHROMIUM).exists():
+        _unavailable(f"{CHROMIUM} is missing (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        # No sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, fashion_source):
+    """A copy of the repository with verified Fashion-MNIST in data/ and a finished run in runs/."""
+    root = tmp_path_factory.mktemp("browser") / "lab"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, root / name)
+    result = run_invoke("data", "--dataset", "fashion_mnist", "--from", str(fashion_source), "--data-dir", str(root / "data"))
+    assert result.returncode == 0, result.stderr
+    run, _ = train_fashion(root, "--limit", "600", "--epochs", "2")
+    return root, run
+
+
+def _host_lab(root: Path):
+    """JupyterLab and TensorBoard from this Python environment, as `jupyter lab --no-browser` would start them."""
+    try:
+        import jupyterlab
+        import tensorboard  # noqa: F401
+    except ImportError:
+        _unavailable("jupyterlab/tensorboard are not installed (pip install -r requirements/lab.lock)")
+    token, lab_port, board_port = uuid.uuid4().hex, _free_port(), _free_port()
+    environment = {
+        **os.environ, "MPLBACKEND": "Agg", "NOTEBOOK_LIMIT": "600", "NOTEBOOK_EPOCHS": "1",
+        "CLASSIFIER_DATA_DIR": str(root / "data"), "CLASSIFIER_RUNS_DIR": str(root / "runs"),
+        "PYTHONPATH": str(root), "JUPYTER_CONFIG_DIR": str(root / ".jupyter-config"),
+    }
+    # JupyterLab's built assets live under the prefix it was installed into.
+    assets = Path(jupyterlab.__file__).resolve().parents[4] / "share" / "jupyter" / "lab"
+    if assets.is_dir():
+        environment["JUPYTERLAB_DIR"] = str(assets)
+    log = open(root / "servers.log", "w")
+    servers = [
+        subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+                          f"--ServerApp.port={lab_port}", f"--ServerApp.token={token}",
+                          f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False",
+                          # CI runs as root; the compose lab never does.
+                          *(["--allow-root"] if os.getuid() == 0 else [])],
+                         cwd=root, env=environment, stdout=log, stderr=subprocess.STDOUT),
+        subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(root / "runs"),
+                          "--host", "127.0.0.1", "--port", str(board_port)],
+                         cwd=root, env=environment, stdout=log, stderr=subprocess.STDOUT),
+    ]
+
+    def stop():
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        log.close()
+
+    return f"http://127.0.0.1:{lab_port}", token, f"http://127.0.0.1:{board_port}", stop
+
+
+def _compose_lab(root: Path, image: str):
+    """The compose lab (docker-compose.cpu.yml) on the copy, with its own ports, token and project name."""
+    from classifier import container
+
+    uid, gid = (os.getuid(), os.getgid()) if os.getuid() != 0 else (1234, 1234)
+    if os.getuid() == 0:
+        for path in [root, *root.rglob("*")]:
+            os.chown(path, uid, gid, follow_symlinks=False)
+    token, lab_port, board_port = uuid.uuid4().hex, _free_port(), _free_port()
+    (root / ".env").write_text(f"JUPYTER_TOKEN={token}\nLAB_IMAGE={image}\nLAB_UID={uid}\nLAB_GID={gid}\n"
+                               f"LAB_PORT={lab_port}\nTENSORBOARD_PORT={board_port}\n")
+    compose = [*container.compose_command(), "-f", "docker-compose.cpu.yml", "-p", f"classifier-browser-{token[:8]}"]
+    up = subprocess.run([*compose, "up", "-d", "--no-build"], cwd=root, capture_output=True, text=True, timeout=900)
+    assert up.returncode == 0, up.stdout + up.stderr
+
+    def stop():
+        subprocess.run([*compose, "down", "--timeout", "5"], cwd=root, capture_output=True, timeout=300)
+
+    return f"http://127.0.0.1:{lab_port}", token, f"http://127.0.0.1:{board_port}", stop
+
+
+def _lab_mode() -> tuple[str, str | None]:
+    """("compose", image) when Docker and the lab image are there, else ("host", None)."""
+    if os.environ.get("BROWSER_LAB") == "host" or shutil.which("docker") is None:
+        return "host", None
+    image = os.environ.get("LAB_IMAGE", "classifier-lab:test-cpu")
+    found = subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=60).returncode == 0
+    return ("compose", image) if found else ("host", None)
+
+
+@pytest.fixture(scope="module")
+def lab(workspace):
+    """(JupyterLab URL, token, TensorBoard URL, mode, run folder), servers stopped afterwards."""
+    root, run = workspace
+    mode, image = _lab_mode()
+    lab_url, token, board_url, stop = _compose_lab(root, image) if mode == "compose" else _host_lab(root)
+    try:
+        log = root / "servers.log" if mode == "host" else None
+        _wait_for(f"{lab_url}/api", timeout=300, log=log)
+        _wait_for(board_url, timeout=300, log=log)
+        print(f"\n[browser] lab: {mode}{' (' + image + ')' if image else ''}; screenshots: {SCREENSHOTS}")
+        yield lab_url, token, board_url, mode, run
+    finally:
+        stop()
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def _shot(page, name: str) -> Path:
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def test_without_the_token_the_lab_refuses(lab, page):
+    lab_url, token, _, _, _ = lab
+    response = page.request.get(f"{lab_url}/api/contents")
+    assert response.status == 403
+    page.goto(f"{lab_url}/lab")
+    assert "/login" in page.url
+    page.wait_for_selector("input[type=password]")
+    assert page.locator(".jp-NotebookPanel").count() == 0
+    _shot(page, "01-no-token-login")
+    page.fill("input[type=password]", "wrong-" + token)
+    page.keyboard.press("Enter")
+    page.wait_for_load_state()
+    assert "/login" in page.url and page.locator(".jp-NotebookPanel").count() == 0
+
+
+def test_notebook_02_runs_top_to_bottom_in_jupyterlab(lab, page):
+    lab_url, token, _, _, _ = lab
+    page.goto(f"{lab_url}/lab/tree/{NOTEBOOK}?token={token}")
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
+    # The kernel is ready when the status bar says Idle.
+    page.wait_for_function("document.body.innerText.includes('Idle')", timeout=120_000)
+    _shot(page, "02-notebook-opened")
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    _shot(page, "03-run-menu")
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    # Done when every code cell has an execution number and none is still running ([*]).
+    page.wait_for_function(
+        """() => {
+            const prompts = [...document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell .jp-InputPrompt')]
+                .map(p => p.innerText.trim());
+            return prompts.length > 0 && prompts.every(p => /^\\[\\d+\\]:$/.test(p));
+        }""",
+        timeout=900_000,
+        polling=2000,
+    )
+    page.wait_for_timeout(2000)
+    cells = page.locator(".jp-NotebookPanel .jp-CodeCell")
+    errors = page.locator(".jp-NotebookPanel [data-mime-type='application/vnd.jupyter.error']")
+    images = page.locator(".jp-NotebookPanel .jp-RenderedImage img")
+    shot = _shot(page, "04-notebook-ran")
+    print(f"\n[browser] notebook 02: {cells.count()} code cells ran, {errors.count()} error outputs, "
+          f"{images.count()} images; {shot}")
+    assert errors.count() == 0, errors.first.inner_text()
+    # The sample grid, the learning curves and the confusion matrix, each decoded by the browser.
+    assert images.count() >= 3
+    for index in range(images.count()):
+        size = images.nth(index).evaluate("img => [img.complete, img.naturalWidth, img.naturalHeight]")
+        assert size[0] and size[1] > 100 and size[2] > 100, size
+    text = page.locator(".jp-NotebookPanel").inner_text()
+    assert "test accuracy" in text
+
+
+def test_tensorboard_shows_the_runs_scalars(lab, page):
+    _, _, board_url, _, run = lab
+    page.goto(f"{board_url}/#timeseries")
+    page.wait_for_selector("text=epoch_accuracy", timeout=120_000)
+    page.wait_for_selector(f"text={run.name}", timeout=60_000)
+    # At least one scalar card drew its line chart.
+    page.wait_for_selector("tb-metrics-scalar-card, scalar-card", timeout=60_000)
+    page.wait_for_timeout(3000)
+    shot = _shot(page, "05-tensorboard-scalars")
+    body = page.locator("body").inner_text()
+    print(f"\n[browser] TensorBoard: {shot}")
+    for tag in ("epoch_loss", "epoch_accuracy", "epoch_learning_rate"):
+        assert tag in body, tag
+    tags = json.loads(page.request.get(f"{board_url}/data/plugin/scalars/tags").text())
+    assert {"epoch_loss", "epoch_accuracy"} <= set(tags[f"{run.name}/tensorboard/train"])
+    assert {"epoch_loss", "epoch_accuracy"} <= set(tags[f"{run.name}/tensorboard/validation"])

@@ -1,0 +1,159 @@
+"""Dev Containers: `.devcontainer/` read by the real Dev Containers CLI, then `up` and `exec` against Docker.
+
+The CLI is `@devcontainers/cli` from npm: $DEVCONTAINER_CLI, else `devcontainer`
+on PATH, else the copy .ci/run installs into /opt/devcontainers-cli. Without
+it or a Docker engine the tests skip with the reason (in CI they fail).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = {"gpu": ROOT / ".devcontainer" / "devcontainer.json", "cpu": ROOT / ".devcontainer" / "cpu" / "devcontainer.json"}
+STANDIN_BASE = "classifier-lab-base:bookworm"
+IMAGE = "classifier-lab:devcontainer-test"
+IN_CI = os.environ.get("CI") == "true"
+# The lab never runs as root: as root (CI) the test plays host user 1234, as test_docker.py does.
+TEST_UID, TEST_GID = (os.getuid(), os.getgid()) if os.getuid() != 0 else (1234, 1234)
+os.environ.setdefault("COMPOSE_HTTP_TIMEOUT", "600")
+os.environ.setdefault("DOCKER_CLIENT_TIMEOUT", "600")
+
+
+def _unavailable(reason: str):
+    if IN_CI:
+        pytest.fail(f"CI must run the Dev Containers tests, but {reason}")
+    pytest.skip(reason)
+
+
+def _jsonc(path: Path) -> dict:
+    """devcontainer.json allows // comments; none of ours sits inside a string."""
+    return json.loads(re.sub(r"^\s*//.*$", "", path.read_text(), flags=re.MULTILINE))
+
+
+@pytest.fixture(scope="module")
+def cli() -> str:
+    """The Dev Containers CLI, or a skip (a failure in CI) saying how to get it."""
+    for candidate in (os.environ.get("DEVCONTAINER_CLI"), shutil.which("devcontainer"),
+                      "/opt/devcontainers-cli/node_modules/.bin/devcontainer"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    _unavailable("the Dev Containers CLI is missing (npm install --prefix /opt/devcontainers-cli @devcontainers/cli)")
+
+
+@pytest.mark.parametrize("variant", ["gpu", "cpu"])
+def test_configuration_uses_the_labs_compose_service_user_and_mounts(variant):
+    config = _jsonc(CONFIGS[variant])
+    compose_file = (CONFIGS[variant].parent / config["dockerComposeFile"][0]).resolve()
+    assert compose_file.name == {"gpu": "docker-compose.yml", "cpu": "docker-compose.cpu.yml"}[variant]
+    assert compose_file.is_file()
+    assert config["service"] == "lab" and set(config["runServices"]) == {"lab", "tensorboard"}
+    # The workspace is where compose mounts the repository (data/ and runs/ inside it).
+    services = (ROOT / "docker" / "compose.services.yml").read_text()
+    assert "- ..:/workspace" in services and "/workspace/data" in services
+    assert config["workspaceFolder"] == "/workspace"
+    # The image's user (built with the host's UID/GID) is the remote user; no second UID rewrite.
+    assert re.search(r"ARG USER_NAME=(\w+)", (ROOT / "docker" / "Dockerfile").read_text()).group(1) == config["remoteUser"]
+    assert config["updateRemoteUserUID"] is False
+    extensions = config["customizations"]["vscode"]["extensions"]
+    assert {"ms-python.python", "ms-toolsai.jupyter"} <= set(extensions)
+    assert config["initializeCommand"] == "python3 .devcontainer/init_env.py"
+
+
+def test_init_env_adds_only_what_is_missing(tmp_path):
+    """initializeCommand on the host: token and UID/GID added, a user's own settings kept."""
+    copy = tmp_path / "repo"
+    (copy / ".devcontainer").mkdir(parents=True)
+    shutil.copy(ROOT / ".devcontainer" / "init_env.py", copy / ".devcontainer")
+    shutil.copytree(ROOT / "classifier", copy / "classifier", ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / ".env").write_text("LAB_PORT=9999\nLAB_UID=4321\n")
+    result = subprocess.run(["python3", ".devcontainer/init_env.py"], cwd=copy, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    values = dict(line.split("=", 1) for line in (copy / ".env").read_text().splitlines())
+    assert values["LAB_PORT"] == "9999" and values["LAB_UID"] == "4321"
+    assert len(values["JUPYTER_TOKEN"]) >= 32 and values["LAB_GID"]
+    assert (copy / ".env").stat().st_mode & 0o777 == 0o600
+    assert (copy / "data").is_dir() and (copy / "runs").is_dir()
+    token = values["JUPYTER_TOKEN"]
+    subprocess.run(["python3", ".devcontainer/init_env.py"], cwd=copy, check=True, capture_output=True, timeout=60)
+    assert f"JUPYTER_TOKEN={token}\n" in (copy / ".env").read_text()
+
+
+@pytest.mark.parametrize("variant", ["gpu", "cpu"])
+def test_the_cli_reads_the_configuration(cli, variant):
+    result = subprocess.run([cli, "read-configuration", "--workspace-folder", str(ROOT), "--config", str(CONFIGS[variant])],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    read = json.loads(result.stdout)["configuration"]
+    assert read["service"] == "lab" and read["remoteUser"] == "lab"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.docker
+def test_devcontainer_up_then_exec_runs_the_quick_tests(cli, tmp_path):
+    """`devcontainer up` on the CPU configuration, then `devcontainer exec ... invoke test` as the host user."""
+    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode:
+        _unavailable("no Docker engine is reachable (bash docker/ci-setup.sh starts one)")
+    # A copy of the repository with its own .env, so a lab the user runs is left alone.
+    workspace = tmp_path / "lab"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (workspace / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, workspace / name)
+    base = os.environ.get("LAB_BASE_IMAGE") or (
+        STANDIN_BASE if subprocess.run(["docker", "image", "inspect", STANDIN_BASE], capture_output=True).returncode == 0 else "")
+    settings = {"LAB_IMAGE": IMAGE, "LAB_UID": TEST_UID, "LAB_GID": TEST_GID, "LAB_PORT": _free_port(),
+                "TENSORBOARD_PORT": _free_port(), "JUPYTER_TOKEN": uuid.uuid4().hex, **({"LAB_BASE_IMAGE": base} if base else {})}
+    (workspace / ".env").write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+    if os.getuid() == 0:
+        for path in [workspace, *workspace.rglob("*")]:
+            os.chown(path, TEST_UID, TEST_GID)
+    config = workspace / ".devcontainer" / "cpu" / "devcontainer.json"
+    where = ["--workspace-folder", str(workspace), "--config", str(config)]
+    project = None
+    try:
+        up = subprocess.run([cli, "up", *where], capture_output=True, text=True, timeout=2400)
+        print("\n[devcontainer up] " + "\n".join(up.stdout.strip().splitlines()[-3:]))
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        outcome = json.loads(up.stdout.strip().splitlines()[-1])
+        assert outcome["outcome"] == "success" and outcome["remoteUser"] == "lab"
+        assert outcome["remoteWorkspaceFolder"] == "/workspace"
+        labels = json.loads(subprocess.run(["docker", "inspect", "--format", "{{json .Config.Labels}}", outcome["containerId"]],
+                                           capture_output=True, text=True, check=True).stdout)
+        project = labels["com.docker.compose.project"]
+
+        ids = subprocess.run([cli, "exec", *where, "id", "-u"], capture_output=True, text=True, timeout=300)
+        assert ids.stdout.strip().splitlines()[-1] == str(TEST_UID), ids.stdout + ids.stderr
+        test = subprocess.run([cli, "exec", *where, "invoke", "test", "--markers", "not slow and not docker and not gpu",
+                               "--args", "-q -p no:cacheprovider tests/test_config.py tests/test_models.py"],
+                              capture_output=True, text=True, timeout=1200)
+        print("[devcontainer exec invoke test] " + "\n".join(test.stdout.strip().splitlines()[-2:]))
+        assert test.returncode == 0, test.stdout[-3000:] + test.stderr[-3000:]
+        assert re.search(r"\d+ passed", test.stdout) and "failed" not in test.stdout.splitlines()[-1]
+        # A file the container writes to the mounted workspace belongs to the host user.
+        subprocess.run([cli, "exec", *where, "touch", "/workspace/runs/written-in-devcontainer"],
+                       capture_output=True, text=True, timeout=300, check=True)
+        written = workspace / "runs" / "written-in-devcontainer"
+        assert (written.stat().st_uid, written.stat().st_gid) == (TEST_UID, TEST_GID)
+    finally:
+        if project:
+            from classifier import container
+
+            subprocess.run([*container.compose_command(), "-f", str(workspace / "docker-compose.cpu.yml"), "-p", project,
+                            "down", "--timeout", "5"], cwd=workspace, capture_output=True, timeout=300)
