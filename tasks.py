@@ -88,10 +88,11 @@ def data(c, dataset="cifar10", data_dir="", from_="", mirror=""):
     "resume": "continue the stopped run in this run folder from its last finished epoch",
     "numerics": "fastest (TensorFlow's choices for this machine) or portable (the same weights on other "
                 "machines, see README; the lab image's default); default: $CLASSIFIER_NUMERICS or fastest",
+    "tensorboard": "true (default): write TensorBoard event files into RUN/tensorboard; false: none",
 })
 def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=None, seed=None,
           val_split=None, limit=None, runs_dir=None, data_dir=None, recipe=None, strategy=None, resume="",
-          numerics=None):
+          numerics=None, tensorboard=None):
     """Train a classifier, evaluate it on the test set and write a run folder."""
     from classifier import numerics as numerics_module
     from classifier.commands import train_command
@@ -102,6 +103,7 @@ def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=Non
         dataset=dataset, model=model, trainer=trainer, epochs=epochs, batch_size=batch_size, seed=seed,
         val_split=val_split, limit=limit, runs_dir=runs_dir, data_dir=data_dir, recipe=recipe, strategy=strategy,
         numerics=numerics,
+        tensorboard=tensorboard,
     ).items() if value is not None}
     if resume and flags:
         names = ", ".join(f"--{key.replace('_', '-')}" for key in flags)

@@ -97,6 +97,7 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
     from classifier.models import build_model
     from classifier.recipes import inference_model, make_optimizer, steps_per_epoch, use_mixed_precision
     from classifier.runtime import DurationTime, devices, gpu_config, seed_everything
+    from classifier.tensorboard import EpochSummaries, write_run_summaries
 
     gpus = gpu_config()
     seed_everything(config.seed, config.deterministic)
@@ -141,9 +142,11 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
 
     # train_model(): the lecture's trainer, checkpointed after every epoch.
     checkpoints = Checkpoints(run_dir / "checkpoint", model, optimizer)
+    # TensorBoard's per-epoch scalars and graph come first, so the epoch timer in checkpoints leaves them out.
+    summaries = [EpochSummaries(run_dir, optimizer, dataset.image_shape)] if config.tensorboard else []
     with strategy.scope():
         initial_epoch = checkpoints.restore() if resume else 0
-        trainer = make_trainer(config, model, optimizer, strategy, callbacks=[checkpoints], verbose=verbose)
+        trainer = make_trainer(config, model, optimizer, strategy, callbacks=[*summaries, checkpoints], verbose=verbose)
     if initial_epoch:
         print(f"Resuming {run_dir.name} after epoch {initial_epoch}/{config.epochs}")
     try:
@@ -155,6 +158,8 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
         done = len(checkpoints.history["loss"])
         raise Interrupted(f"stopped after {done}/{config.epochs} epoch(s); "
                           f"continue with: invoke train --resume {run_dir}") from None
+    for summary in summaries:
+        summary.close()
     history = checkpoints.history
     pprint.pprint({key: [round(value, 4) for value in values] for key, values in history.items()}, width=120)
 
@@ -178,6 +183,9 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
     }
     finish_run(run_dir, final_model, {**history, "epoch_seconds": checkpoints.epoch_seconds}, metrics, timings,
                manifest, dataset.class_names)
+    if config.tensorboard:
+        write_run_summaries(run_dir, to_dict(config), metrics, config.epochs)
+        print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
     print(f"Run folder: {run_dir}")
     return run_dir
 

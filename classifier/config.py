@@ -42,6 +42,7 @@ class Config:
     recipe: str = "lecture"  # a name from registry.RECIPES: "lecture" or "fast" (classifier/recipes.py)
     strategy: str = "default"  # a name from registry.STRATEGIES: "default" (one device) or "mirrored"
     numerics: str = "fastest"  # a name from registry.NUMERICS: "fastest" or "portable" (classifier/numerics.py)
+    tensorboard: bool = True  # write TensorBoard event files into RUN/tensorboard (classifier/tensorboard.py)
 
 
 def make_config(base: Config | None = None, **overrides) -> Config:

@@ -33,7 +33,7 @@ from classifier import config as config_module
 from classifier.config import UserError, make_config
 from classifier.data import get_dataset, load_arrays, prepare
 from classifier.download import dataset_folder, verified_files
-from classifier.runs import read_json, write_json
+from classifier.files import read_json, write_json, write_text
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 TOLERANCE = 0.001  # largest accepted |export accuracy - metrics.json accuracy|
@@ -131,8 +131,6 @@ def export_run(run: str | Path, formats: str = ",".join(FORMATS), int8: bool = F
     # Imported here: bad input above is reported without loading TensorFlow.
     import tensorflow as tf
     from tensorflow import keras
-
-    import classifier.models  # noqa: F401  (registers the fast recipe's layers for loading)
 
     model = keras.models.load_model(run_dir / "model.keras", compile=False)
     out = run_dir / EXPORT_DIR
@@ -393,7 +391,7 @@ def _write_table(run_dir: Path, reference: float, rows: list[Row], num_images: i
     result = {"reference": "metrics.json accuracy", "reference_accuracy": reference, "tolerance": TOLERANCE,
               "test_images": num_images, "cpu": _cpu(), "rows": merged}
     write_json(json_path, result)
-    _write_text(run_dir / "export.md", markdown_table(result))
+    write_text(run_dir / "export.md", markdown_table(result))
     return result
 
 
@@ -429,15 +427,3 @@ def _cpu() -> str:
     from classifier.runs import _cpu_model
 
     return f"{_cpu_model()} ({os.cpu_count()} cores)"
-
-
-def _write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(temporary, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)

@@ -7,7 +7,7 @@ Each run writes `RUN/tensorboard/`:
 
 | folder | what | written by |
 |---|---|---|
-| `train/` | `epoch_loss`, `epoch_accuracy`, `epoch_learning_rate` per epoch; the training step's op graph; the Keras model graph (fit) | `fit`: Keras' own `keras.callbacks.TensorBoard`; `tape`: `TapeSummaries` with `tf.summary` |
+| `train/` | `epoch_loss`, `epoch_accuracy`, `epoch_learning_rate` per epoch; the model's forward-pass graph | `EpochSummaries`, a Keras callback that `fit` calls and the tape loop calls too |
 | `validation/` | `epoch_loss`, `epoch_accuracy` per epoch | the same |
 | `.` (the folder itself) | the run's hyperparameters (HParams dashboard), `test/loss` and `test/accuracy`, the sample grid and the confusion matrix as images | `write_run_summaries` once the run is evaluated |
 
@@ -35,52 +35,59 @@ def log_dir(run_dir: Path) -> Path:
     return Path(run_dir) / LOG_DIR
 
 
-def fit_callback(run_dir: Path) -> keras.callbacks.Callback:
-    """Keras' own TensorBoard callback for `model.fit`: per-epoch scalars, learning rate, graphs.
+class EpochSummaries(keras.callbacks.Callback):
+    """Per-epoch scalars and the model graph, for `fit` and for the tape loop alike.
 
-    No histograms and no profiler: both cost time every epoch, and the issue's
-    promise is that TensorBoard does not slow training measurably.
-    """
-    return keras.callbacks.TensorBoard(log_dir=str(log_dir(run_dir)), histogram_freq=0, write_graph=True,
-                                       write_images=False, update_freq="epoch", profile_batch=0)
+    A Keras callback: `model.fit` calls it, and the tape loop calls the same
+    `on_epoch_begin`/`on_epoch_end` itself, so both trainers write the same
+    tags with `tf.summary`. The tags are those of Keras' own
+    `keras.callbacks.TensorBoard` (`epoch_loss`, `epoch_accuracy` under
+    train/ and validation/, `epoch_learning_rate`), which that callback
+    cannot give the tape loop: it reads the learning rate from a compiled
+    model and writes the graph at `on_train_begin`, which a hand-written loop
+    does not call. No histograms, images or profiling per epoch: those cost
+    time every epoch.
 
-
-class TapeSummaries:
-    """What `fit_callback` writes, for the GradientTape trainer, with `tf.summary`.
-
-        summaries = TapeSummaries(run_dir)
-        summaries.graph(train_step, images, labels)      # once, before the first epoch
-        summaries.epoch(epoch, logs, learning_rate)      # after each epoch
-        summaries.close()
+        callbacks = [EpochSummaries(run_dir, optimizer, input_shape), checkpoints]
     """
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, optimizer: keras.optimizers.Optimizer, input_shape):
+        super().__init__()
         root = log_dir(run_dir)
+        self.optimizer = optimizer
+        self.input_shape = tuple(input_shape)
         self.train_writer = tf.summary.create_file_writer(str(root / "train"))
         self.validation_writer = tf.summary.create_file_writer(str(root / "validation"))
+        self._graph_written = False
 
-    def graph(self, function, *args) -> None:
-        """The op graph of a `tf.function` (the training step) for the Graphs dashboard.
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._graph_written:
+            self._write_graph()
+            self._graph_written = True
 
-        The graph comes from tracing alone (`get_concrete_function`): nothing
-        runs, so no weight, optimizer step or random state changes.
+    def _write_graph(self) -> None:
+        """The op graph of the model's forward pass, for the Graphs dashboard.
+
+        It comes from tracing alone (`get_concrete_function`): nothing runs, so
+        no weight, optimizer step or random state changes.
         """
-        concrete = function.get_concrete_function(*args)
+        forward = tf.function(lambda images: self.model(images, training=False))
+        concrete = forward.get_concrete_function(tf.TensorSpec((None, *self.input_shape), tf.float32))
         with self.train_writer.as_default():
             tf.summary.graph(concrete.graph)
 
-    def epoch(self, epoch: int, logs: dict, learning_rate: float | None = None) -> None:
-        """Per-epoch scalars under Keras' tags: `loss`/`accuracy` to train, `val_*` to validation."""
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
         with self.train_writer.as_default(step=epoch):
             for key in ("loss", "accuracy"):
                 if key in logs:
                     tf.summary.scalar(f"epoch_{key}", float(logs[key]))
-            if learning_rate is not None:
-                tf.summary.scalar("epoch_learning_rate", float(learning_rate))
+            tf.summary.scalar("epoch_learning_rate", current_learning_rate(self.optimizer))
         with self.validation_writer.as_default(step=epoch):
             for key in ("loss", "accuracy"):
                 if f"val_{key}" in logs:
                     tf.summary.scalar(f"epoch_{key}", float(logs[f"val_{key}"]))
+        # Flushed every epoch: TensorBoard shows a long run while it trains.
         self.train_writer.flush()
         self.validation_writer.flush()
 

@@ -234,12 +234,15 @@ def test_notebook_02_runs_top_to_bottom_in_jupyterlab(lab, page):
     page.get_by_role("menuitem", name="Run", exact=True).click()
     _shot(page, "03-run-menu")
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-    # Done when every code cell has an execution number and none is still running ([*]).
+    # Done when every code cell has an execution number, or a cell failed (Run All then stops),
+    # and none is still running or queued ([*]).
     page.wait_for_function(
         """() => {
-            const prompts = [...document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell .jp-InputPrompt')]
-                .map(p => p.innerText.trim());
-            return prompts.length > 0 && prompts.every(p => /^\\[\\d+\\]:$/.test(p));
+            const panel = document.querySelector('.jp-NotebookPanel');
+            const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.innerText.trim());
+            const failed = panel.querySelector("[data-mime-type='application/vnd.jupyter.error']") !== null;
+            return prompts.length > 0 && !prompts.some(p => p.includes('*'))
+                && (failed || prompts.every(p => /^\\[\\d+\\]:$/.test(p)));
         }""",
         timeout=900_000,
         polling=2000,
@@ -251,7 +254,9 @@ def test_notebook_02_runs_top_to_bottom_in_jupyterlab(lab, page):
     shot = _shot(page, "04-notebook-ran")
     print(f"\n[browser] notebook 02: {cells.count()} code cells ran, {errors.count()} error outputs, "
           f"{images.count()} images; {shot}")
-    assert errors.count() == 0, errors.first.inner_text()
+    assert errors.count() == 0, errors.first.inner_text()[-2000:]
+    prompts = page.locator(".jp-NotebookPanel .jp-CodeCell .jp-InputPrompt").all_inner_texts()
+    assert all(prompt.strip()[1:-2].isdigit() for prompt in prompts), prompts
     # The sample grid, the learning curves and the confusion matrix, each decoded by the browser.
     assert images.count() >= 3
     for index in range(images.count()):

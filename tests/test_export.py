@@ -24,7 +24,7 @@ def tiny_run(tmp_path_factory):
     from classifier import data
     from classifier.config import make_config
     from classifier.download import import_from
-    from classifier.pipeline import train_command
+    from classifier.commands import train_command
     from conftest import make_idx_files, sha256_bytes
 
     import gzip
