@@ -124,6 +124,15 @@ def test_devcontainer_up_then_exec_runs_the_quick_tests(cli, tmp_path):
     if os.getuid() == 0:
         for path in [workspace, *workspace.rglob("*")]:
             os.chown(path, TEST_UID, TEST_GID)
+    # The image first, as `invoke build` makes it: this sandbox's Docker has no bridge network, so
+    # only a build on the host network reaches Debian and PyPI. The CLI's own `compose build`
+    # then finds every layer in the cache.
+    from classifier import container
+
+    build = subprocess.run(container.build_command("cpu", tag=IMAGE, base_image=base or None, uid=TEST_UID,
+                                                   gid=TEST_GID, network="host"),
+                           cwd=workspace, capture_output=True, text=True, timeout=2400)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     config = workspace / ".devcontainer" / "cpu" / "devcontainer.json"
     where = ["--workspace-folder", str(workspace), "--config", str(config)]
     project = None
@@ -153,7 +162,5 @@ def test_devcontainer_up_then_exec_runs_the_quick_tests(cli, tmp_path):
         assert (written.stat().st_uid, written.stat().st_gid) == (TEST_UID, TEST_GID)
     finally:
         if project:
-            from classifier import container
-
             subprocess.run([*container.compose_command(), "-f", str(workspace / "docker-compose.cpu.yml"), "-p", project,
                             "down", "--timeout", "5"], cwd=workspace, capture_output=True, timeout=300)
