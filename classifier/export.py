@@ -269,19 +269,23 @@ def _short(error: BaseException) -> str:
 
 @contextlib.contextmanager
 def _native_stderr_captured():
-    """Keep the converters' C++ and logging chatter off the terminal; a failure is reported as one line."""
+    """Keep the converters' C++ and logging chatter (on both streams) off the terminal; a failure is one line."""
     import sys
 
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = {stream: os.dup(stream) for stream in (1, 2)}
     with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
+        for stream in saved:
+            os.dup2(sink.fileno(), stream)
         try:
             yield
         finally:
+            sys.stdout.flush()
             sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+            for stream, original in saved.items():
+                os.dup2(original, stream)
+                os.close(original)
 
 
 # Running: each format in its own runtime.
@@ -300,11 +304,14 @@ def _saved_model_runtime(path: Path):
 def _tflite_runtime(path: Path):
     from ai_edge_litert.interpreter import Interpreter
 
-    with _native_stderr_captured():  # "Created TensorFlow Lite XNNPACK delegate" on every load
-        interpreter = Interpreter(model_path=str(path))
+    interpreter = Interpreter(model_path=str(path))
     (source,) = interpreter.get_input_details()
     (target,) = interpreter.get_output_details()
-    shape = [None]
+    # The first run creates the XNNPACK delegate, which LiteRT announces on the terminal.
+    with _native_stderr_captured():
+        interpreter.allocate_tensors()
+        interpreter.invoke()
+    shape = [tuple(source["shape"])]
 
     def predict(images: np.ndarray) -> np.ndarray:
         # The interpreter has fixed shapes: resize only when the batch size changes.
