@@ -180,6 +180,8 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
         "evaluate_seconds": eval_timer.seconds,
         "epoch_seconds": checkpoints.epoch_seconds,
         "train_images_per_second": len(train) * len(ran) / sum(ran) if ran else None,
+        # Seconds of train_seconds spent writing TensorBoard summaries (None: --tensorboard false).
+        "tensorboard_seconds": summaries[0].seconds if summaries else None,
     }
     finish_run(run_dir, final_model, {**history, "epoch_seconds": checkpoints.epoch_seconds}, metrics, timings,
                manifest, dataset.class_names)

@@ -19,6 +19,7 @@ bit-identical to one without (tests/test_tensorboard.py).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import tensorflow as tf
@@ -59,11 +60,15 @@ class EpochSummaries(keras.callbacks.Callback):
         self.train_writer = tf.summary.create_file_writer(str(root / "train"))
         self.validation_writer = tf.summary.create_file_writer(str(root / "validation"))
         self._graph_written = False
+        # Time spent here, so that every run's timings.json shows what TensorBoard cost it.
+        self.seconds = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         if not self._graph_written:
+            start = time.perf_counter()
             self._write_graph()
             self._graph_written = True
+            self.seconds += time.perf_counter() - start
 
     def _write_graph(self) -> None:
         """The op graph of the model's forward pass, for the Graphs dashboard.
@@ -77,6 +82,7 @@ class EpochSummaries(keras.callbacks.Callback):
             tf.summary.graph(concrete.graph)
 
     def on_epoch_end(self, epoch, logs=None):
+        start = time.perf_counter()
         logs = logs or {}
         with self.train_writer.as_default(step=epoch):
             for key in ("loss", "accuracy"):
@@ -90,6 +96,7 @@ class EpochSummaries(keras.callbacks.Callback):
         # Flushed every epoch: TensorBoard shows a long run while it trains.
         self.train_writer.flush()
         self.validation_writer.flush()
+        self.seconds += time.perf_counter() - start
 
     def close(self) -> None:
         self.train_writer.close()

@@ -86,6 +86,9 @@ def test_tensorboard_leaves_the_weights_bit_identical(tiny_runs, trainer):
     with_board, without = (json.loads((tiny_runs[trainer, on] / "manifest.json").read_text()) for on in (True, False))
     assert with_board["weights_sha256"] == without["weights_sha256"]
     assert not (tiny_runs[trainer, False] / "tensorboard").exists()
+    timings = json.loads((tiny_runs[trainer, True] / "timings.json").read_text())
+    assert 0 < timings["tensorboard_seconds"] < timings["train_seconds"]
+    assert json.loads((tiny_runs[trainer, False] / "timings.json").read_text())["tensorboard_seconds"] is None
     assert json.loads((tiny_runs[trainer, True] / "metrics.json").read_text())["accuracy"] == \
         json.loads((tiny_runs[trainer, False] / "metrics.json").read_text())["accuracy"]
 
