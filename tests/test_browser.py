@@ -250,6 +250,9 @@ def test_notebook_02_runs_top_to_bottom_in_jupyterlab(lab, page):
     page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
     # The kernel is ready when the status bar says Idle.
     page.wait_for_function("document.body.innerText.includes('Idle')", timeout=120_000)
+    # JupyterLab's first-start question about news would cover the output; answer it.
+    if page.get_by_role("button", name="No").count():
+        page.get_by_role("button", name="No").click()
     _shot(page, "02-notebook-opened")
     page.get_by_role("menuitem", name="Run", exact=True).click()
     _shot(page, "03-run-menu")
@@ -259,7 +262,8 @@ def test_notebook_02_runs_top_to_bottom_in_jupyterlab(lab, page):
     page.wait_for_function(
         """() => {
             const panel = document.querySelector('.jp-NotebookPanel');
-            const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.innerText.trim());
+            // textContent, not innerText: JupyterLab skips rendering cells out of view, and their innerText is empty.
+            const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent.trim());
             const failed = panel.querySelector("[data-mime-type='application/vnd.jupyter.error']") !== null;
             return prompts.length > 0 && !prompts.some(p => p.includes('*'))
                 && (failed || prompts.every(p => /^\\[\\d+\\]:$/.test(p)));
@@ -275,14 +279,16 @@ def test_notebook_02_runs_top_to_bottom_in_jupyterlab(lab, page):
     print(f"\n[browser] notebook 02: {cells.count()} code cells ran, {errors.count()} error outputs, "
           f"{images.count()} images; {shot}")
     assert errors.count() == 0, errors.first.inner_text()[-2000:]
-    prompts = page.locator(".jp-NotebookPanel .jp-CodeCell .jp-InputPrompt").all_inner_texts()
+    prompts = page.locator(".jp-NotebookPanel .jp-CodeCell .jp-InputPrompt").all_text_contents()
     assert all(prompt.strip()[1:-2].isdigit() for prompt in prompts), prompts
     # The sample grid, the learning curves and the confusion matrix, each decoded by the browser.
     assert images.count() >= 3
     for index in range(images.count()):
+        images.nth(index).scroll_into_view_if_needed()
         size = images.nth(index).evaluate("img => [img.complete, img.naturalWidth, img.naturalHeight]")
         assert size[0] and size[1] > 100 and size[2] > 100, size
-    text = page.locator(".jp-NotebookPanel").inner_text()
+    _shot(page, "04b-notebook-plots")
+    text = page.locator(".jp-NotebookPanel").text_content()
     assert "test accuracy" in text
 
 
