@@ -251,8 +251,9 @@ def test_notebook_02_runs_top_to_bottom_in_jupyterlab(lab, page):
     # The kernel is ready when the status bar says Idle.
     page.wait_for_function("document.body.innerText.includes('Idle')", timeout=120_000)
     # JupyterLab's first-start question about news would cover the output; answer it.
-    if page.get_by_role("button", name="No").count():
-        page.get_by_role("button", name="No").click()
+    answer = page.get_by_role("button", name="No", exact=True)
+    if answer.count():
+        answer.first.click()
     _shot(page, "02-notebook-opened")
     page.get_by_role("menuitem", name="Run", exact=True).click()
     _shot(page, "03-run-menu")
