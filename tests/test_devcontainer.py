@@ -106,6 +106,10 @@ def _free_port() -> int:
 @pytest.mark.docker
 def test_devcontainer_up_then_exec_runs_the_quick_tests(cli, tmp_path):
     """`devcontainer up` on the CPU configuration, then `devcontainer exec ... invoke test` as the host user."""
+    # Only on request for now: on this sandbox's vfs Docker the image build alone outlasted the
+    # session that wrote this test, so it has not run to the end yet.
+    if os.environ.get("DEVCONTAINER_UP") != "1":
+        pytest.skip("set DEVCONTAINER_UP=1 to build the image and run devcontainer up/exec (slow on vfs)")
     if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode:
         _unavailable("no Docker engine is reachable (bash docker/ci-setup.sh starts one)")
     # A copy of the repository with its own .env, so a lab the user runs is left alone.
