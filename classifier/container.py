@@ -65,6 +65,7 @@ _CAUSES: list[tuple[tuple[str, ...], str]] = [
      "permission denied on the Docker socket: add your user to the docker group "
      "(sudo usermod -aG docker $USER), then log out and in again"),
     (("cannot connect to the docker daemon", "is the docker daemon running", "connectionrefusederror",
+      "couldn't connect to docker daemon",
       "error while fetching server api version", "filenotfounderror(2, 'no such file or directory')"),
      "the Docker engine is not running: start it (sudo systemctl start docker, or open Docker Desktop) and try again"),
     (("no space left on device",),
