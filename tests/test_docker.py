@@ -170,6 +170,10 @@ def _fresh_clone(user: HostUser, workdir: Path, name: str) -> Path:
     """`git clone` of this repository, owned by the user, as a student's checkout is."""
     path = workdir / f"{name}-{uuid.uuid4().hex[:6]}"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(path)], check=True, capture_output=True, timeout=300)
+    # Exactly the commit under test, also when CI checked it out as a detached HEAD.
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    subprocess.run(["git", "-C", str(path), "checkout", "-q", head], check=True, capture_output=True)
     if os.getuid() == 0:
         subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(path)], check=True)
     return path
@@ -286,6 +290,53 @@ def test_gpu_variant_without_the_nvidia_runtime_is_one_line(user, workdir):
         line = _one_error_line(user.invoke(*command, cwd=checkout, timeout=300))
         assert "no NVIDIA runtime" in line and "nvidia-ctk runtime configure" in line and "--variant cpu" in line
     assert not _project_containers(checkout) and not (checkout / ".env").exists()
+
+
+@pytest.fixture
+def small_engine(workdir):
+    """A second Docker engine whose storage is a 400 MB tmpfs holding only the base image: a disk about to be full.
+
+    Yields its DOCKER_HOST. The engine and the mount are removed afterwards.
+    """
+    if os.getuid() != 0 or shutil.which("dockerd") is None:
+        _unavailable("a second engine on a small disk needs root and dockerd")
+    base = _base_image()
+    if base is None:
+        _unavailable("no local base image to load into the small engine")
+    root = Path(tempfile.mkdtemp(prefix="small-engine-", dir=workdir))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "tmpfs", str(root)], check=True)
+    (root / "data").mkdir()
+    (root / "exec").mkdir()
+    host = f"unix://{root}/docker.sock"
+    log = open(workdir / "small-engine.log", "ab")
+    engine = subprocess.Popen(["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+                               "--pidfile", str(root / "docker.pid"), "-H", host, "--storage-driver=vfs",
+                               "--iptables=false", "--bridge=none", "--group", "docker"],
+                              stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run(["docker", "-H", host, "version"], capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline and engine.poll() is None, "the small engine did not start"
+            time.sleep(1)
+        subprocess.run(f"docker save {base} | docker -H {host} load", shell=True, check=True, capture_output=True)
+        yield host
+    finally:
+        engine.terminate()
+        engine.wait(timeout=60)
+        log.close()
+        subprocess.run(["umount", str(root)], check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.docker
+def test_disk_full_during_a_build_is_one_line_and_leaves_no_container(user, workdir, small_engine):
+    checkout = _fresh_clone(user, workdir, "fulldisk")
+    result = user.invoke(*_build_arguments(), cwd=checkout, env={"DOCKER_HOST": small_engine}, timeout=900)
+    line = _one_error_line(result)
+    assert "disk that holds Docker's images is full" in line and "docker system prune" in line
+    assert "no space left on device" in result.stdout  # docker's own words, shown with the build's output
+    left = subprocess.run(["docker", "-H", small_engine, "ps", "-aq"], capture_output=True, text=True, check=True)
+    assert left.stdout.strip() == ""
 
 
 # The user's route: build, lab, shell, down.
