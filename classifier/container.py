@@ -356,6 +356,13 @@ def _image_present(reference: str) -> bool:
     return result.returncode == 0
 
 
+def _image_variant(reference: str) -> str | None:
+    """The LAB_VARIANT an image was built with (its Dockerfile sets it), or None."""
+    environment = json.loads(_capture(["docker", "image", "inspect", "--format", "{{json .Config.Env}}", reference],
+                                      "docker image inspect", timeout=60) or "null") or []
+    return next((item.split("=", 1)[1] for item in environment if item.startswith("LAB_VARIANT=")), None)
+
+
 def _is_local_build(reference: str) -> bool:
     return reference.split("@")[0].split(":")[0] == IMAGE_NAME
 
@@ -378,6 +385,10 @@ def resolve_image(variant: str, requested: str | None) -> str:
                                  "first (or set LAB_IMAGE to a published image)")
         print(f"pulling {reference} ...", flush=True)
         _capture(["docker", "pull", reference], f"docker pull {reference}", timeout=3600)
+    built_as = _image_variant(reference)
+    if built_as and built_as != variant:
+        raise ContainerError(f"LAB_IMAGE {reference} is the {built_as} image, not {variant}: "
+                             f"use --variant {built_as}, or set LAB_IMAGE to the {variant} image")
     if _is_local_build(reference) or "@sha256:" in reference:
         return reference
     # A tag can move; the digest names these exact bytes, in .env and in every run's manifest.
@@ -495,7 +506,8 @@ def shell(variant: str | None = None, command: str = "") -> int:
     values = _read_env_file(ENV_FILE)
     variant = _check_variant(variant or values.get("LAB_VARIANT", "gpu"))
     reference = _prepare(variant, _requested_image(values))
-    write_env_file(variant, image="" if _is_local_build(reference) else reference)
+    # The lab's own variant stays in .env (`invoke down` stops that one); the ids and image are refreshed.
+    write_env_file(values.get("LAB_VARIANT") or variant, image="" if _is_local_build(reference) else reference)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     arguments = ["run", "--rm"] + ([] if interactive else ["-T"]) + ["lab", "bash"]
     arguments += ["-c", command] if command else []

@@ -200,12 +200,14 @@ def _build_arguments() -> list[str]:
 @pytest.fixture(scope="session")
 def built(user, clone) -> dict:
     """`invoke build --variant cpu --base-image ... --network host`, run once by the user in the clone."""
+    stopped_before = set(_docker("ps", "-aq", "--filter", "status=exited").stdout.split())
     started = time.perf_counter()
     result = user.invoke(*_build_arguments(), cwd=clone, timeout=3600)
     seconds = time.perf_counter() - started
     assert result.returncode == 0, f"invoke build failed:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}"
     print(f"\n[timing] invoke build (first in this session) {seconds:.0f} s")
-    yield {"seconds": seconds, "stdout": result.stdout}
+    left = set(_docker("ps", "-aq", "--filter", "status=exited").stdout.split()) - stopped_before
+    yield {"seconds": seconds, "stdout": result.stdout, "containers_left": left}
     if os.environ.get("LAB_TEST_KEEP_IMAGE") != "1":
         _docker("rmi", "-f", IMAGE, check=False)
 
@@ -349,7 +351,7 @@ def test_build_makes_the_image_compose_runs_as_the_user(user, built):
     assert config["Entrypoint"] == ["/usr/bin/tini", "--"]
     assert config["Healthcheck"]["Test"][0] == "CMD"
     assert "TF_FORCE_GPU_ALLOW_GROWTH=true" in config["Env"]
-    assert _docker("ps", "-aq", "--filter", "status=exited").stdout.strip() == ""  # --force-rm left nothing
+    assert built["containers_left"] == set()  # --force-rm: not even a failed step's container
 
 
 def _status(url: str, token: str | None = None) -> tuple[int, str | None, str]:
@@ -611,8 +613,9 @@ def test_compose_file_validates(docker_engine, compose_file):
     # No .env settings from the user: the check must not depend on them.
     env = {key: value for key, value in os.environ.items() if not key.startswith(("LAB_", "JUPYTER_", "COMPOSE_"))}
     with tempfile.TemporaryDirectory() as empty:
+        (Path(empty) / "empty.env").write_text("")
         result = subprocess.run(lab_container.compose_command() + ["--project-directory", str(ROOT), "-f",
-                                str(ROOT / compose_file), "--env-file", os.devnull, "config"],
+                                str(ROOT / compose_file), "--env-file", str(Path(empty) / "empty.env"), "config"],
                                 cwd=empty, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     config = result.stdout
