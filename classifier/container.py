@@ -119,19 +119,27 @@ def _fail(what: str, output: str, returncode: int, ports: dict[int, str] | None 
     return ContainerError(cause or f"{what} failed (exit {returncode}): {_last_line(output)}")
 
 
-def _environment() -> dict[str, str]:
-    """The environment for docker and compose: ours, with compose's timeout raised for slow storage."""
+def _environment(image: str | None = None) -> dict[str, str]:
+    """The environment for docker and compose: ours, with compose's timeout raised for slow storage.
+
+    Args:
+        image: the image compose is to run: LAB_IMAGE is set to it (a digest
+            reference) or emptied (the local build), so that a tag given in the
+            environment cannot win over the digest written to .env.
+    """
     environment = dict(os.environ)
     environment.setdefault("COMPOSE_HTTP_TIMEOUT", COMPOSE_HTTP_TIMEOUT)
     environment.setdefault("DOCKER_CLIENT_TIMEOUT", COMPOSE_HTTP_TIMEOUT)
+    if image is not None:
+        environment["LAB_IMAGE"] = "" if _is_local_build(image) else image
     return environment
 
 
 def _capture(command: list[str], what: str, *, timeout: float = 900,
-             ports: dict[int, str] | None = None) -> str:
+             ports: dict[int, str] | None = None, image: str | None = None) -> str:
     """Run a command with its output captured; raise a one-line ContainerError if it fails."""
     try:
-        result = subprocess.run(command, cwd=REPO_ROOT, env=_environment(), text=True, timeout=timeout,
+        result = subprocess.run(command, cwd=REPO_ROOT, env=_environment(image), text=True, timeout=timeout,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         raise ContainerError(f"{command[0]} not found: install Docker (docs.docker.com/engine/install)") from None
@@ -434,9 +442,10 @@ def _wait_healthy(container: str, timeout: float) -> str:
 def _prepare(variant: str, image: str | None) -> str:
     """The checks every start makes: engine, image (pulled if published), NVIDIA runtime for the GPU image."""
     check_engine()
-    reference = resolve_image(variant, image)
+    # First: without the runtime the GPU image is of no use, built or not.
     if variant == "gpu":
         check_nvidia_runtime()
+    reference = resolve_image(variant, image)
     for folder in MOUNTED_FOLDERS:
         (REPO_ROOT / folder).mkdir(exist_ok=True)
     return reference
@@ -477,7 +486,7 @@ def lab_up(variant: str = "gpu", *, port: int = 8888, tensorboard_port: int = 60
                             image="" if _is_local_build(reference) else reference)
     print(f"starting the lab from {reference} ...", flush=True)
     try:
-        _capture(compose + ["up", "-d", "--no-build"], "docker-compose up", ports=ports)
+        _capture(compose + ["up", "-d", "--no-build"], "docker-compose up", ports=ports, image=reference)
         container = _service_container(variant, "lab")
         status = _wait_healthy(container, wait)
         if status != "healthy":
@@ -485,7 +494,7 @@ def lab_up(variant: str = "gpu", *, port: int = 8888, tensorboard_port: int = 60
             raise ContainerError(f"JupyterLab did not become healthy within {wait:.0f} s (status {status}): "
                                  f"{_last_line(logs)}")
     except ContainerError:
-        subprocess.run(compose + ["down", "--timeout", "5"], cwd=REPO_ROOT, env=_environment(),
+        subprocess.run(compose + ["down", "--timeout", "5"], cwd=REPO_ROOT, env=_environment(reference),
                        capture_output=True, timeout=600)
         raise
     url = lab_url(values)
@@ -511,7 +520,7 @@ def shell(variant: str | None = None, command: str = "") -> int:
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     arguments = ["run", "--rm"] + ([] if interactive else ["-T"]) + ["lab", "bash"]
     arguments += ["-c", command] if command else []
-    return subprocess.run(_compose(variant) + arguments, cwd=REPO_ROOT, env=_environment()).returncode
+    return subprocess.run(_compose(variant) + arguments, cwd=REPO_ROOT, env=_environment(reference)).returncode
 
 
 def down(variant: str | None = None) -> None:
