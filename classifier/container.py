@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from classifier.config import UserError
+from classifier.files import write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("gpu", "cpu")
@@ -295,25 +296,6 @@ def _read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically, readable by its owner only from the first byte.
-
-    The temporary file is created with mode 0600 (os.open), so the token is
-    never readable by others, not even for a moment; it is renamed over the
-    final name only when completely written.
-    """
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def write_env_file(variant: str = "gpu", *, port: int | None = None, tensorboard_port: int | None = None,
                    image: str | None = None, path: Path = ENV_FILE) -> dict[str, str]:
     """Write the settings compose reads from .env, keeping a token and settings already there.
@@ -349,7 +331,8 @@ def write_env_file(variant: str = "gpu", *, port: int | None = None, tensorboard
         values["LAB_IMAGE"] = image
     elif image == "":
         values.pop("LAB_IMAGE", None)
-    _write_private(path, "".join(f"{key}={value}\n" for key, value in values.items()))
+    # 0600 from the moment the temporary file exists (mkstemp), renamed over .env only when complete.
+    write_text(path, "".join(f"{key}={value}\n" for key, value in values.items()), mode=0o600)
     return values
 
 
