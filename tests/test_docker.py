@@ -604,8 +604,8 @@ def test_published_image_round_trip_through_a_registry_by_digest(user, clone, bu
         # The session's image again under its own name, for whatever runs after.
         if digest and _docker("image", "inspect", IMAGE, check=False).returncode != 0:
             _docker("tag", f"127.0.0.1:{port}/classifier-lab@{digest}", IMAGE, check=False)
-        for reference in _docker("images", "--format", "{{.Repository}}@{{.Digest}}",
-                                 f"127.0.0.1:{port}/classifier-lab").stdout.split():
+        for reference in [published] + _docker("images", "--format", "{{.Repository}}@{{.Digest}}",
+                                               f"127.0.0.1:{port}/classifier-lab").stdout.split():
             _docker("rmi", reference, check=False)
     assert _project_containers(clone) == []
 
