@@ -198,29 +198,46 @@ def test(c, markers="", args=""):
 _VARIANT_HELP = "gpu (CUDA TensorFlow, default) or cpu (hosts without an NVIDIA runtime)"
 
 
-@task(help={"variant": _VARIANT_HELP, "base_image": "override the pinned base image (FROM)",
-            "torch": "add PyTorch's CPU build for notebook 04 and --trainer torch (cpu variant only; +0.9 GB)"})
-def build(c, variant="gpu", base_image="", torch=False):
+@task(help={
+    "variant": _VARIANT_HELP,
+    "base_image": "build FROM this image instead of the pinned python:3.11 slim one (e.g. a local stand-in)",
+    "network": "network for the build's apt-get and pip, e.g. host where the engine has no bridge network",
+    "cache_from": "reuse the layers of this image, e.g. the class's published image after `docker pull`",
+    "torch": "add PyTorch's CPU build for notebook 04 and --trainer torch (cpu variant only; +0.9 GB)",
+})
+def build(c, variant="gpu", base_image="", network="", cache_from="", torch=False):
     """Build the lab image (classifier-lab:VARIANT) as your user's UID/GID."""
     from classifier import container
 
-    _run(container.build, variant, base_image=base_image or None, torch=torch)
+    _run(container.build, variant, base_image=base_image or None, network=network or None,
+         cache_from=cache_from or None, torch=torch)
 
 
-@task(help={"variant": _VARIANT_HELP, "port": "JupyterLab's port on 127.0.0.1 (default 8888)"})
-def lab(c, variant="gpu", port="8888"):
-    """Start JupyterLab and TensorBoard in the container; print the URL with its token."""
+@task(help={
+    "variant": _VARIANT_HELP,
+    "port": "JupyterLab's port on 127.0.0.1 (default 8888)",
+    "tensorboard_port": "TensorBoard's port on 127.0.0.1 (default 6006)",
+    "wait": "seconds to wait for JupyterLab to answer (default 300)",
+})
+def lab(c, variant="gpu", port="8888", tensorboard_port="6006", wait="300"):
+    """Start JupyterLab and TensorBoard from the built (or LAB_IMAGE) image; print the URL with its token."""
     from classifier import container
 
-    _run(container.lab_up, variant, port=_int("port", port))
+    _run(container.lab_up, variant, port=_int("port", port), tensorboard_port=_int("tensorboard-port", tensorboard_port),
+         wait=_int("wait", wait))
 
 
-@task(help={"variant": "the running lab's variant (default: the one `invoke lab` started)"})
-def shell(c, variant=""):
-    """Open a shell in the lab container."""
+@task(help={
+    "variant": "gpu or cpu (default: the one `invoke lab` last started)",
+    "command": "run this bash command line in the container instead of an interactive shell",
+})
+def shell(c, variant="", command=""):
+    """Open a shell (or run one command) in a fresh lab container."""
     from classifier import container
 
-    _run(container.shell, variant or None)
+    status = _run(container.shell, variant or None, command)
+    if status:
+        raise Exit(code=status)
 
 
 @task(help={"variant": "the running lab's variant (default: the one `invoke lab` started)"})

@@ -1,34 +1,52 @@
 """The lab container from the host: build, start, enter, stop, and lock its dependencies.
 
-    invoke build --variant cpu     # -> build(variant="cpu")
-    invoke lab                     # -> lab_up(): starts the lab, prints the URL with the token
-    invoke shell                   # -> shell()
-    invoke down                    # -> down()
-    invoke lock                    # -> lock(): regenerates requirements/*.lock
+    invoke build --variant cpu --network host   # -> build(): the image classifier-lab:cpu
+    invoke lab --variant cpu                    # -> lab_up(): starts it, waits until healthy, prints the URL
+    invoke shell -c "invoke train --limit 600"  # -> shell(): a command (or bash) in a fresh lab container
+    invoke down                                 # -> down()
+    invoke lock                                 # -> lock(): regenerates requirements/*.lock
 
-Each helper runs one docker, docker compose or uv command and raises
-`ContainerError` with a one-line message when it cannot.
+Every docker and compose command runs with its output captured (a build's is
+also shown as it goes), and a failure ends in one `ContainerError` line that
+names the cause and the fix: the engine not running, no access to its socket,
+a port in use, an image not built yet, no NVIDIA runtime, a full disk. Before
+it raises, a failed start removes the containers it created.
 """
 
 from __future__ import annotations
 
+import collections
+import json
 import os
+import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from classifier.config import UserError
+from classifier.files import write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("gpu", "cpu")
 IMAGE_NAME = "classifier-lab"
 ENV_FILE = REPO_ROOT / ".env"
 COMPOSE_FILES = {"gpu": "docker-compose.yml", "cpu": "docker-compose.cpu.yml"}
+# Folders compose mounts into the container. They are in git (with a
+# .gitkeep) and created here too, so that Docker never creates them as root.
+MOUNTED_FOLDERS = ("data", "runs")
+# docker-compose waits this long (seconds) for the engine's answer. Its
+# default, 60, is shorter than creating a container takes on slow storage
+# (the vfs driver copies the whole 2 GB image for every container).
+COMPOSE_HTTP_TIMEOUT = "600"
 # The arguments of every lock file; `requirements/lab.lock` is constrained by
 # both TensorFlow locks so that it installs over either without a conflict.
 _LOCK_PLATFORM = ["--python-version", "3.11", "--python-platform", "x86_64-manylinux_2_28"]
+_NVIDIA_FIX = ("install the NVIDIA Container Toolkit and run `sudo nvidia-ctk runtime configure --runtime=docker "
+               "&& sudo systemctl restart docker`, or use the CPU image: --variant cpu")
 
 
 class ContainerError(UserError):
@@ -41,18 +59,132 @@ def _check_variant(variant: str) -> str:
     return variant
 
 
-def _run(command: list[str], *, capture: bool = False) -> str:
-    """Run one command from the repository root; raise ContainerError if it fails."""
+# What docker and docker-compose print, and the one line the user gets instead.
+# The first match wins, so the more specific causes come first.
+_CAUSES: list[tuple[tuple[str, ...], str]] = [
+    (("permission denied while trying to connect to the docker daemon", "permissionerror(13"),
+     "permission denied on the Docker socket: add your user to the docker group "
+     "(sudo usermod -aG docker $USER), then log out and in again"),
+    (("cannot connect to the docker daemon", "is the docker daemon running", "connectionrefusederror",
+      "couldn't connect to docker daemon",
+      "error while fetching server api version", "filenotfounderror(2, 'no such file or directory')"),
+     "the Docker engine is not running: start it (sudo systemctl start docker, or open Docker Desktop) and try again"),
+    (("no space left on device",),
+     "the disk that holds Docker's images is full (`docker system df` shows what uses it): "
+     "free space with `docker system prune` (or `docker builder prune`) and run again"),
+    (("could not select device driver", "unknown or invalid runtime name: nvidia", "unknown runtime specified nvidia"),
+     f"the Docker engine has no NVIDIA runtime for the GPU image: {_NVIDIA_FIX}"),
+    (("temporary failure resolving", "could not resolve host", "temporary failure in name resolution",
+      "network is unreachable", "failed to establish a new connection"),
+     "the build cannot reach the network: on an engine without a bridge network build with `--network host`"),
+    (("read timed out", "unixhttpconnectionpool"),
+     "docker-compose gave up waiting for the engine (slow storage such as vfs): "
+     "raise COMPOSE_HTTP_TIMEOUT (the tasks use 600 seconds), e.g. COMPOSE_HTTP_TIMEOUT=1200"),
+]
+_PORT_IN_USE = re.compile(r"(?:127\.0\.0\.1|0\.0\.0\.0|\[::\]|::)?:(\d+)(?:: bind)?: address already in use"
+                          r"|bind for [\d.:]+:(\d+) failed: port is already allocated", re.IGNORECASE)
+
+
+def explain(output: str, ports: dict[int, str] | None = None) -> str | None:
+    """The one-line cause and fix for what docker or docker-compose printed, if it is a known one.
+
+    Args:
+        output: the command's captured stdout and stderr.
+        ports: host port -> the flag that sets it, to name in a "port in use" answer.
+
+    Returns:
+        The line, or None when the output matches no known cause.
+    """
+    port_match = _PORT_IN_USE.search(output)
+    if port_match:
+        port = int(port_match.group(1) or port_match.group(2))
+        flag = (ports or {}).get(port, "--port")
+        return (f"port {port} on 127.0.0.1 is already in use by another program: stop it, "
+                f"or choose another port with `{flag} {port + 1}`")
+    lowered = output.lower()
+    for needles, message in _CAUSES:
+        if any(needle in lowered for needle in needles):
+            return message
+    return None
+
+
+def _last_line(output: str) -> str:
+    """The last line of output that says something (not a traceback frame), for an unknown failure."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    meaningful = [line for line in lines if not line.startswith(("File ", "Traceback", "^", "During handling"))]
+    return (meaningful or lines or ["no output"])[-1][:300]
+
+
+def _fail(what: str, output: str, returncode: int, ports: dict[int, str] | None = None) -> ContainerError:
+    cause = explain(output, ports)
+    return ContainerError(cause or f"{what} failed (exit {returncode}): {_last_line(output)}")
+
+
+def _environment(image: str | None = None) -> dict[str, str]:
+    """The environment for docker and compose: ours, with compose's timeout raised for slow storage.
+
+    Args:
+        image: the image compose is to run: LAB_IMAGE is set to it (a digest
+            reference) or emptied (the local build), so that a tag given in the
+            environment cannot win over the digest written to .env.
+    """
+    environment = dict(os.environ)
+    environment.setdefault("COMPOSE_HTTP_TIMEOUT", COMPOSE_HTTP_TIMEOUT)
+    environment.setdefault("DOCKER_CLIENT_TIMEOUT", COMPOSE_HTTP_TIMEOUT)
+    if image is not None:
+        environment["LAB_IMAGE"] = "" if _is_local_build(image) else image
+    return environment
+
+
+def _capture(command: list[str], what: str, *, timeout: float = 900,
+             ports: dict[int, str] | None = None, image: str | None = None) -> str:
+    """Run a command with its output captured; raise a one-line ContainerError if it fails."""
     try:
-        result = subprocess.run(
-            command, cwd=REPO_ROOT, check=True, text=True,
-            stdout=subprocess.PIPE if capture else None,
-        )
-    except FileNotFoundError as error:
-        raise ContainerError(f"{command[0]} not found: install it first") from error
-    except subprocess.CalledProcessError as error:
-        raise ContainerError(f"{' '.join(command[:3])} ... failed with exit code {error.returncode}") from error
-    return result.stdout if capture else ""
+        result = subprocess.run(command, cwd=REPO_ROOT, env=_environment(image), text=True, timeout=timeout,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise ContainerError(f"{command[0]} not found: install Docker (docs.docker.com/engine/install)") from None
+    except subprocess.TimeoutExpired:
+        raise ContainerError(f"{what} did not finish within {timeout:.0f} seconds") from None
+    if result.returncode != 0:
+        raise _fail(what, result.stdout, result.returncode, ports)
+    return result.stdout
+
+
+def _stream(command: list[str], what: str) -> None:
+    """Run a long command (a build) showing its output as it goes; keep the tail to name a failure."""
+    tail: collections.deque[str] = collections.deque(maxlen=200)
+    try:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=_environment(), text=True, bufsize=1,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise ContainerError(f"{command[0]} not found: install Docker (docs.docker.com/engine/install)") from None
+    with process:
+        for line in process.stdout:
+            sys.stdout.write(line)
+            tail.append(line)
+        returncode = process.wait()
+    if returncode != 0:
+        sys.stdout.flush()
+        raise _fail(what, "".join(tail), returncode)
+
+
+def check_engine() -> str:
+    """The Docker engine's version; a one-line ContainerError when it cannot be reached.
+
+    Returns:
+        The server version, e.g. "20.10.24+dfsg1".
+    """
+    if shutil.which("docker") is None:
+        raise ContainerError("docker not found: install Docker Engine or Docker Desktop (docs.docker.com/engine/install)")
+    return _capture(["docker", "version", "--format", "{{.Server.Version}}"], "docker version", timeout=60).strip()
+
+
+def check_nvidia_runtime() -> None:
+    """Raise a one-line ContainerError unless the engine has the NVIDIA runtime the GPU image needs."""
+    runtimes = _capture(["docker", "info", "--format", "{{json .Runtimes}}"], "docker info", timeout=60)
+    if "nvidia" not in runtimes:
+        raise ContainerError(f"the Docker engine has no NVIDIA runtime for the GPU image: {_NVIDIA_FIX}")
 
 
 def host_ids() -> tuple[int, int]:
@@ -66,7 +198,7 @@ def host_ids() -> tuple[int, int]:
 
 
 def image_tag(variant: str) -> str:
-    """The image name `docker compose` uses for a variant, e.g. classifier-lab:gpu."""
+    """The image `invoke build` makes and compose uses for a variant, e.g. classifier-lab:gpu."""
     return f"{IMAGE_NAME}:{_check_variant(variant)}"
 
 
@@ -78,7 +210,8 @@ def compose_command() -> list[str]:
             return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
-    raise ContainerError("neither `docker compose` nor `docker-compose` is installed")
+    raise ContainerError("neither `docker compose` nor `docker-compose` is installed: "
+                         "install the docker-compose-plugin (or docker-compose)")
 
 
 def build_command(
@@ -90,6 +223,7 @@ def build_command(
     gid: int | None = None,
     network: str | None = None,
     torch: bool = False,
+    cache_from: str | None = None,
 ) -> list[str]:
     """The `docker build` command line for a variant (see `build`)."""
     default_uid, default_gid = host_ids()
@@ -99,9 +233,13 @@ def build_command(
         "--build-arg", f"USER_UID={uid or default_uid}",
         "--build-arg", f"USER_GID={gid or default_gid}",
         "-t", tag or image_tag(variant),
+        # A failed step's container is removed too, not only a successful one's.
+        "--force-rm",
     ]
     if base_image:
         command += ["--build-arg", f"BASE_IMAGE={base_image}"]
+    if cache_from:
+        command += ["--cache-from", cache_from]
     if network:
         command += ["--network", network]
     if torch:
@@ -118,16 +256,19 @@ def build(
     gid: int | None = None,
     network: str | None = None,
     torch: bool = False,
+    cache_from: str | None = None,
 ) -> str:
-    """Build the lab image.
+    """Build the lab image, showing docker's output; a failure ends in one line naming its cause.
 
     Args:
         variant: "gpu" (tensorflow[and-cuda]) or "cpu" (tensorflow-cpu).
-        tag: image name; default classifier-lab:<variant>, the one compose uses.
-        base_image: overrides the Dockerfile's pinned BASE_IMAGE (CI: the stand-in).
+        tag: image name; default classifier-lab:<variant>, the one compose and `invoke lab` use.
+        base_image: overrides the Dockerfile's pinned BASE_IMAGE (CI: the local stand-in).
         uid, gid: the container user's ids; default the host user's (1000 for root).
-        network: build network, e.g. "host" where the engine has no bridge.
+        network: build network, e.g. "host" where the engine has no bridge network.
         torch: add PyTorch's CPU build (cpu variant only; docker/Dockerfile's WITH_TORCH says why).
+        cache_from: an image whose layers the build may reuse, e.g. the class's
+            published image pulled beforehand: only the user and source layers are then built.
 
     Returns:
         The image tag that was built.
@@ -135,9 +276,14 @@ def build(
     if torch and variant != "cpu":
         raise ContainerError("--torch needs --variant cpu: PyTorch's CUDA build cannot share the GPU image with "
                              "TensorFlow's (both write site-packages/nvidia/cudnn/lib; docker/Dockerfile says more)")
-    command = build_command(variant, tag=tag, base_image=base_image, uid=uid, gid=gid, network=network, torch=torch)
-    _run(command)
-    return command[command.index("-t") + 1]
+    check_engine()
+    command = build_command(variant, tag=tag, base_image=base_image, uid=uid, gid=gid,
+                            network=network, torch=torch, cache_from=cache_from)
+    built = command[command.index("-t") + 1]
+    started = time.monotonic()
+    _stream(command, "docker build")
+    print(f"built {built} in {time.monotonic() - started:.0f} s; start it with: invoke lab --variant {variant}")
+    return built
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
@@ -150,8 +296,9 @@ def _read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def write_env_file(variant: str = "gpu", *, port: int = 8888, path: Path = ENV_FILE) -> dict[str, str]:
-    """Write the settings compose reads from .env, keeping a token already there.
+def write_env_file(variant: str = "gpu", *, port: int | None = None, tensorboard_port: int | None = None,
+                   image: str | None = None, path: Path = ENV_FILE) -> dict[str, str]:
+    """Write the settings compose reads from .env, keeping a token and settings already there.
 
     The token is generated once (secrets.token_urlsafe) and never empty; the
     file is git-ignored and readable by its owner only. COMPOSE_FILE makes a
@@ -159,7 +306,10 @@ def write_env_file(variant: str = "gpu", *, port: int = 8888, path: Path = ENV_F
 
     Args:
         variant: "gpu" or "cpu".
-        port: the host port of JupyterLab (127.0.0.1 only).
+        port: the host port of JupyterLab (127.0.0.1 only); None keeps the one in the file (8888).
+        tensorboard_port: the host port of TensorBoard; None keeps the one in the file (6006).
+        image: LAB_IMAGE, the image compose runs; "" removes it (the locally built
+            classifier-lab:VARIANT is used), None keeps the one in the file.
         path: the .env file.
 
     Returns:
@@ -174,12 +324,15 @@ def write_env_file(variant: str = "gpu", *, port: int = 8888, path: Path = ENV_F
         LAB_VARIANT=variant,
         LAB_UID=str(uid),
         LAB_GID=str(gid),
-        LAB_PORT=str(port),
+        LAB_PORT=str(port or values.get("LAB_PORT") or 8888),
+        TENSORBOARD_PORT=str(tensorboard_port or values.get("TENSORBOARD_PORT") or 6006),
     )
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
-    temporary.chmod(0o600)
-    temporary.replace(path)
+    if image:
+        values["LAB_IMAGE"] = image
+    elif image == "":
+        values.pop("LAB_IMAGE", None)
+    # 0600 from the moment the temporary file exists (mkstemp), renamed over .env only when complete.
+    write_text(path, "".join(f"{key}={value}\n" for key, value in values.items()), mode=0o600)
     return values
 
 
@@ -188,39 +341,177 @@ def lab_url(values: dict[str, str]) -> str:
     return f"http://127.0.0.1:{values.get('LAB_PORT', '8888')}/lab?token={values['JUPYTER_TOKEN']}"
 
 
-def lab_up(variant: str = "gpu", *, port: int = 8888, build_first: bool = True) -> str:
-    """Start the lab (JupyterLab and TensorBoard) in the background and print its URL.
+def _image_present(reference: str) -> bool:
+    result = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", reference],
+                            capture_output=True, text=True, timeout=60, env=_environment())
+    return result.returncode == 0
 
-    Creates data/ and runs/ first, so that Docker does not create them as root.
+
+def _image_variant(reference: str) -> str | None:
+    """The LAB_VARIANT an image was built with (its Dockerfile sets it), or None."""
+    environment = json.loads(_capture(["docker", "image", "inspect", "--format", "{{json .Config.Env}}", reference],
+                                      "docker image inspect", timeout=60) or "null") or []
+    return next((item.split("=", 1)[1] for item in environment if item.startswith("LAB_VARIANT=")), None)
+
+
+def _is_local_build(reference: str) -> bool:
+    return reference.split("@")[0].split(":")[0] == IMAGE_NAME
+
+
+def resolve_image(variant: str, requested: str | None) -> str:
+    """The image the lab runs: the local build, or a published one pulled and pinned by its digest.
+
+    Args:
+        variant: "gpu" or "cpu".
+        requested: LAB_IMAGE, e.g. ghcr.io/school/classifier-lab:cpu-v1.0 or
+            ...@sha256:...; empty or None means the image `invoke build` made.
+
+    Returns:
+        The reference to run: classifier-lab:VARIANT, or REPOSITORY@sha256:DIGEST.
+    """
+    reference = requested or image_tag(variant)
+    if not _image_present(reference):
+        if _is_local_build(reference):
+            raise ContainerError(f"image {reference} is not built yet: run `invoke build --variant {variant}` "
+                                 "first (or set LAB_IMAGE to a published image)")
+        print(f"pulling {reference} ...", flush=True)
+        _capture(["docker", "pull", reference], f"docker pull {reference}", timeout=3600)
+    built_as = _image_variant(reference)
+    if built_as and built_as != variant:
+        raise ContainerError(f"LAB_IMAGE {reference} is the {built_as} image, not {variant}: "
+                             f"use --variant {built_as}, or set LAB_IMAGE to the {variant} image")
+    if _is_local_build(reference) or "@sha256:" in reference:
+        return reference
+    # A tag can move; the digest names these exact bytes, in .env and in every run's manifest.
+    digests = json.loads(_capture(["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", reference],
+                                  "docker image inspect", timeout=60) or "[]") or []
+    repository = reference.rsplit(":", 1)[0] if ":" in reference.rsplit("/", 1)[-1] else reference
+    pinned = [digest for digest in digests if digest.split("@")[0] == repository]
+    return (pinned or digests or [reference])[0]
+
+
+def _ports_free(ports: dict[int, str]) -> None:
+    for port, flag in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                raise ContainerError(f"port {port} on 127.0.0.1 is already in use by another program: stop it, "
+                                     f"or choose another port with `{flag} {port + 1}`") from None
+
+
+def _compose(variant: str) -> list[str]:
+    return compose_command() + ["-f", COMPOSE_FILES[_check_variant(variant)]]
+
+
+def _service_container(variant: str, service: str) -> str:
+    return _capture(_compose(variant) + ["ps", "-q", service], "docker-compose ps", timeout=120).strip()
+
+
+def _wait_healthy(container: str, timeout: float) -> str:
+    """Poll the container's health until healthy or unhealthy (or timeout); return the last status."""
+    deadline = time.monotonic() + timeout
+    status = "starting"
+    while time.monotonic() < deadline:
+        state = _capture(["docker", "inspect", "--format", "{{.State.Status}} {{.State.Health.Status}}", container],
+                         "docker inspect", timeout=60).split()
+        status = state[1] if state[0] == "running" and len(state) > 1 else state[0]
+        if status in ("healthy", "unhealthy", "exited", "dead"):
+            return status
+        time.sleep(2)
+    return status
+
+
+def _prepare(variant: str, image: str | None) -> str:
+    """The checks every start makes: engine, image (pulled if published), NVIDIA runtime for the GPU image."""
+    check_engine()
+    # First: without the runtime the GPU image is of no use, built or not.
+    if variant == "gpu":
+        check_nvidia_runtime()
+    reference = resolve_image(variant, image)
+    for folder in MOUNTED_FOLDERS:
+        (REPO_ROOT / folder).mkdir(exist_ok=True)
+    return reference
+
+
+def _requested_image(values: dict[str, str]) -> str | None:
+    # LAB_IMAGE in the environment wins (an empty one means the local build); else the one in .env.
+    return os.environ["LAB_IMAGE"] if "LAB_IMAGE" in os.environ else values.get("LAB_IMAGE")
+
+
+def lab_up(variant: str = "gpu", *, port: int = 8888, tensorboard_port: int = 6006, wait: float = 300) -> str:
+    """Start the lab (JupyterLab and TensorBoard) in the background, wait until healthy, print its URL.
+
+    Runs the image `invoke build` made (classifier-lab:VARIANT) or the one
+    LAB_IMAGE names, pulled and pinned by digest; it never builds. A failure
+    removes the containers it created and ends in one line.
 
     Args:
         variant: "gpu" or "cpu" (the compose file to use).
         port: the host port of JupyterLab.
-        build_first: build the image (with the host user's ids) before starting.
+        tensorboard_port: the host port of TensorBoard.
+        wait: seconds to wait for JupyterLab to answer.
 
     Returns:
         The URL with the token.
     """
-    values = write_env_file(variant, port=port)
-    for folder in ("data", "runs"):
-        (REPO_ROOT / folder).mkdir(exist_ok=True)
-    command = compose_command() + ["-f", COMPOSE_FILES[variant], "up", "-d"]
-    _run(command + (["--build"] if build_first else []))
+    _check_variant(variant)
+    ports = {port: "--port", tensorboard_port: "--tensorboard-port"}
+    for number, flag in ports.items():
+        if not 1 <= number <= 65535:
+            raise ContainerError(f"{flag} must be between 1 and 65535, got {number}")
+    reference = _prepare(variant, _requested_image(_read_env_file(ENV_FILE)))
+    compose = _compose(variant)
+    # A lab that is already up holds its own ports; `up -d` leaves it running.
+    if not _service_container(variant, "lab"):
+        _ports_free(ports)
+    values = write_env_file(variant, port=port, tensorboard_port=tensorboard_port,
+                            image="" if _is_local_build(reference) else reference)
+    print(f"starting the lab from {reference} ...", flush=True)
+    try:
+        _capture(compose + ["up", "-d", "--no-build"], "docker-compose up", ports=ports, image=reference)
+        container = _service_container(variant, "lab")
+        status = _wait_healthy(container, wait)
+        if status != "healthy":
+            logs = _capture(["docker", "logs", "--tail", "20", container], "docker logs", timeout=60)
+            raise ContainerError(f"JupyterLab did not become healthy within {wait:.0f} s (status {status}): "
+                                 f"{_last_line(logs)}")
+    except ContainerError:
+        subprocess.run(compose + ["down", "--timeout", "5"], cwd=REPO_ROOT, env=_environment(reference),
+                       capture_output=True, timeout=600)
+        raise
     url = lab_url(values)
-    print(f"JupyterLab: {url}\nTensorBoard: http://127.0.0.1:6006/")
+    print(f"JupyterLab: {url}\nTensorBoard: http://127.0.0.1:{values['TENSORBOARD_PORT']}/")
     return url
 
 
-def shell(variant: str | None = None) -> None:
-    """Open a bash shell in a new lab container (repository mounted, removed on exit)."""
-    variant = variant or _read_env_file(ENV_FILE).get("LAB_VARIANT", "gpu")
-    _run(compose_command() + ["-f", COMPOSE_FILES[_check_variant(variant)], "run", "--rm", "lab", "bash"])
+def shell(variant: str | None = None, command: str = "") -> int:
+    """Run bash, or one command, in a new lab container (repository mounted, removed on exit).
+
+    Args:
+        variant: "gpu" or "cpu"; default the one `invoke lab` last used (.env), else gpu.
+        command: a bash command line to run instead of an interactive shell.
+
+    Returns:
+        The exit status of the shell or command.
+    """
+    values = _read_env_file(ENV_FILE)
+    variant = _check_variant(variant or values.get("LAB_VARIANT", "gpu"))
+    reference = _prepare(variant, _requested_image(values))
+    # The lab's own variant stays in .env (`invoke down` stops that one); the ids and image are refreshed.
+    write_env_file(values.get("LAB_VARIANT") or variant, image="" if _is_local_build(reference) else reference)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    arguments = ["run", "--rm"] + ([] if interactive else ["-T"]) + ["lab", "bash"]
+    arguments += ["-c", command] if command else []
+    return subprocess.run(_compose(variant) + arguments, cwd=REPO_ROOT, env=_environment(reference)).returncode
 
 
 def down(variant: str | None = None) -> None:
     """Stop and remove the lab's containers; data/ and runs/ stay on the host."""
-    variant = variant or _read_env_file(ENV_FILE).get("LAB_VARIANT", "gpu")
-    _run(compose_command() + ["-f", COMPOSE_FILES[_check_variant(variant)], "down"])
+    variant = _check_variant(variant or _read_env_file(ENV_FILE).get("LAB_VARIANT", "gpu"))
+    check_engine()
+    _capture(_compose(variant) + ["down", "--timeout", "10"], "docker-compose down")
+    print("the lab is stopped; data/ and runs/ stay on your disk")
 
 
 def lock_commands() -> list[list[str]]:
@@ -267,6 +558,6 @@ def lock(upgrade: bool = False) -> list[Path]:
     written = []
     for command in lock_commands():
         source = _torch_cpu_source() if "torch-cpu" in command else []
-        _run([uv, *command[1:]] + source + (["--upgrade"] if upgrade else []))
+        _capture([uv, *command[1:]] + source + (["--upgrade"] if upgrade else []), "uv pip compile", timeout=1800)
         written.append(REPO_ROOT / command[-1])
     return written

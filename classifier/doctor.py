@@ -216,9 +216,9 @@ def in_container() -> bool:
 
 
 def check_host_docker() -> list[Check]:
-    """Docker, Compose v2 and the NVIDIA runtime, for running the lab container (host only)."""
+    """Docker, Compose v2 and the NVIDIA runtime, for running the lab container (on the host)."""
     if in_container():
-        return [Check("container", INFO, f"inside the lab container {os.environ['LAB_IMAGE']}")]
+        return check_container()
     checks = []
     docker = shutil.which("docker")
     if not docker:
@@ -235,6 +235,74 @@ def check_host_docker() -> list[Check]:
                             "" if nvidia else "for the GPU image install the NVIDIA Container Toolkit "
                             "and run: sudo nvidia-ctk runtime configure --runtime=docker"))
     return checks
+
+
+def nvidia_smi_facts() -> dict[str, str] | None:
+    """What `nvidia-smi` reports: GPU names, driver version, the newest CUDA the driver supports.
+
+    Returns:
+        {"gpus": ..., "driver": ..., "cuda": ...}, or None when nvidia-smi is
+        missing or fails (inside a container: the NVIDIA runtime did not mount it).
+    """
+    if not shutil.which("nvidia-smi"):
+        return None
+    query = _run_all(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
+    header = _run_all(["nvidia-smi"])
+    if not query:
+        return None
+    rows = [[part.strip() for part in line.split(",")] for line in query.splitlines() if line.strip()]
+    cuda = re.search(r"CUDA Version:\s*([0-9.]+)", header or "")
+    return {"gpus": ", ".join(row[0] for row in rows), "driver": rows[0][-1], "cuda": cuda.group(1) if cuda else "?"}
+
+
+def check_container() -> list[Check]:
+    """Inside the lab container: the image, and for the GPU image what the NVIDIA runtime gave it.
+
+    The NVIDIA Container Toolkit mounts the host driver, `nvidia-smi` and the
+    /dev/nvidia* devices into a container started with a GPU; the CUDA that
+    nvidia-smi names is the newest the driver supports; its major version must
+    be at least that of the CUDA TensorFlow was built with (CUDA's minor
+    version compatibility covers the rest: any 12.x driver, 525 or newer, runs CUDA 12.x).
+    """
+    checks = [Check("container", INFO, f"inside the lab container {os.environ['LAB_IMAGE']}")]
+    variant = os.environ.get("LAB_VARIANT", "")
+    facts = nvidia_smi_facts()
+    if facts is None:
+        if variant == "gpu":
+            checks.append(Check("nvidia runtime", FAIL, "no GPU in this container (nvidia-smi is missing or fails)",
+                                "start the GPU image with its GPU: `invoke lab` or `docker compose up` (compose reserves "
+                                "it), or `docker run --gpus all`; the host needs the NVIDIA Container Toolkit"))
+        else:
+            checks.append(Check("nvidia runtime", INFO, "not used: this is the CPU image"))
+        return checks
+    checks.append(Check("nvidia runtime", OK, f"GPU(s) {facts['gpus']}"))
+    built_for = _tensorflow_cuda()
+    too_old = bool(built_for) and facts["cuda"] != "?" and _major(facts["cuda"]) < _major(built_for)
+    checks.append(Check("nvidia driver", FAIL if too_old else OK,
+                        f"{facts['driver']}, supports CUDA {facts['cuda']}"
+                        + (f" (TensorFlow is built for CUDA {built_for})" if built_for else ""),
+                        f"update the host's NVIDIA driver to one that supports CUDA {built_for}" if too_old else ""))
+    return checks
+
+
+def _tensorflow_cuda() -> str | None:
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return None
+    return tf.sysconfig.get_build_info().get("cuda_version")
+
+
+def _major(version: str) -> int:
+    return int(version.split(".")[0])
+
+
+def _run_all(command: list[str]) -> str | None:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout if result.returncode == 0 else None
 
 
 def _run(command: list[str]) -> str | None:

@@ -64,7 +64,8 @@ def environment_record(tensorflow: bool = True) -> dict:
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "numerics_env": {key: os.environ.get(key) for key in NUMERICS_ENV},
-        "container_image": os.environ.get("LAB_IMAGE") or None,  # set by docker/Dockerfile
+        # The image's tag (docker/Dockerfile), or the REPOSITORY@sha256:... that compose ran (LAB_IMAGE).
+        "container_image": os.environ.get("LAB_IMAGE") or None,
         "packages": {dist.metadata["Name"]: dist.version for dist in metadata.distributions()},
     }
     if tensorflow:

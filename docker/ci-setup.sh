@@ -12,12 +12,15 @@
 #    only setup that works inside this sandbox), if none answers yet; its log
 #    is /var/log/classifier-dockerd.log.
 # 4. The stand-in base image (docker/build-standin-base.sh), if missing.
+# 5. The user the container tests play: labuser, not root, in the docker
+#    group (as the README asks of a student), with a home for docker's config.
 set -euo pipefail
 
 python="${1:-python3}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-packages=(ca-certificates curl dataset-fashion-mnist debootstrap docker-compose docker.io)
+# docker-registry: a local registry on 127.0.0.1 for the published-image round trip.
+packages=(ca-certificates curl dataset-fashion-mnist debootstrap docker-compose docker-registry docker.io git)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -45,4 +48,12 @@ if ! docker info >/dev/null 2>&1; then
 fi
 
 bash "$here/build-standin-base.sh" classifier-lab-base:bookworm
+
+# The Debian package starts its registry as a service where systemd runs;
+# the tests start their own on a free port, so a second one must not run.
+getent group docker >/dev/null || groupadd --system docker
+if ! id labuser >/dev/null 2>&1; then
+    echo "ci-setup: adding labuser (group docker)"
+    useradd --create-home --shell /bin/bash --groups docker labuser
+fi
 echo "ci-setup: ready (docker $(docker info --format '{{.ServerVersion}}'), base classifier-lab-base:bookworm)"

@@ -21,7 +21,9 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROOT = Path(__file__).resolve().parent.parent
-FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+# Debian's package puts the files here; FASHION_MNIST_DIR points elsewhere
+# (the container tests copy them into the mounted repository).
+FASHION_MNIST_DEBIAN = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 
 
 def sha256_bytes(data: bytes) -> str:

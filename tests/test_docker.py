@@ -1,9 +1,18 @@
-"""The lab container, checked as a user would: it builds, trains, serves, stays healthy.
+"""The lab container, driven the way a student drives it: `invoke build`, `invoke lab`, `invoke shell`, `invoke down`.
 
     python -m pytest -m docker tests/test_docker.py -v      # needs a Docker engine
 
-The whole module shares one CPU image, built once over $LAB_BASE_IMAGE (CI:
-the stand-in from docker/build-standin-base.sh) with a non-root test user.
+Every container test runs the README's commands as a non-root user in the
+docker group (CI: `labuser`, made by docker/ci-setup.sh; otherwise the user
+running pytest) in a fresh `git clone` of this repository (its committed
+HEAD), with invoke installed into a small virtual environment of that user's
+own. One image, classifier-lab:cpu, is built once per session over
+$LAB_BASE_IMAGE (CI: the stand-in from docker/build-standin-base.sh) with
+`--network host` (that engine has no bridge network). The tests use free
+ports and their own clones, but the image name is the real one: a
+classifier-lab:cpu already on the machine is replaced (LAB_TEST_KEEP_IMAGE=1
+keeps the one the tests build, for a faster rerun).
+
 Without a reachable engine these tests skip with the reason; with CI=true
 they fail instead, so that CI cannot pass by skipping them. The helpers in
 classifier/container.py that need no engine are tested at the end.
@@ -11,12 +20,16 @@ classifier/container.py that need no engine are tested at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import pwd
+import re
 import shutil
+import socket
 import subprocess
 import sys
-import socket
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -29,15 +42,10 @@ from classifier import container as lab_container
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN_BASE = "classifier-lab-base:bookworm"
-TEST_IMAGE = "classifier-lab:test-cpu"
+IMAGE = "classifier-lab:cpu"
 IN_CI = os.environ.get("CI") == "true"
-# On the vfs storage driver (CI) creating a container copies the whole 2.2 GB
-# image, which can outlast docker-compose's default 60 s read timeout.
-os.environ.setdefault("COMPOSE_HTTP_TIMEOUT", "600")
-os.environ.setdefault("DOCKER_CLIENT_TIMEOUT", "600")
-# The host user the test plays: the real one, or 1234 when the tests run as
-# root (as in CI), since the lab never runs as root.
-TEST_UID, TEST_GID = (os.getuid(), os.getgid()) if os.getuid() != 0 else (1234, 1234)
+TEST_USER = "labuser"
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _unavailable(reason: str):
@@ -48,10 +56,46 @@ def _unavailable(reason: str):
 
 
 def _docker(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """A docker command of the test's own (inspection and clean-up, never the user's steps)."""
     result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"docker {' '.join(args[:4])} ... exit {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+@dataclasses.dataclass(frozen=True)
+class HostUser:
+    """The person the tests play: not root, in the docker group, with invoke in a venv of their own."""
+
+    name: str
+    uid: int
+    gid: int
+    home: Path
+    docker_gid: int
+    bin_dir: Path  # the venv's bin/, holding invoke
+
+    def run(self, *command: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 1800,
+            docker_group: bool = True) -> subprocess.CompletedProcess:
+        """Run a command as this user, with a login-like environment (no CI, no root's settings).
+
+        Args:
+            command: the program and its arguments.
+            cwd: the folder to run in (a clone).
+            env: extra environment variables.
+            timeout: seconds.
+            docker_group: False drops the docker group (as root only), to meet a user who is not in it.
+        """
+        environment = {"PATH": f"{self.bin_dir}:/usr/local/bin:/usr/bin:/bin", "HOME": str(self.home),
+                       "USER": self.name, "LANG": "C.UTF-8", **(env or {})}
+        as_user = {}
+        if os.getuid() == 0:
+            as_user = dict(user=self.uid, group=self.gid, extra_groups=[self.docker_gid] if docker_group else [])
+        return subprocess.run(list(command), cwd=cwd, env=environment, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL, **as_user)
+
+    def invoke(self, *args: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+        """`invoke ARGS` as the user types it in the clone."""
+        return self.run(str(self.bin_dir / "invoke"), *args, cwd=cwd, **kwargs)
 
 
 @pytest.fixture(scope="session")
@@ -63,103 +107,259 @@ def docker_engine() -> None:
     if probe.returncode != 0:
         _unavailable(f"no Docker engine is reachable ({probe.stderr.strip().splitlines()[-1:] or 'docker info failed'}); "
                      "start one, e.g. bash docker/ci-setup.sh")
+    try:
+        lab_container.compose_command()
+    except lab_container.ContainerError as error:
+        _unavailable(str(error))
 
 
 @pytest.fixture(scope="session")
-def lab_image(docker_engine) -> str:
-    """The CPU lab image, built once per session with the test user's ids; yields its tag.
+def workdir():
+    """A folder every user can enter (pytest's own tmp folders are private to root); removed at the end."""
+    path = Path(tempfile.mkdtemp(prefix="classifier-lab-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
-    The base is $LAB_BASE_IMAGE, else the local stand-in if it exists, else
-    the Dockerfile's pinned default (which needs a registry).
+
+@pytest.fixture(scope="session")
+def user(docker_engine, workdir) -> HostUser:
+    """The non-root user in the docker group, with `invoke` from the hash-locked pin in a venv of their own.
+
+    As root (CI) it is `labuser` (docker/ci-setup.sh adds it); otherwise the
+    user running the tests. Only Python 3 and invoke are needed on the host
+    for the container route; the venv is made with the system's python3.
     """
-    base = os.environ.get("LAB_BASE_IMAGE")
-    if not base and _docker("image", "inspect", STANDIN_BASE, check=False).returncode == 0:
-        base = STANDIN_BASE
-    started = time.perf_counter()
-    command = lab_container.build_command(
-        "cpu", tag=TEST_IMAGE, base_image=base, uid=TEST_UID, gid=TEST_GID, network="host"
-    )
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    if result.returncode != 0:
-        pytest.fail(f"docker build failed (exit {result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}")
-    print(f"\n[lab_image] {TEST_IMAGE} over {base or 'the default base'} built in {time.perf_counter() - started:.0f} s")
-    return TEST_IMAGE
-
-
-def _owned_folder(path: Path) -> Path:
-    """A folder owned by the test user, as the user's own repository would be."""
-    path.mkdir(parents=True, exist_ok=True)
     if os.getuid() == 0:
-        os.chown(path, TEST_UID, TEST_GID)
+        try:
+            entry = pwd.getpwnam(TEST_USER)
+        except KeyError:
+            _unavailable(f"the user {TEST_USER} does not exist (bash docker/ci-setup.sh adds it)")
+    else:
+        entry = pwd.getpwuid(os.getuid())
+    socket_gid = os.stat("/var/run/docker.sock").st_gid if Path("/var/run/docker.sock").exists() else entry.pw_gid
+    venv = workdir / "host-venv"
+    python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    pin = workdir / "invoke.txt"
+    pin.write_text(_locked_requirement("invoke"))
+    pin.chmod(0o644)
+    person = HostUser(entry.pw_name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), socket_gid, venv / "bin")
+    venv.mkdir()
+    if os.getuid() == 0:
+        os.chown(venv, person.uid, person.gid)
+    for step in ([python, "-m", "venv", str(venv)],
+                 [str(venv / "bin" / "pip"), "install", "-q", "--require-hashes", "-r", str(pin)]):
+        result = person.run(*step, cwd=workdir, timeout=600)
+        assert result.returncode == 0, f"{step}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+    return person
+
+
+def _locked_requirement(name: str) -> str:
+    """One package's pin with its hashes, from requirements/cpu.lock, as a requirements file."""
+    lines = (ROOT / "requirements" / "cpu.lock").read_text().splitlines()
+    start = next(index for index, line in enumerate(lines) if line.startswith(f"{name}=="))
+    block = [lines[start]]
+    for line in lines[start + 1:]:
+        if not line.strip().startswith("--hash"):
+            break
+        block.append(line)
+    return "\n".join(block).rstrip(" \\") + "\n"
+
+
+def _fresh_clone(user: HostUser, workdir: Path, name: str) -> Path:
+    """`git clone` of this repository, owned by the user, as a student's checkout is."""
+    path = workdir / f"{name}-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(path)], check=True, capture_output=True, timeout=300)
+    # Exactly the commit under test, also when CI checked it out as a detached HEAD.
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    subprocess.run(["git", "-C", str(path), "checkout", "-q", head], check=True, capture_output=True)
+    if os.getuid() == 0:
+        subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(path)], check=True)
     return path
 
 
+@pytest.fixture(scope="session")
+def clone(user, workdir) -> Path:
+    """The clone the session's build, lab and shell run in."""
+    return _fresh_clone(user, workdir, "lab")
+
+
+def _base_image() -> str | None:
+    base = os.environ.get("LAB_BASE_IMAGE")
+    if not base and _docker("image", "inspect", STANDIN_BASE, check=False).returncode == 0:
+        base = STANDIN_BASE
+    return base
+
+
+def _build_arguments() -> list[str]:
+    base = _base_image()
+    return ["build", "--variant", "cpu", "--network", "host"] + (["--base-image", base] if base else [])
+
+
+@pytest.fixture(scope="session")
+def built(user, clone) -> dict:
+    """`invoke build --variant cpu --base-image ... --network host`, run once by the user in the clone."""
+    started = time.perf_counter()
+    result = user.invoke(*_build_arguments(), cwd=clone, timeout=3600)
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0, f"invoke build failed:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}"
+    print(f"\n[timing] invoke build (first in this session) {seconds:.0f} s")
+    yield {"seconds": seconds, "stdout": result.stdout}
+    if os.environ.get("LAB_TEST_KEEP_IMAGE") != "1":
+        _docker("rmi", "-f", IMAGE, check=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _project_containers(clone: Path) -> list[str]:
+    """Every container (running or not) of the clone's compose project."""
+    project = re.sub(r"[^a-z0-9_-]", "", clone.name.lower())
+    listed = set()
+    for candidate in {project, project.replace("-", "").replace("_", "")}:
+        listed |= set(_docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={candidate}").stdout.split())
+    return sorted(listed)
+
+
+def _one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The failure's stderr: exactly one line, `error: ...`, no traceback."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    print(f"\n[failure] {lines[0]}")
+    return lines[0]
+
+
+# Failures before an image exists: each one line naming the cause and the fix, nothing left behind.
+
 @pytest.mark.docker
-def test_image_runs_as_the_host_user_under_an_init(lab_image):
-    config = json.loads(_docker("image", "inspect", "--format", "{{json .Config}}", lab_image).stdout)
-    assert config["User"] == f"{TEST_UID}:{TEST_GID}"
+@pytest.mark.parametrize("command", [["build", "--variant", "cpu"], ["lab", "--variant", "cpu"],
+                                     ["shell", "--variant", "cpu", "-c", "true"], ["down", "--variant", "cpu"]])
+def test_engine_not_running_is_one_line_for_every_command(user, workdir, command):
+    # A socket nobody listens on is what a stopped engine looks like to the client.
+    checkout = _fresh_clone(user, workdir, "stopped")
+    result = user.invoke(*command, cwd=checkout, env={"DOCKER_HOST": f"unix://{workdir}/no-engine.sock"}, timeout=300)
+    line = _one_error_line(result)
+    assert "Docker engine is not running" in line and "systemctl start docker" in line
+    assert not (checkout / ".env").exists() and not list(checkout.glob("*.tmp*"))
+
+
+@pytest.mark.docker
+def test_no_access_to_the_docker_socket_is_one_line(user, workdir):
+    if os.getuid() != 0:
+        pytest.skip("dropping the docker group needs the tests to run as root")
+    checkout = _fresh_clone(user, workdir, "nogroup")
+    line = _one_error_line(user.invoke("lab", "--variant", "cpu", cwd=checkout, docker_group=False, timeout=300))
+    assert "permission denied on the Docker socket" in line and "usermod -aG docker" in line
+    assert not (checkout / ".env").exists()
+
+
+@pytest.mark.docker
+def test_missing_image_says_which_build_to_run_and_builds_nothing(user, workdir):
+    checkout = _fresh_clone(user, workdir, "noimage")
+    backup = f"classifier-lab:cpu-backup-{uuid.uuid4().hex[:6]}"
+    had_image = _docker("image", "inspect", IMAGE, check=False).returncode == 0
+    if had_image:  # this test needs the machine as a new student finds it
+        _docker("tag", IMAGE, backup)
+        _docker("rmi", IMAGE)
+    try:
+        for command in (["lab", "--variant", "cpu"], ["shell", "--variant", "cpu", "-c", "true"]):
+            started = time.perf_counter()
+            line = _one_error_line(user.invoke(*command, cwd=checkout, timeout=300))
+            assert "image classifier-lab:cpu is not built yet: run `invoke build --variant cpu` first" in line
+            assert time.perf_counter() - started < 120  # refused, not built
+        assert _docker("image", "inspect", IMAGE, check=False).returncode != 0
+        assert not _project_containers(checkout) and not (checkout / ".env").exists()
+    finally:
+        if had_image:
+            _docker("tag", backup, IMAGE)
+            _docker("rmi", backup)
+
+
+@pytest.mark.docker
+def test_gpu_variant_without_the_nvidia_runtime_is_one_line(user, workdir):
+    if "nvidia" in _docker("info", "--format", "{{json .Runtimes}}").stdout:
+        pytest.skip("this engine has the NVIDIA runtime")
+    checkout = _fresh_clone(user, workdir, "nogpu")
+    for command in (["lab"], ["shell", "-c", "nvidia-smi"]):
+        line = _one_error_line(user.invoke(*command, cwd=checkout, timeout=300))
+        assert "no NVIDIA runtime" in line and "nvidia-ctk runtime configure" in line and "--variant cpu" in line
+    assert not _project_containers(checkout) and not (checkout / ".env").exists()
+
+
+@pytest.fixture
+def small_engine(workdir):
+    """A second Docker engine whose storage is a 400 MB tmpfs holding only the base image: a disk about to be full.
+
+    Yields its DOCKER_HOST. The engine and the mount are removed afterwards.
+    """
+    if os.getuid() != 0 or shutil.which("dockerd") is None:
+        _unavailable("a second engine on a small disk needs root and dockerd")
+    base = _base_image()
+    if base is None:
+        _unavailable("no local base image to load into the small engine")
+    root = Path(tempfile.mkdtemp(prefix="small-engine-", dir=workdir))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "tmpfs", str(root)], check=True)
+    (root / "data").mkdir()
+    (root / "exec").mkdir()
+    host = f"unix://{root}/docker.sock"
+    log = open(workdir / "small-engine.log", "ab")
+    engine = subprocess.Popen(["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+                               "--pidfile", str(root / "docker.pid"), "-H", host, "--storage-driver=vfs",
+                               "--iptables=false", "--bridge=none", "--group", "docker"],
+                              stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run(["docker", "-H", host, "version"], capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline and engine.poll() is None, "the small engine did not start"
+            time.sleep(1)
+        subprocess.run(f"docker save {base} | docker -H {host} load", shell=True, check=True, capture_output=True)
+        yield host
+    finally:
+        engine.terminate()
+        engine.wait(timeout=60)
+        log.close()
+        for _ in range(10):  # its containerd may hold the mount for a moment longer
+            if subprocess.run(["umount", str(root)], capture_output=True).returncode == 0:
+                break
+            time.sleep(1)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.docker
+def test_disk_full_during_a_build_is_one_line_and_leaves_no_container(user, workdir, small_engine):
+    checkout = _fresh_clone(user, workdir, "fulldisk")
+    result = user.invoke(*_build_arguments(), cwd=checkout, env={"DOCKER_HOST": small_engine}, timeout=900)
+    line = _one_error_line(result)
+    assert "disk that holds Docker's images is full" in line and "docker system prune" in line
+    assert "no space left on device" in result.stdout  # docker's own words, shown with the build's output
+    left = subprocess.run(["docker", "-H", small_engine, "ps", "-aq"], capture_output=True, text=True, check=True)
+    assert left.stdout.strip() == ""
+
+
+# The user's route: build, lab, shell, down.
+
+@pytest.mark.docker
+def test_build_makes_the_image_compose_runs_as_the_user(user, built):
+    assert f"built {IMAGE} in " in built["stdout"] and "invoke lab --variant cpu" in built["stdout"]
+    config = json.loads(_docker("image", "inspect", "--format", "{{json .Config}}", IMAGE).stdout)
+    assert config["User"] == f"{user.uid}:{user.gid}"
     assert config["Entrypoint"] == ["/usr/bin/tini", "--"]
     assert config["Healthcheck"]["Test"][0] == "CMD"
     assert "TF_FORCE_GPU_ALLOW_GROWTH=true" in config["Env"]
-
-    probe = _docker("run", "--rm", "--network", "none", lab_image,
-                    "sh", "-c", "id -u; id -g; cat /proc/1/comm; dot -V 2>&1; python -c 'import classifier, tensorflow; print(tensorflow.__version__)'")
-    uid, gid, init, dot, tf_version = probe.stdout.strip().splitlines()[-5:]
-    assert (int(uid), int(gid)) == (TEST_UID, TEST_GID)
-    assert init == "tini"
-    assert "graphviz" in dot
-    assert tf_version == "2.21.0"
+    # --force-rm: every step's container was removed again (the engine may be shared, so ask the build's log).
+    started = set(re.findall(r"Running in ([0-9a-f]{12})", built["stdout"]))
+    removed = set(re.findall(r"Removing intermediate container ([0-9a-f]{12})", built["stdout"]))
+    assert started <= removed, started - removed
 
 
-@pytest.mark.docker
-def test_quick_tests_and_notebooks_pass_inside_the_container(lab_image, fashion_source):
-    # The notebooks need nbclient and ipykernel, which the image has and a
-    # host may not; CI=true makes their data fixture fail rather than skip.
-    result = _docker(
-        "run", "--rm", "--network", "none",
-        "-v", f"{fashion_source}:{fashion_source}:ro", lab_image, "sh", "-c",
-        'python -m pytest -q -p no:cacheprovider -m "not slow and not docker and not gpu"'
-        " && CI=true python -m pytest -q -p no:cacheprovider tests/test_notebooks.py",
-        check=False, timeout=1200,
-    )
-    output = result.stdout[-4000:]
-    assert result.returncode == 0, f"pytest in the container failed:\n{output}\n{result.stderr[-2000:]}"
-    summaries = [line for line in output.splitlines() if " passed" in line and " in " in line]
-    assert len(summaries) == 2 and "5 passed" in summaries[1], output
-
-
-@pytest.mark.docker
-def test_train_in_the_container_writes_a_run_owned_by_the_host_user(lab_image, fashion_source, tmp_path):
-    data = _owned_folder(tmp_path / "data")
-    runs = _owned_folder(tmp_path / "runs")
-    result = _docker(
-        "run", "--rm", "--network", "none",
-        "-v", f"{data}:/workspace/data", "-v", f"{runs}:/workspace/runs",
-        "-v", f"{fashion_source}:/datasets/fashion-mnist:ro",
-        lab_image, "sh", "-c",
-        "invoke data --dataset fashion_mnist --from /datasets/fashion-mnist"
-        " && invoke train --dataset fashion_mnist --limit 600 --epochs 1 --batch-size 64",
-        check=False, timeout=900,
-    )
-    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-
-    run_folders = [p for p in runs.iterdir() if p.is_dir()]
-    assert len(run_folders) == 1, run_folders
-    run = run_folders[0]
-    manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["status"] == "complete"
-    assert manifest["data"]["dataset"] == "fashion_mnist"
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["num_images"] == 10000
-    assert (run / "model.keras").stat().st_size > 0
-    written = [run, *run.rglob("*"), *data.rglob("*")]
-    wrong = [(str(p), p.stat().st_uid, p.stat().st_gid) for p in written
-             if (p.stat().st_uid, p.stat().st_gid) != (TEST_UID, TEST_GID)]
-    assert not wrong, f"files not owned by {TEST_UID}:{TEST_GID}: {wrong[:5]}"
-
-
-def _status(url: str, token: str | None = None) -> tuple[int, str | None]:
-    """HTTP status and Location of a GET, without following redirects."""
+def _status(url: str, token: str | None = None) -> tuple[int, str | None, str]:
+    """HTTP status, Location and body of a GET, without following redirects."""
     request = urllib.request.Request(url)
     if token:
         request.add_header("Authorization", f"token {token}")
@@ -170,55 +370,31 @@ def _status(url: str, token: str | None = None) -> tuple[int, str | None]:
 
     try:
         with urllib.request.build_opener(_NoRedirect).open(request, timeout=10) as response:
-            return response.status, response.headers.get("Location")
+            return response.status, response.headers.get("Location"), response.read().decode(errors="replace")
     except urllib.error.HTTPError as error:
-        return error.code, error.headers.get("Location")
-    except OSError as error:  # refused or reset: nothing answers there (yet)
-        return 0, repr(error)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_healthy(container: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    status = ""
-    while time.monotonic() < deadline:
-        status = _docker("inspect", "--format", "{{.State.Health.Status}}", container).stdout.strip()
-        if status in ("healthy", "unhealthy"):
-            return status
-        time.sleep(2)
-    return status
+        return error.code, error.headers.get("Location"), ""
+    except OSError as error:  # refused or reset: nothing answers there
+        return 0, repr(error), ""
 
 
 @pytest.mark.docker
-def test_compose_lab_turns_healthy_and_serves_jupyterlab_only_with_the_token(lab_image, tmp_path):
-    # What `invoke lab --variant cpu` does, with the test image, free ports and
-    # a project name and .env of its own so a running lab is left alone.
-    env_file = tmp_path / "lab.env"
-    settings = lab_container.write_env_file("cpu", port=_free_port(), path=env_file)
-    tensorboard_port = _free_port()
-    with env_file.open("a") as stream:
-        stream.write(f"LAB_IMAGE={lab_image}\nTENSORBOARD_PORT={tensorboard_port}\n")
-    token, port = settings["JUPYTER_TOKEN"], settings["LAB_PORT"]
-    compose = _compose() + ["-f", "docker-compose.cpu.yml", "--env-file", str(env_file),
-                            "-p", f"classifier-lab-test-{uuid.uuid4().hex[:8]}"]
+def test_lab_turns_healthy_serves_only_with_the_token_and_down_removes_it(user, clone, built):
+    port, tensorboard_port = _free_port(), _free_port()
+    started = time.perf_counter()
+    # --wait 600: on a loaded machine with vfs storage JupyterLab can take minutes to answer.
+    result = user.invoke("lab", "--variant", "cpu", "--port", str(port), "--tensorboard-port", str(tensorboard_port),
+                         "--wait", "600", cwd=clone, timeout=1800)
+    seconds = time.perf_counter() - started
     try:
-        up = subprocess.run(compose + ["up", "-d", "--no-build"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert up.returncode == 0, up.stdout + up.stderr
-        containers = {
-            service: subprocess.run(compose + ["ps", "-q", service], cwd=ROOT, capture_output=True,
-                                    text=True, timeout=60).stdout.strip()
-            for service in ("lab", "tensorboard")
-        }
-        for service, container in containers.items():
-            health = _wait_healthy(container, timeout=240)
-            assert health == "healthy", f"{service}: health {health!r}; logs:\n{_docker('logs', container).stderr[-3000:]}"
-        lab = containers["lab"]
-        assert _docker("port", lab, "8888").stdout.split() == [f"127.0.0.1:{port}"]
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        print(f"\n[timing] invoke lab to healthy {seconds:.0f} s")
+        env_file = clone / ".env"
+        settings = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+        token = settings["JUPYTER_TOKEN"]
+        assert f"http://127.0.0.1:{port}/lab?token={token}" in result.stdout
+        assert env_file.stat().st_mode & 0o777 == 0o600 and env_file.stat().st_uid == user.uid
+        assert "LAB_IMAGE" not in settings  # the local build, by its tag
+        assert not list(clone.glob("*.tmp*"))
 
         base = f"http://127.0.0.1:{port}"
         statuses = {
@@ -229,79 +405,233 @@ def test_compose_lab_turns_healthy_and_serves_jupyterlab_only_with_the_token(lab
             "GET /lab?token=...": _status(f"{base}/lab?token={token}"),
             "TensorBoard GET /": _status(f"http://127.0.0.1:{tensorboard_port}/"),
         }
-        print("\n[jupyter] " + json.dumps(statuses))
+        print("\n[jupyter] " + json.dumps({key: value[:2] for key, value in statuses.items()}))
         assert statuses["GET /api/contents without token"][0] == 403
         assert statuses["GET /api/contents with a wrong token"][0] == 403
-        code, location = statuses["GET /lab without token"]
+        code, location, _ = statuses["GET /lab without token"]
         assert code == 302 and "/login" in location
         assert statuses["GET /api/contents with the token"][0] == 200
         assert statuses["GET /lab?token=..."][0] == 200
+        # TensorBoard may still be starting when JupyterLab is healthy.
+        deadline = time.monotonic() + 120
+        while statuses["TensorBoard GET /"][0] != 200 and time.monotonic() < deadline:
+            time.sleep(3)
+            statuses["TensorBoard GET /"] = _status(f"http://127.0.0.1:{tensorboard_port}/")
         assert statuses["TensorBoard GET /"][0] == 200
+        # The news pop-up (and its request to the internet) is switched off.
+        page_config = re.search(r'id="jupyter-config-data"[^>]*>(.*?)</script>', statuses["GET /lab?token=..."][2], re.S)
+        assert "@jupyterlab/apputils-extension:announcements" in json.loads(page_config.group(1))["disabledExtensions"]
 
-        processes = _docker("top", lab, "-o", "pid,user,comm").stdout
-        assert "jupyter" in processes and "root" not in processes, processes
+        containers = _project_containers(clone)
+        assert len(containers) == 2
+        for container in containers:
+            processes = _docker("top", container, "-o", "pid,user,comm").stdout
+            assert "root" not in processes, processes
+
+        # A second `invoke lab` finds it running and says so again, not a port clash.
+        again = user.invoke("lab", "--variant", "cpu", "--port", str(port), "--tensorboard-port", str(tensorboard_port),
+                            "--wait", "600", cwd=clone, timeout=1200)
+        assert again.returncode == 0 and token in again.stdout, again.stderr
+        # Port taken: another lab (a second clone) asking for the same port is refused before it creates anything.
+        other = _fresh_clone(user, clone.parent, "portclash")
+        line = _one_error_line(user.invoke("lab", "--variant", "cpu", "--port", str(port), cwd=other, timeout=300))
+        assert f"port {port} on 127.0.0.1 is already in use" in line and f"--port {port + 1}" in line
+        line = _one_error_line(user.invoke("lab", "--variant", "cpu", "--port", str(_free_port()),
+                                           "--tensorboard-port", str(tensorboard_port), cwd=other, timeout=300))
+        assert f"port {tensorboard_port}" in line and "--tensorboard-port" in line
+        assert not _project_containers(other) and not (other / ".env").exists()
     finally:
-        subprocess.run(compose + ["down", "--timeout", "5"], cwd=ROOT, capture_output=True, timeout=300)
+        stopped = user.invoke("down", cwd=clone, timeout=600)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stderr
+    assert _project_containers(clone) == []
+
+
+def _copy_fashion(clone: Path, user: HostUser) -> str:
+    """Fashion-MNIST's files inside the clone (as a student's USB stick would be), for `invoke data --from`."""
+    if not FASHION_MNIST.is_dir():
+        _unavailable("Debian's dataset-fashion-mnist is not installed")
+    target = clone / "fashion-source"
+    if not target.exists():
+        shutil.copytree(FASHION_MNIST, target)
+        if os.getuid() == 0:
+            subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(target)], check=True)
+    return "/workspace/fashion-source"
+
+
+def _assert_run_belongs_to(runs: Path, user: HostUser, image: str) -> dict:
+    folders = [path for path in runs.iterdir() if path.is_dir()]
+    assert len(folders) == 1, folders
+    run = folders[0]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["data"]["dataset"] == "fashion_mnist"
+    assert manifest["environment"]["container_image"] == image
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["num_images"] == 10000
+    written = [run, *run.rglob("*"), *(runs.parent / "data").rglob("*")]
+    wrong = [(str(p), p.stat().st_uid) for p in written if (p.stat().st_uid, p.stat().st_gid) != (user.uid, user.gid)]
+    assert not wrong, f"files not owned by {user.uid}:{user.gid}: {wrong[:5]}"
+    return manifest
+
+
+_TRAIN = ("invoke data --dataset fashion_mnist --from {source}"
+          " && invoke train --dataset fashion_mnist --limit 600 --epochs 1 --batch-size 64")
 
 
 @pytest.mark.docker
-def test_source_only_change_reuses_the_dependency_layers(lab_image, tmp_path):
-    # A copy of the build context with one changed module, built like the first.
-    context = tmp_path / "context"
-    ignored = shutil.ignore_patterns(".git", ".venv", "data", "runs", "__pycache__", ".pytest_cache", "*.egg-info")
-    shutil.copytree(ROOT, context, ignore=ignored)
-    (context / "classifier" / "_rebuild_probe.py").write_text("CHANGED = True\n")
-    command = lab_container.build_command("cpu", tag=f"{TEST_IMAGE}-rebuild", uid=TEST_UID, gid=TEST_GID,
-                                            network="host", base_image=_base_of(lab_image))
+def test_shell_trains_as_the_user_under_tini_and_returns_the_commands_status(user, clone, built):
+    # One container (each costs a copy of the image on vfs): who runs, PID 1, a training, then exit 7.
+    source = _copy_fashion(clone, user)
+    command = f"id -u; id -g; cat /proc/1/comm; dot -V 2>&1; {_TRAIN.format(source=source)} && exit 7"
+    result = user.invoke("shell", "--variant", "cpu", "-c", command, cwd=clone, timeout=1200)
+    assert result.returncode == 7, result.stdout[-3000:] + result.stderr[-3000:]
+    uid, gid, init, dot = result.stdout.strip().splitlines()[:4]
+    assert (int(uid), int(gid)) == (user.uid, user.gid) and init == "tini" and "graphviz" in dot
+    _assert_run_belongs_to(clone / "runs", user, IMAGE)
+    assert _project_containers(clone) == []  # run --rm
+
+
+@pytest.mark.docker
+def test_quick_tests_and_notebooks_pass_inside_the_container(user, clone, built):
+    source = _copy_fashion(clone, user)
+    command = ('python -m pytest -q -p no:cacheprovider -m "not slow and not docker and not gpu"'
+               f" && FASHION_MNIST_DIR={source} CI=true python -m pytest -q -p no:cacheprovider tests/test_notebooks.py")
+    result = user.invoke("shell", "--variant", "cpu", "-c", command, cwd=clone, timeout=1800)
+    output = result.stdout[-4000:]
+    assert result.returncode == 0, f"pytest in the container failed:\n{output}\n{result.stderr[-2000:]}"
+    summaries = [line for line in output.splitlines() if " passed" in line and " in " in line]
+    assert len(summaries) == 2, output
+    assert not any(word in summaries[1] for word in ("failed", "skipped", "error")), output  # every notebook ran
+
+
+@pytest.mark.docker
+def test_source_only_change_rebuilds_only_the_source_layer(user, clone, built):
+    probe = clone / "classifier" / "_rebuild_probe.py"
+    probe.write_text("CHANGED = True\n")
+    if os.getuid() == 0:
+        os.chown(probe, user.uid, user.gid)
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=context, capture_output=True, text=True, timeout=900)
+    result = user.invoke(*_build_arguments(), cwd=clone, timeout=1800)
     seconds = time.perf_counter() - started
+    probe.unlink()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    steps = result.stdout.split("Step ")
+    pip_step = next(step for step in steps if "--require-hashes" in step.splitlines()[0])
+    copy_step = next(step for step in steps if step.splitlines()[0].rstrip().endswith(". /workspace"))
+    assert "Using cache" in pip_step, pip_step[:2000]
+    assert "Using cache" not in copy_step
+    print(f"\n[timing] source-only rebuild {seconds:.0f} s (first build {built['seconds']:.0f} s, "
+          f"ratio {seconds / built['seconds']:.2f})")
+    image_has_it = _docker("run", "--rm", "--network", "none", IMAGE,
+                           "python", "-c", "import classifier._rebuild_probe as p; print(p.CHANGED)", check=False)
+    assert image_has_it.stdout.strip() == "True", image_has_it.stderr
+
+
+@pytest.mark.docker
+def test_by_hand_compose_route_from_a_fresh_clone(user, workdir, built):
+    # The README's route without invoke: .env with the user's ids, compose builds (all cached here), runs, trains.
+    checkout = _fresh_clone(user, workdir, "byhand")
+    assert (checkout / "data" / ".gitkeep").exists() and (checkout / "runs").stat().st_uid == user.uid
+    user.run("sh", "-c", 'printf "LAB_UID=%s\\nLAB_GID=%s\\n" "$(id -u)" "$(id -g)" > .env', cwd=checkout)
+    compose = lab_container.compose_command() + ["-f", "docker-compose.cpu.yml"]
+    env = {"COMPOSE_HTTP_TIMEOUT": "600", "LAB_BUILD_NETWORK": "host", "LAB_BASE_IMAGE": _base_image() or ""}
+    build = user.run(*compose, "build", cwd=checkout, env=env, timeout=1800)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    source = _copy_fashion(checkout, user)
+    train = user.run(*compose, "run", "--rm", "-T", "lab", "sh", "-c", _TRAIN.format(source=source),
+                     cwd=checkout, env=env, timeout=1200)
     try:
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-        steps = result.stdout.split("Step ")
-        pip_step = next(step for step in steps if "--require-hashes" in step.splitlines()[0])
-        copy_step = next(step for step in steps if step.splitlines()[0].rstrip().endswith(". /workspace"))
-        assert "Using cache" in pip_step, pip_step[:2000]
-        assert "Using cache" not in copy_step
-        print(f"\n[rebuild] source-only change rebuilt in {seconds:.1f} s")
-        probe = _docker("run", "--rm", "--network", "none", f"{TEST_IMAGE}-rebuild",
-                        "python", "-c", "import classifier._rebuild_probe as p; print(p.CHANGED)")
-        assert probe.stdout.strip() == "True"
+        assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+        _assert_run_belongs_to(checkout / "runs", user, IMAGE)
     finally:
-        _docker("rmi", "-f", f"{TEST_IMAGE}-rebuild", check=False)
+        user.run(*compose, "down", cwd=checkout, env=env, timeout=600)
+    assert _project_containers(checkout) == []
 
 
-def _base_of(image: str) -> str | None:
-    """The base the session image was built over (the same for the rebuild)."""
-    base = os.environ.get("LAB_BASE_IMAGE")
-    if not base and _docker("image", "inspect", STANDIN_BASE, check=False).returncode == 0:
-        base = STANDIN_BASE
-    return base
-
-
-def _compose() -> list[str]:
+@pytest.mark.docker
+@pytest.mark.slow
+def test_published_image_round_trip_through_a_registry_by_digest(user, clone, built, workdir):
+    # The teacher pushes; the image is deleted here; the student's `invoke lab` pulls it by digest.
+    registry_binary = shutil.which("docker-registry")
+    if registry_binary is None:
+        _unavailable("docker-registry is not installed (apt-get install docker-registry)")
+    port = _free_port()
+    config = workdir / "registry.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {workdir}/registry\n"
+                      f"http:\n  addr: 127.0.0.1:{port}\nlog:\n  level: warn\n")
+    registry = subprocess.Popen([registry_binary, "serve", str(config)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    published = f"127.0.0.1:{port}/classifier-lab:cpu-test"
+    digest = None
     try:
-        return lab_container.compose_command()
-    except lab_container.ContainerError as error:
-        _unavailable(str(error))
+        deadline = time.monotonic() + 30
+        while _status(f"http://127.0.0.1:{port}/v2/")[0] != 200:
+            assert time.monotonic() < deadline, "the registry did not start"
+            time.sleep(0.5)
+        started = time.perf_counter()
+        assert user.run("docker", "tag", IMAGE, published, cwd=clone).returncode == 0
+        push = user.run("docker", "push", published, cwd=clone, timeout=3600)
+        assert push.returncode == 0, push.stdout[-2000:] + push.stderr[-2000:]
+        digest = re.search(r"digest: (sha256:[0-9a-f]{64})", push.stdout).group(1)
+        pushed_seconds = time.perf_counter() - started
+        # The image goes; --no-prune keeps the session's build cache (its parent layers), as a student
+        # keeps the base layers: the pull still fetches the manifest by digest and every missing layer.
+        assert user.run("docker", "rmi", "--no-prune", published, IMAGE, cwd=clone).returncode == 0
+        assert _docker("image", "inspect", published, check=False).returncode != 0
+
+        port_lab = _free_port()
+        started = time.perf_counter()
+        lab = user.invoke("lab", "--variant", "cpu", "--port", str(port_lab), "--tensorboard-port", str(_free_port()),
+                          "--wait", "600", cwd=clone, env={"LAB_IMAGE": published}, timeout=3600)
+        pulled_seconds = time.perf_counter() - started
+        pinned = f"127.0.0.1:{port}/classifier-lab@{digest}"
+        assert lab.returncode == 0, lab.stdout[-3000:] + lab.stderr[-3000:]
+        assert f"pulling {published}" in lab.stdout and f"starting the lab from {pinned}" in lab.stdout
+        assert f"LAB_IMAGE={pinned}\n" in (clone / ".env").read_text()
+        print(f"\n[registry] pushed {published} -> {digest} in {pushed_seconds:.0f} s; "
+              f"invoke lab pulled it and was healthy in {pulled_seconds:.0f} s")
+
+        shutil.rmtree(clone / "runs")
+        (clone / "runs").mkdir()
+        if os.getuid() == 0:
+            os.chown(clone / "runs", user.uid, user.gid)
+        train = user.invoke("shell", "-c", _TRAIN.format(source=_copy_fashion(clone, user)), cwd=clone, timeout=1200)
+        assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+        _assert_run_belongs_to(clone / "runs", user, pinned)
+    finally:
+        user.invoke("down", cwd=clone, timeout=600)
+        registry.terminate()
+        registry.wait(timeout=30)
+        # The session's image again under its own name, for whatever runs after.
+        if digest and _docker("image", "inspect", IMAGE, check=False).returncode != 0:
+            _docker("tag", f"127.0.0.1:{port}/classifier-lab@{digest}", IMAGE, check=False)
+        for reference in [published] + _docker("images", "--format", "{{.Repository}}@{{.Digest}}",
+                                               f"127.0.0.1:{port}/classifier-lab").stdout.split():
+            _docker("rmi", reference, check=False)
+    assert _project_containers(clone) == []
 
 
 @pytest.mark.docker
 @pytest.mark.parametrize("compose_file", ["docker-compose.yml", "docker-compose.cpu.yml"])
-def test_compose_file_validates(compose_file, tmp_path):
-    # An empty .env elsewhere: the check must not depend on the user's settings.
+def test_compose_file_validates(docker_engine, compose_file):
+    # No .env settings from the user: the check must not depend on them.
     env = {key: value for key, value in os.environ.items() if not key.startswith(("LAB_", "JUPYTER_", "COMPOSE_"))}
-    result = subprocess.run(_compose() + ["-f", compose_file, "config"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
+    with tempfile.TemporaryDirectory() as empty:
+        (Path(empty) / "empty.env").write_text("")
+        result = subprocess.run(lab_container.compose_command() + ["--project-directory", str(ROOT), "-f",
+                                str(ROOT / compose_file), "--env-file", str(Path(empty) / "empty.env"), "config"],
+                                cwd=empty, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     config = result.stdout
     assert "127.0.0.1:8888:8888" in config and "127.0.0.1:6006:6006" in config
     assert "TF_FORCE_GPU_ALLOW_GROWTH" in config and "healthcheck" in config
     assert f"{ROOT}:/workspace" in config and f"{ROOT}/data:/workspace/data" in config
-    if compose_file == "docker-compose.yml":
-        assert "driver: nvidia" in config and "- gpu" in config and "image: classifier-lab:gpu" in config
+    assert "user: 1000:1000" in config and "network: default" in config
+    variant = "gpu" if compose_file == "docker-compose.yml" else "cpu"
+    assert f"image: classifier-lab:{variant}" in config and f"LAB_IMAGE: classifier-lab:{variant}" in config
+    if variant == "gpu":
+        assert "driver: nvidia" in config and "- gpu" in config
     else:
-        assert "driver: nvidia" not in config and "VARIANT: cpu" in config and "image: classifier-lab:cpu" in config
+        assert "driver: nvidia" not in config and "VARIANT: cpu" in config
 
 
 @pytest.mark.docker
@@ -316,17 +646,55 @@ def test_hadolint_passes():
 
 # The host-side helpers, without an engine.
 
-def test_build_command_passes_variant_ids_base_and_network():
-    command = lab_container.build_command("cpu", uid=1234, gid=4321, base_image="stand-in:1", network="host")
+def test_build_command_passes_variant_ids_base_cache_and_network():
+    command = lab_container.build_command("cpu", uid=1234, gid=4321, base_image="stand-in:1", network="host",
+                                          cache_from="registry.example/classifier-lab:cpu-v1")
     assert command[:4] == ["docker", "build", "-f", "docker/Dockerfile"]
-    assert {"VARIANT=cpu", "USER_UID=1234", "USER_GID=4321", "BASE_IMAGE=stand-in:1"} <= set(command)
+    assert {"VARIANT=cpu", "USER_UID=1234", "USER_GID=4321", "BASE_IMAGE=stand-in:1", "--force-rm"} <= set(command)
     assert command[command.index("-t") + 1] == "classifier-lab:cpu"
+    assert command[command.index("--cache-from") + 1] == "registry.example/classifier-lab:cpu-v1"
     assert command[-3:] == ["--network", "host", "."]
 
 
 def test_unknown_variant_is_refused_with_the_accepted_ones():
     with pytest.raises(lab_container.ContainerError, match="'tpu'.*gpu, cpu"):
         lab_container.build_command("tpu")
+
+
+# What docker and docker-compose print (copied from real runs), and the cause each one names.
+@pytest.mark.parametrize("output, ports, expected", [
+    ("ERROR: Couldn't connect to Docker daemon at http+docker://localhost - is it running?", None, "not running"),
+    ("docker.errors.DockerException: Error while fetching server API version: ('Connection aborted.', "
+     "FileNotFoundError(2, 'No such file or directory'))", None, "not running"),
+    ("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?", None,
+     "not running"),
+    ("permission denied while trying to connect to the Docker daemon socket at unix:///var/run/docker.sock: "
+     "Get \"http://%2Fvar%2Frun%2Fdocker.sock/v1.24/version\": dial unix /var/run/docker.sock: connect: permission denied",
+     None, "permission denied on the Docker socket"),
+    ("docker.errors.DockerException: Error while fetching server API version: ('Connection aborted.', "
+     "PermissionError(13, 'Permission denied'))", None, "permission denied on the Docker socket"),
+    ("ERROR: for lab  Cannot start service lab: driver failed programming external connectivity on endpoint "
+     "x_lab_1: Error starting userland proxy: listen tcp4 127.0.0.1:8888: bind: address already in use",
+     {8888: "--port", 6006: "--tensorboard-port"}, "port 8888 on 127.0.0.1 is already in use by another program: "
+     "stop it, or choose another port with `--port 8889`"),
+    ("Bind for 127.0.0.1:6006 failed: port is already allocated", {8888: "--port", 6006: "--tensorboard-port"},
+     "`--tensorboard-port 6007`"),
+    ("failed to register layer: Error processing tar file(exit status 1): write /opt/venv/lib/python3.11/"
+     "site-packages/tensorflow/libtensorflow_cc.so.2: no space left on device", None, "disk that holds Docker's images is full"),
+    ("ERROR: for lab  Cannot start service lab: could not select device driver \"nvidia\" with capabilities: [[gpu]]",
+     None, "no NVIDIA runtime"),
+    ("Err:1 http://deb.debian.org/debian bookworm InRelease\n  Temporary failure resolving 'deb.debian.org'", None,
+     "--network host"),
+    ("ERROR: for lab  UnixHTTPConnectionPool(host='localhost', port=None): Read timed out. (read timeout=60)", None,
+     "COMPOSE_HTTP_TIMEOUT"),
+    ("something nobody has seen before", None, None),
+])
+def test_explain_names_the_cause_of_what_docker_printed(output, ports, expected):
+    line = lab_container.explain(output, ports)
+    if expected is None:
+        assert line is None
+    else:
+        assert expected in line and "\n" not in line
 
 
 def test_env_file_gets_a_token_once_and_keeps_other_settings(tmp_path):
@@ -336,12 +704,43 @@ def test_env_file_gets_a_token_once_and_keeps_other_settings(tmp_path):
     assert len(first["JUPYTER_TOKEN"]) >= 32
     assert first["COMPOSE_FILE"] == "docker-compose.cpu.yml" and first["LAB_PORT"] == "9999"
     assert int(first["LAB_UID"]) != 0 and int(first["LAB_GID"]) != 0
-    second = lab_container.write_env_file("gpu", path=env_file)
-    assert second["JUPYTER_TOKEN"] == first["JUPYTER_TOKEN"]
-    assert second["COMPOSE_FILE"] == "docker-compose.yml"
+    second = lab_container.write_env_file("gpu", image="registry.example/classifier-lab@sha256:" + "a" * 64,
+                                          path=env_file)
+    assert second["JUPYTER_TOKEN"] == first["JUPYTER_TOKEN"] and second["LAB_PORT"] == "9999"
+    assert second["COMPOSE_FILE"] == "docker-compose.yml" and second["LAB_IMAGE"].endswith("a" * 64)
+    third = lab_container.write_env_file("gpu", image="", path=env_file)
+    assert "LAB_IMAGE" not in third
     assert "MY_SETTING=1" in env_file.read_text()
     assert env_file.stat().st_mode & 0o777 == 0o600
     assert lab_container.lab_url(second).endswith(f"/lab?token={first['JUPYTER_TOKEN']}")
+    assert [path.name for path in tmp_path.iterdir()] == [".env"]
+
+
+def test_env_file_is_private_from_the_moment_it_is_created(tmp_path, monkeypatch):
+    # The temporary file's mode as soon as it exists, and again when it is renamed: 0600, whatever the umask.
+    from classifier import files
+
+    seen = []
+    real_mkstemp, real_replace = files.tempfile.mkstemp, files.os.replace
+
+    def watching_mkstemp(*args, **kwargs):
+        handle, name = real_mkstemp(*args, **kwargs)
+        seen.append(("created", os.stat(name).st_mode & 0o777))
+        return handle, name
+
+    def watching_replace(source, target):
+        seen.append(("renamed", os.stat(source).st_mode & 0o777))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", watching_mkstemp)
+    monkeypatch.setattr(files.os, "replace", watching_replace)
+    previous = os.umask(0)
+    try:
+        lab_container.write_env_file("cpu", path=tmp_path / ".env")
+    finally:
+        os.umask(previous)
+    assert seen == [("created", 0o600), ("renamed", 0o600)]
+    assert [path.name for path in tmp_path.iterdir()] == [".env"]
 
 
 def test_lock_commands_match_the_lock_files_headers():
@@ -350,3 +749,38 @@ def test_lock_commands_match_the_lock_files_headers():
         header = lock_file.read_text().splitlines()[1]
         recorded = header.split("uv ", 1)[1].split()
         assert recorded == command[1:], f"{lock_file.name} was made by {header!r}"
+
+
+# `invoke doctor` inside the container: what the NVIDIA runtime gave it.
+
+_FAKE_NVIDIA_SMI = """#!/bin/sh
+if [ "$1" = "--query-gpu=name,driver_version" ]; then echo "NVIDIA H100 80GB HBM3, {driver}"; exit 0; fi
+echo "| NVIDIA-SMI {driver}     Driver Version: {driver}     CUDA Version: {cuda}     |"
+"""
+
+
+@pytest.mark.parametrize("variant, smi, expected", [
+    ("gpu", ("550.54.15", "12.4"), {"nvidia runtime": ("OK", "NVIDIA H100 80GB HBM3"),
+                                    "nvidia driver": ("OK", "550.54.15, supports CUDA 12.4")}),
+    ("gpu", ("470.82.01", "11.4"), {"nvidia driver": ("FAIL", "470.82.01, supports CUDA 11.4")}),
+    ("gpu", None, {"nvidia runtime": ("FAIL", "no GPU in this container")}),
+    ("cpu", None, {"nvidia runtime": ("INFO", "CPU image")}),
+])
+def test_doctor_in_the_container_reports_the_nvidia_runtime_driver_and_cuda(variant, smi, expected, tmp_path,
+                                                                            monkeypatch):
+    from classifier import doctor
+
+    if smi:
+        script = tmp_path / "nvidia-smi"
+        script.write_text(_FAKE_NVIDIA_SMI.format(driver=smi[0], cuda=smi[1]))
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.setenv("LAB_IMAGE", f"classifier-lab:{variant}")
+    monkeypatch.setenv("LAB_VARIANT", variant)
+    monkeypatch.setattr(doctor, "_tensorflow_cuda", lambda: "12.5.1")
+    checks = {check.name: check for check in doctor.check_host_docker()}
+    assert checks["container"].detail == f"inside the lab container classifier-lab:{variant}"
+    for name, (status, detail) in expected.items():
+        assert checks[name].status == status and detail in checks[name].detail, checks[name]
+    if smi and smi[1] == "11.4":
+        assert "update the host's NVIDIA driver" in checks["nvidia driver"].fix
