@@ -84,14 +84,15 @@ def data(c, dataset="cifar10", data_dir="", from_="", mirror=""):
     "runs_dir": "where the run folder goes (default: $CLASSIFIER_RUNS_DIR or ./runs)",
     "data_dir": _CONFIG_HELP["data_dir"],
     "recipe": "lecture (default: the lecture's network and schedule) or fast (higher accuracy, same minutes)",
-    "strategy": "default (one device) or mirrored (tf.distribute.MirroredStrategy over all visible GPUs)",
+    "strategy": "default (one device), mirrored (all visible GPUs) or multiworker (the machines TF_CONFIG names)",
     "resume": "continue the stopped run in this run folder from its last finished epoch",
     "numerics": "fastest (TensorFlow's choices for this machine) or portable (the same weights on other "
                 "machines, see README; the lab image's default); default: $CLASSIFIER_NUMERICS or fastest",
+    "workers": "start this many multiworker processes on this machine (127.0.0.1), e.g. 2 for a class demo",
 })
 def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=None, seed=None,
           val_split=None, limit=None, runs_dir=None, data_dir=None, recipe=None, strategy=None, resume="",
-          numerics=None):
+          numerics=None, workers=None):
     """Train a classifier, evaluate it on the test set and write a run folder."""
     from classifier import numerics as numerics_module
     from classifier.commands import train_command
@@ -106,6 +107,14 @@ def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=Non
     if resume and flags:
         names = ", ".join(f"--{key.replace('_', '-')}" for key in flags)
         raise Exit(f"error: --resume continues with the run's own settings (its config.json); drop {names}", code=2)
+    if workers is not None:
+        from classifier.workers import start_local_workers
+
+        if strategy not in (None, "multiworker"):
+            raise Exit(f"error: --workers trains with --strategy multiworker, not {strategy}", code=2)
+        _run(start_local_workers, _config(**flags), _int("workers", workers), resume=resume,
+             given=frozenset(flags))
+        return
     _run(train_command, _config(**flags), resume=resume, given=frozenset(flags))
 
 
