@@ -85,13 +85,17 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
         config, chosen = resolve_recipe(config, given)
         if chosen:
             print(f"recipe {config.recipe} chose: " + ", ".join(f"{key}={value}" for key, value in chosen.items()))
+    if config.strategy == "multiworker":
+        from classifier.workers import worker_role
+
+        worker_role()  # a missing or bad TF_CONFIG is one line, before TensorFlow loads
     # Before TensorFlow starts: it reads these settings once, when it is loaded.
     numerics_record = numerics.apply(config.numerics)
 
     # Imported here: after the numerics settings, and so that bad input above is reported without loading TensorFlow.
-    from classifier.checkpoints import Checkpoints
     import tensorflow as tf
 
+    from classifier.checkpoints import Checkpoints
     from classifier.distribute import check_same_data, is_chief, make_multiworker_strategy, make_strategy, make_trainer
     from classifier.evaluate import evaluate
     from classifier.models import build_model
@@ -175,10 +179,9 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
         manifest["status"] = "interrupted"
         write_json(run_dir / "manifest.json", manifest)
         done = len(checkpoints.history["loss"])
-        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-        raise UserError(f"a worker stopped or cannot be reached ({type(error).__name__}: {reason}); "
-                        f"stopped after {done}/{config.epochs} epoch(s); continue with: "
-                        f"invoke train --resume {checkpoint_folder.parent} --workers N") from None
+        raise UserError(f"a worker stopped or cannot be reached ({type(error).__name__}) after "
+                        f"{done}/{config.epochs} epoch(s); continue with: invoke train --resume "
+                        f"{checkpoint_folder.parent} on every worker") from None
     history = checkpoints.history
     pprint.pprint({key: [round(value, 4) for value in values] for key, values in history.items()}, width=120)
 

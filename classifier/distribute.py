@@ -33,6 +33,7 @@ import tensorflow as tf
 from tensorflow import keras
 
 from classifier.config import Config, UserError
+from classifier.workers import worker_role
 from classifier.train import TRAINERS, TapeTrainer
 
 
@@ -72,7 +73,7 @@ def make_multiworker_strategy() -> tf.distribute.Strategy:
     """
     if _MULTIWORKER:
         return _MULTIWORKER[0]
-    worker_count, _ = worker_role()
+    worker_count, _ = worker_role()  # a bad TF_CONFIG was answered before TensorFlow loaded; this reads it
     # Memory growth, as gpu_config() does, must be set before the strategy initializes the GPUs.
     for gpu in tf.config.list_physical_devices("GPU"):
         tf.config.experimental.set_memory_growth(gpu, True)
@@ -82,29 +83,6 @@ def make_multiworker_strategy() -> tf.distribute.Strategy:
           f"{strategy.num_replicas_in_sync} replica(s) in sync", flush=True)
     _MULTIWORKER.append(strategy)
     return strategy
-
-
-def worker_role() -> tuple[int, int]:
-    """(number of workers, this worker's index) from TF_CONFIG, without TensorFlow.
-
-    Raises:
-        UserError: TF_CONFIG is missing, not JSON, or lacks the cluster's worker list or this task.
-    """
-    text = os.environ.get("TF_CONFIG", "")
-    example = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}')
-    if not text:
-        raise UserError(f"--strategy multiworker needs TF_CONFIG, e.g. TF_CONFIG='{example}' "
-                        "(or start local workers with: invoke train --workers 2)")
-    try:
-        tf_config = json.loads(text)
-        workers = list(tf_config["cluster"]["worker"])
-        task = tf_config["task"]
-        index = int(task["index"])
-    except (ValueError, KeyError, TypeError):
-        raise UserError(f"TF_CONFIG {text!r} is not of the form {example}") from None
-    if task.get("type") != "worker" or not 0 <= index < len(workers):
-        raise UserError(f"TF_CONFIG's task {task!r} must be a worker with an index below {len(workers)}")
-    return len(workers), index
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -55,6 +55,29 @@ def tf_config(ports: list[int], index: int) -> str:
                        "task": {"type": "worker", "index": index}})
 
 
+def worker_role() -> tuple[int, int]:
+    """(number of workers, this worker's index) from TF_CONFIG, without TensorFlow.
+
+    Raises:
+        UserError: TF_CONFIG is missing, not JSON, or lacks the cluster's worker list or this task.
+    """
+    text = os.environ.get("TF_CONFIG", "")
+    example = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}')
+    if not text:
+        raise UserError(f"--strategy multiworker needs TF_CONFIG, e.g. TF_CONFIG='{example}' "
+                        "(or start local workers with: invoke train --workers 2)")
+    try:
+        tf_config = json.loads(text)
+        workers = list(tf_config["cluster"]["worker"])
+        task = tf_config["task"]
+        index = int(task["index"])
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"TF_CONFIG {text!r} is not of the form {example}") from None
+    if task.get("type") != "worker" or not 0 <= index < len(workers):
+        raise UserError(f"TF_CONFIG's task {task!r} must be a worker with an index below {len(workers)}")
+    return len(workers), index
+
+
 def start_local_workers(config: Config, workers: int, resume: str = "", given: frozenset[str] | None = None,
                         grace_seconds: float = GRACE_SECONDS) -> Path:
     """Train with `workers` processes on this machine and wait for them; returns the chief's run folder.
@@ -106,8 +129,9 @@ def start_local_workers(config: Config, workers: int, resume: str = "", given: f
     if failed is not None:
         index, code = failed
         reason = "was killed" if code < 0 else f"exited with code {code}"
-        errors = [line for line in lines if line.startswith("error: ")]
-        detail = f" ({errors[0][len('error: '):]})" if errors and code > 0 else ""
+        errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+        # A worker's own error (bad data, a full disk) says more than its exit code.
+        detail = f": {errors[0]}" if errors and index == 0 else ""
         target = resume or run_dir
         hint = f"; continue with: invoke train --resume {target} --workers {workers}" if target else ""
         raise UserError(f"worker {index} {reason}{detail}; the other workers were stopped{hint}")
@@ -120,7 +144,9 @@ def _relay(process: subprocess.Popen, index: int, lines: list[str]) -> None:
         line = line.rstrip("\n")
         if index == 0:
             lines.append(line)
-            print(line, flush=True)
+            # The chief's own error line is folded into the launcher's one line.
+            if not line.startswith("error: "):
+                print(line, flush=True)
         else:
             print(f"[worker {index}] {line}", flush=True)
 
@@ -134,19 +160,21 @@ def _watch(processes: list[subprocess.Popen], grace_seconds: float) -> tuple[int
     failed = None
     deadline = None
     while any(process.poll() is None for process in processes):
-        if failed is None:
-            failed = next(((index, process.returncode) for index, process in enumerate(processes)
-                           if process.returncode not in (None, 0)), None)
-            if failed is not None:
-                deadline = time.monotonic() + grace_seconds
+        if failed is None and (failed := _first_failure(processes)) is not None:
+            deadline = time.monotonic() + grace_seconds
         if deadline is not None and time.monotonic() > deadline:
             _stop(processes)
             break
         time.sleep(0.2)
-    if failed is None:
-        failed = next(((index, process.returncode) for index, process in enumerate(processes)
-                       if process.returncode != 0), None)
-    return failed
+    return failed or _first_failure(processes)
+
+
+def _first_failure(processes: list[subprocess.Popen]) -> tuple[int, int] | None:
+    """(index, exit code) of the worker that failed first as far as can be told: one killed by a signal
+    (the others then fail because it is gone), else the lowest index that exited with an error."""
+    codes = [(index, process.returncode) for index, process in enumerate(processes)
+             if process.returncode not in (None, 0)]
+    return min(codes, key=lambda item: (item[1] >= 0, item[0]), default=None)
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
