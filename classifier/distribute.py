@@ -41,8 +41,8 @@ from classifier.train import TRAINERS, TapeTrainer
 # the others before it fails. A lost worker then stops the others with an
 # error instead of leaving them waiting for ever. The first step of a run
 # waits while every worker traces its graph, which takes a few seconds on 2
-# busy cores, hence the margin.
-COLLECTIVE_TIMEOUT_SECONDS = 60
+# busy cores, hence the margin (a dead worker is usually noticed at once: its connection is refused).
+COLLECTIVE_TIMEOUT_SECONDS = 120
 
 
 def make_strategy(config: Config) -> tf.distribute.Strategy:

@@ -31,7 +31,7 @@ from classifier.config import PROJECT_ROOT, Config, UserError, to_dict
 # After one worker has failed, how long the others get to stop by themselves
 # (their collective ops time out after distribute.COLLECTIVE_TIMEOUT_SECONDS)
 # before the watchdog kills them.
-GRACE_SECONDS = 90
+GRACE_SECONDS = 150
 MAX_LOCAL_WORKERS = 8
 
 
