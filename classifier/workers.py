@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from classifier.config import PROJECT_ROOT, Config, UserError, to_dict
+from classifier.config import PROJECT_ROOT, Config, UserError, make_config, to_dict
 
 # After one worker has failed, how long the others get to stop by themselves
 # (their collective ops time out after distribute.COLLECTIVE_TIMEOUT_SECONDS)
@@ -101,8 +101,9 @@ def start_local_workers(config: Config, workers: int, resume: str = "", given: f
         if saved.strategy != "multiworker":
             raise UserError(f"--resume {resume} was trained with --strategy {saved.strategy}; "
                             "continue it without --workers")
+    # Checked here, once, rather than by every worker: e.g. --trainer torch has no multi-worker strategy.
+    settings = json.dumps(to_dict(make_config(config, strategy="multiworker")))
     ports = free_ports(workers)
-    settings = json.dumps({**to_dict(config), "strategy": "multiworker"})
     keys = ",".join(sorted((given or frozenset()) | {"strategy"}))
     processes = []
     lines: list[str] = []
