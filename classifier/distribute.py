@@ -27,15 +27,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 import tensorflow as tf
 from tensorflow import keras
 
 from classifier.config import Config, UserError
-from classifier.workers import worker_role
 from classifier.train import TRAINERS, TapeTrainer
-
+from classifier.workers import worker_role
 
 # Seconds a collective operation (adding the workers' gradients) may wait for
 # the others before it fails. A lost worker then stops the others with an

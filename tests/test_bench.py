@@ -4,8 +4,16 @@ import json
 
 import pytest
 
-from classifier.bench import (markdown_table, numerics_cost, numerics_cost_table, run_benchmark, run_time_to_accuracy,
-                             summarise, summarise_time_to_accuracy, time_to_accuracy_table)
+from classifier.bench import (
+    markdown_table,
+    numerics_cost,
+    numerics_cost_table,
+    run_benchmark,
+    run_time_to_accuracy,
+    summarise,
+    summarise_time_to_accuracy,
+    time_to_accuracy_table,
+)
 from classifier.config import UserError
 
 

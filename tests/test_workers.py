@@ -21,7 +21,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, run_folder_from, run_invoke
 
 ARGS = ("--limit", "1200", "--epochs", "3", "--seed", "5", "--trainer", "tape")
@@ -128,9 +127,9 @@ def test_a_killed_worker_stops_the_others_then_resume_finishes(fashion_lab, two_
                 os.killpg(launcher.pid, signal.SIGKILL)
     print(f"the launcher ended {time.monotonic() - killed_at:.1f} s after the kill")
     assert launcher.returncode == 2
-    assert stderr.strip().splitlines() == [
-        f"error: worker 1 was killed; the other workers were stopped; "
-        f"continue with: invoke train --resume {run_dir} --workers 2"]
+    expected = (f"error: worker 1 was killed; the other workers were stopped; "
+                f"continue with: invoke train --resume {run_dir} --workers 2")
+    assert stderr.strip().splitlines() == [expected]
     assert _manifest(run_dir)["status"] == "interrupted"
     assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["epochs_done"] == 1
 
