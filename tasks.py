@@ -84,15 +84,16 @@ def data(c, dataset="cifar10", data_dir="", from_="", mirror=""):
     "runs_dir": "where the run folder goes (default: $CLASSIFIER_RUNS_DIR or ./runs)",
     "data_dir": _CONFIG_HELP["data_dir"],
     "recipe": "lecture (default: the lecture's network and schedule) or fast (higher accuracy, same minutes)",
-    "strategy": "default (one device) or mirrored (tf.distribute.MirroredStrategy over all visible GPUs)",
+    "strategy": "default (one device), mirrored (all visible GPUs) or multiworker (the machines TF_CONFIG names)",
     "resume": "continue the stopped run in this run folder from its last finished epoch",
     "numerics": "fastest (TensorFlow's choices for this machine) or portable (the same weights on other "
                 "machines, see README; the lab image's default); default: $CLASSIFIER_NUMERICS or fastest",
     "tensorboard": "true (default): write TensorBoard event files into RUN/tensorboard; false: none",
+    "workers": "start this many multiworker processes on this machine (127.0.0.1), e.g. 2 for a class demo",
 })
 def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=None, seed=None,
           val_split=None, limit=None, runs_dir=None, data_dir=None, recipe=None, strategy=None, resume="",
-          numerics=None, tensorboard=None):
+          numerics=None, tensorboard=None, workers=None):
     """Train a classifier, evaluate it on the test set and write a run folder."""
     from classifier import numerics as numerics_module
     from classifier.commands import train_command
@@ -108,28 +109,48 @@ def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=Non
     if resume and flags:
         names = ", ".join(f"--{key.replace('_', '-')}" for key in flags)
         raise Exit(f"error: --resume continues with the run's own settings (its config.json); drop {names}", code=2)
+    if workers is not None:
+        from classifier.workers import start_local_workers
+
+        if strategy not in (None, "multiworker"):
+            raise Exit(f"error: --workers trains with --strategy multiworker, not {strategy}", code=2)
+        _run(start_local_workers, _config(**flags), _int("workers", workers), resume=resume,
+             given=frozenset(flags))
+        return
     _run(train_command, _config(**flags), resume=resume, given=frozenset(flags))
 
 
 @task(help={
-    "limit": "benchmark on the first N Fashion-MNIST training images (default 12000)",
-    "epochs": "epochs per measurement, the first one a warm-up (default 3, at least 2)",
+    "limit": "benchmark on the first N Fashion-MNIST training images (default 12000; with --target, 0 is all)",
+    "epochs": "epochs per measurement, the first one a warm-up (default 3); with --target: the lecture recipe's most",
     "repeats": "measurements per subject; the median is reported (default 3)",
-    "output": "path without suffix for the .json and .md results (default benchmarks/results/latest)",
+    "output": "path without suffix for the .json and .md results (default benchmarks/results/latest, "
+              "with --target benchmarks/results/time_to_accuracy)",
     "data_dir": _CONFIG_HELP["data_dir"],
     "subjects": "comma-separated: reference (the lecture's script), fit, tape, fast (the fast recipe), torch "
                 "(default reference,fit,tape,torch; torch where PyTorch is installed)",
     "numerics": "comma-separated numerics modes to measure each subject under, e.g. fastest,portable "
                 "(default fastest); with two, a table of their cost",
+    "target": "instead: training seconds until the test accuracy first reaches this, per recipe (e.g. 0.91)",
+    "seeds": "with --target: seeds per recipe, mean and spread reported (default 3)",
 })
-def bench(c, limit="12000", epochs="3", repeats="3", output="benchmarks/results/latest", data_dir="",
-          subjects="", numerics="fastest"):
-    """Time the lecture's script against the lab's fit, tape and torch trainers; write JSON and Markdown."""
-    from classifier.bench import run_benchmark
+def bench(c, limit="12000", epochs="3", repeats="3", output="", data_dir="", subjects="", numerics="fastest",
+          target="", seeds="3"):
+    """Time the lecture's script against the lab's trainers, or (--target) each recipe's time to accuracy."""
+    from classifier.bench import run_benchmark, run_time_to_accuracy
 
+    if target:
+        try:
+            accuracy = float(target)
+        except ValueError:
+            raise Exit(f"error: --target must be a test accuracy between 0 and 1, got {target!r}", code=2) from None
+        _run(run_time_to_accuracy, accuracy, seeds=_int("seeds", seeds), limit=_int("limit", limit),
+             max_epochs=_int("epochs", epochs), output=output or "benchmarks/results/time_to_accuracy",
+             data_dir=data_dir)
+        return
     _run(run_benchmark, limit=_int("limit", limit), epochs=_int("epochs", epochs), repeats=_int("repeats", repeats),
-         output=output, data_dir=data_dir, subjects=tuple(subjects.split(",")) if subjects else None,
-         numerics_modes=tuple(numerics.split(",")))
+         output=output or "benchmarks/results/latest", data_dir=data_dir,
+         subjects=tuple(subjects.split(",")) if subjects else None, numerics_modes=tuple(numerics.split(",")))
 
 
 @task(help={

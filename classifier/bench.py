@@ -14,6 +14,12 @@ under each mode, in the same run, with a table of portable / fastest ratios
 and accuracy differences ("fast" is the fast recipe with the `tape` trainer):
 
     invoke bench --subjects fit,fast --numerics fastest,portable --output benchmarks/results/numerics_cost
+
+Time to accuracy (`invoke bench --target 0.91 --seeds 3`), the speed-record
+convention: each recipe trains `invoke train`'s way in its own process, the
+test accuracy is measured after every epoch (that time not counted), and the
+training seconds until it first reaches the target are reported, mean and
+spread over the seeds, with the ratio to the lecture's recipe from the same run.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ _COLUMNS = (
     ("train_speedup", "train ratio", "{:.2f}x"),
     ("eval_images_per_second", "eval images/s", "{:,.0f}"),
     ("eval_speedup", "eval ratio", "{:.2f}x"),
+    ("gflops", "train GFLOP/s", "{:.1f}"),
+    ("peak_share", "share of peak", "{:.0%}"),
     ("seconds_per_epoch", "s/epoch", "{:.2f}"),
     ("first_epoch_seconds", "first epoch s", "{:.2f}"),
     ("peak_rss_mib", "peak RSS MiB", "{:,.0f}"),
@@ -114,6 +122,7 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
         "settings": {"dataset": "fashion_mnist", "limit": limit or None, "epochs": epochs, "repeats": repeats,
                      "seed": seed, "batch_size": config.batch_size, "eval_batch_size_lab": config.eval_batch_size,
                      "numerics": list(numerics_modes)},
+        "peak": peak_gflops(),
         "summary": summarise(measurements, baseline=row("reference", numerics_modes[0])),
         "measurements": measurements,
     }
@@ -130,6 +139,181 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
         print(numerics_cost_table(results["numerics_cost"]))
     print(f"[bench] wrote {target.with_suffix('.json')} and {target.with_suffix('.md')}")
     return results
+
+
+def run_time_to_accuracy(target: float = 0.91, seeds: int = 3, recipes: tuple[str, ...] = ("lecture", "fast"),
+                         limit: int = 0, max_epochs: int = 15, output: str = "benchmarks/results/time_to_accuracy",
+                         data_dir: str = "") -> dict:
+    """Training seconds until the test accuracy first reaches `target`, per recipe, over `seeds` seeds.
+
+    Args:
+        target: test accuracy to reach, between 0 and 1.
+        seeds: seeds 0 .. seeds-1, each recipe once per seed (interleaved, one process each).
+        recipes: names from registry.RECIPES.
+        limit: train on the first N Fashion-MNIST training images (0: all 60,000).
+        max_epochs: epochs for a recipe whose schedule does not depend on its length (the
+            lecture's constant RMSprop step); a scheduled recipe trains its own epochs.
+        output: path without suffix for the .json and .md results.
+        data_dir: dataset cache holding fashion_mnist/.
+
+    Returns:
+        {"machine", "settings", "summary", "measurements"}, as written to OUTPUT.json.
+    """
+    from classifier import registry
+
+    if not 0.0 < target < 1.0:
+        raise UserError(f"--target must be a test accuracy between 0 and 1, got {target}")
+    if seeds < 1 or max_epochs < 1:
+        raise UserError(f"--seeds and the epochs must be at least 1, got {seeds} and {max_epochs}")
+    for recipe in recipes:
+        if recipe not in registry.RECIPES:
+            raise UserError(f"unknown recipe {recipe!r}; accepted: {', '.join(registry.RECIPES)}")
+    config = make_config(dataset="fashion_mnist", limit=limit or None, data_dir=data_dir)
+    root = config_module.data_dir(config)
+    from classifier.data import get_dataset
+    from classifier.download import problems
+
+    if found := problems(get_dataset("fashion_mnist"), root):
+        raise UserError(f"Fashion-MNIST is not ready in {root}: {found[0]}; run: invoke data --dataset fashion_mnist")
+    measurements: dict[str, list[dict]] = {recipe: [] for recipe in recipes}
+    for seed in range(seeds):
+        for recipe in recipes:
+            print(f"[bench] seed {seed + 1}/{seeds}: recipe {recipe}, target {target}", flush=True)
+            measurements[recipe].append(_recipe_in_child(recipe, target, limit, max_epochs, str(root), seed))
+    results = {
+        "machine": machine_description(),
+        "settings": {"dataset": "fashion_mnist", "limit": limit or None, "target": target, "seeds": seeds,
+                     "max_epochs": max_epochs},
+        "summary": summarise_time_to_accuracy(measurements),
+        "measurements": measurements,
+    }
+    target_path = Path(output)
+    if not target_path.is_absolute():
+        target_path = PROJECT_ROOT / target_path
+    target_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(target_path.with_suffix(".json"), results)
+    table = time_to_accuracy_table(results["summary"], target)
+    write_text(target_path.with_suffix(".md"), f"# Time to {target:.0%} test accuracy\n\n" + table)
+    print(table)
+    print(f"[bench] wrote {target_path.with_suffix('.json')} and {target_path.with_suffix('.md')}")
+    return results
+
+
+def _recipe_in_child(recipe: str, target: float, limit: int, max_epochs: int, data_root: str, seed: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-") as folder:
+        result_path = Path(folder) / "result.json"
+        command = [sys.executable, "-m", "classifier.bench", "--child-recipe", recipe, "--target", str(target),
+                   "--limit", str(limit), "--epochs", str(max_epochs), "--seed", str(seed), "--data-dir", data_root,
+                   "--json", str(result_path)]
+        completed = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
+        if completed.returncode != 0 or not result_path.exists():
+            raise UserError(f"time to accuracy of {recipe} failed (exit {completed.returncode}): "
+                            f"{completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else 'no output'}")
+        return json.loads(result_path.read_text())
+
+
+def measure_time_to_accuracy(recipe: str, target: float, limit: int, max_epochs: int, data_dir: str,
+                             seed: int) -> dict:
+    """Train `recipe` as `invoke train --recipe RECIPE` would, testing after every epoch; stop at `target`.
+
+    Returns:
+        {"recipe", "seed", "epochs", "train_seconds" (per epoch, cumulative), "test_accuracy" (per epoch),
+         "seconds_to_target" (None when not reached), "epochs_to_target"}.
+    """
+    from tensorflow import keras
+
+    from classifier.commands import load_dataset
+    from classifier.config import resolve_recipe
+    from classifier.distribute import make_trainer
+    from classifier.evaluate import predict_direct
+    from classifier.models import build_model
+    from classifier.recipes import inference_model, make_optimizer, steps_per_epoch
+    from classifier.registry import RECIPE_SETTINGS
+    from classifier.runtime import gpu_config, seed_everything
+
+    config = make_config(dataset="fashion_mnist", recipe=recipe, limit=limit or None, seed=seed, data_dir=data_dir)
+    config, _ = resolve_recipe(config, frozenset({"dataset", "recipe", "limit", "seed", "data_dir"}))
+    # The lecture's constant step does not depend on the run's length, so it may run longer to
+    # reach the target; a scheduled recipe keeps its own epochs (its schedule ends with them).
+    if "epochs" not in RECIPE_SETTINGS[recipe]:
+        config = make_config(config, epochs=max_epochs)
+    gpu_config()
+    seed_everything(config.seed, config.deterministic)
+    dataset, (train, val, test), _ = load_dataset(config)
+    model = build_model(config.model, dataset.image_shape, len(dataset.class_names))
+    optimizer = make_optimizer(config, steps_per_epoch(len(train), config.batch_size))
+
+    class TestAfterEveryEpoch(keras.callbacks.Callback):
+        """Counts training seconds per epoch, then tests (uncounted) and stops at the target."""
+
+        def __init__(self):
+            super().__init__()
+            self.seconds, self.accuracy, self.reached = [], [], None
+            self._start = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            elapsed = time.perf_counter() - self._start
+            self.seconds.append((self.seconds[-1] if self.seconds else 0.0) + elapsed)
+            _, accuracy, _ = predict_direct(inference_model(model, config), test, config.eval_batch_size)
+            self.accuracy.append(accuracy)
+            print(f"[bench] {recipe} seed {seed}: epoch {epoch + 1}, {self.seconds[-1]:.1f} s, "
+                  f"test accuracy {accuracy:.4f}", file=sys.stderr, flush=True)
+            if accuracy >= target and self.reached is None:
+                self.reached = epoch + 1
+                model.stop_training = True
+
+    probe = TestAfterEveryEpoch()
+    trainer = make_trainer(config, model, optimizer, callbacks=[probe], verbose=0)
+    trainer.train((train.images, train.labels), (val.images, val.labels))
+    return {
+        "recipe": recipe,
+        "seed": seed,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "train_seconds": probe.seconds,
+        "test_accuracy": probe.accuracy,
+        "epochs_to_target": probe.reached,
+        "seconds_to_target": probe.seconds[probe.reached - 1] if probe.reached else None,
+    }
+
+
+def summarise_time_to_accuracy(measurements: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per recipe: mean and standard deviation of the seconds to target over the seeds that reached it,
+    how many reached it, the best test accuracy's mean, and the ratio of mean times to "lecture"."""
+    summary = {}
+    for recipe, runs in measurements.items():
+        times = [run["seconds_to_target"] for run in runs if run["seconds_to_target"] is not None]
+        summary[recipe] = {
+            "reached": f"{len(times)}/{len(runs)}",
+            "mean_seconds": statistics.mean(times) if times else None,
+            "spread_seconds": statistics.stdev(times) if len(times) > 1 else 0.0 if times else None,
+            "mean_epochs": statistics.mean(run["epochs_to_target"] for run in runs if run["epochs_to_target"])
+            if times else None,
+            "best_accuracy_mean": statistics.mean(max(run["test_accuracy"]) for run in runs),
+        }
+    base = summary.get("lecture", {}).get("mean_seconds")
+    for figures in summary.values():
+        figures["time_ratio"] = figures["mean_seconds"] / base if base and figures["mean_seconds"] else None
+    return summary
+
+
+def time_to_accuracy_table(summary: dict[str, dict], target: float) -> str:
+    """The time-to-accuracy summary as a Markdown table."""
+    def number(value, fmt):
+        return "not reached" if value is None else fmt.format(value)
+
+    heading = (f"| recipe | reached {target:.0%} | s to {target:.0%} (mean ± sd) | epochs | time / lecture's | "
+               "best test accuracy (mean) |")
+    lines = [heading, "|---|---:|---:|---:|---:|---:|"]
+    for recipe, figures in summary.items():
+        seconds = ("not reached" if figures["mean_seconds"] is None
+                   else f"{figures['mean_seconds']:.1f} ± {figures['spread_seconds']:.1f}")
+        lines.append(f"| {recipe} | {figures['reached']} | {seconds} | {number(figures['mean_epochs'], '{:.1f}')} | "
+                     f"{number(figures['time_ratio'], '{:.3f}x')} | {figures['best_accuracy_mean']:.4f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _measure_in_child(subject: str, limit: int, epochs: int, data_root: str, seed: int,
@@ -188,8 +372,9 @@ def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: st
     start = time.perf_counter()
     history = trainer.train((train.images, train.labels), (val.images, val.labels))
     train_seconds = time.perf_counter() - start
+    train_flops_per_image = 3 * forward_flops(model)
     direct = trainer_name == "tape"
-    model = inference_model(model, config, optimizer)
+    model = inference_model(model, config)
     # As in the reference: the first evaluation traces, the second is measured.
     evaluate(model, test, len(dataset.class_names), config.eval_batch_size, direct=direct)
     start = time.perf_counter()
@@ -204,6 +389,7 @@ def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: st
         "test_accuracy": metrics["accuracy"],
         "val_accuracy": history["val_accuracy"][-1],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "train_flops_per_image": train_flops_per_image,
     }
 
 
@@ -243,12 +429,71 @@ def measure_torch_trainer(limit: int, epochs: int, data_dir: str, seed: int = 42
     }
 
 
-def summarise(measurements: dict[str, list[dict]], baseline: str = "reference") -> dict[str, dict]:
+def forward_flops(model) -> int:
+    """Floating-point operations of one image's forward pass through the Conv2D and Dense layers.
+
+    A multiply-add counts as 2. Biases, activations, pooling and the loss
+    add under 1% for the lecture's network and are left out. A training step
+    costs about 3 forward passes (forward, then the gradients with respect to
+    the activations and to the weights), the usual count.
+    """
+    from tensorflow.keras import layers
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D):
+            _, height, width, channels_out = layer.output.shape
+            kernel_height, kernel_width, channels_in, _ = layer.kernel.shape
+            total += 2 * height * width * channels_out * kernel_height * kernel_width * channels_in
+        elif isinstance(layer, layers.Dense):
+            channels_in, units = layer.kernel.shape
+            total += 2 * channels_in * units
+    return int(total)
+
+
+def peak_gflops(cpuinfo: str | None = None, cores: int | None = None) -> dict:
+    """The CPU's float32 peak, worked out from /proc/cpuinfo: cores x clock x FLOP per cycle.
+
+    FLOP per cycle and core from the flags: AVX-512 or AVX2 with FMA gives two
+    256-bit fused multiply-add pipes on AMD (Zen 2 to 4; Zen 4 splits a 512-bit
+    operation in two halves), 2 x 8 lanes x 2 = 32; AVX-512 on Intel server
+    parts with two 512-bit FMA units, 64; AVX without FMA, 16; else 8. The clock
+    is the "cpu MHz" the kernel reports (in a VM, the host's nominal clock;
+    boost can be higher, so the share of peak is if anything overstated).
+
+    Returns:
+        {"gflops", "cores", "ghz", "flop_per_cycle", "how"}.
+    """
+    if cpuinfo is None:
+        cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    intel = fields.get("vendor_id") == "GenuineIntel"
+    if "avx512f" in flags:
+        per_cycle, how = (64, "AVX-512, 2 FMA units") if intel else (32, "AVX-512 on 2 x 256-bit FMA pipes")
+    elif "avx2" in flags and "fma" in flags:
+        per_cycle, how = 32, "AVX2 + FMA, 2 x 256-bit FMA pipes"
+    elif "avx" in flags:
+        per_cycle, how = 16, "AVX without FMA"
+    else:
+        per_cycle, how = 8, "SSE"
+    ghz = float(fields.get("cpu MHz", "0") or 0) / 1000
+    cores = cores or len(os.sched_getaffinity(0))
+    return {"gflops": cores * ghz * per_cycle, "cores": cores, "ghz": ghz, "flop_per_cycle": per_cycle,
+            "how": f"{cores} cores x {ghz:.2f} GHz x {per_cycle} float32 FLOP/cycle ({how})"}
+
+
+def summarise(measurements: dict[str, list[dict]], baseline: str = "reference",
+              peak: float | None = None) -> dict[str, dict]:
     """Median figures per subject, warm-up epoch left out, with ratios to `baseline`.
 
     Args:
         measurements: subject -> list of what one child process measured.
         baseline: the row the ratios are against, when it was measured.
+        peak: the machine's float32 peak in GFLOP/s (default: peak_gflops()).
 
     Returns:
         subject -> {"train_images_per_second", "eval_images_per_second", "seconds_per_epoch",
@@ -268,6 +513,18 @@ def summarise(measurements: dict[str, list[dict]], baseline: str = "reference") 
             "test_accuracy": statistics.median(run["test_accuracy"] for run in runs),
             "repeats": len(runs),
         }
+    # FLOPs per training image: each lab child counts its own network's; the
+    # lecture's script and the torch trainer train the lecture's network, as `fit` does.
+    lecture_flops = next((run["train_flops_per_image"] for subject, runs in measurements.items() for run in runs
+                          if subject.split(" ")[0] in ("fit", "tape") and "train_flops_per_image" in run), None)
+    peak = peak if peak is not None else peak_gflops()["gflops"]
+    for subject, figures in summary.items():
+        flops = measurements[subject][0].get("train_flops_per_image", lecture_flops)
+        if flops:
+            # Training steps only: each epoch's validation forward pass is left out, so this understates a little.
+            figures["gflops"] = figures["train_images_per_second"] * flops / 1e9
+            if peak:
+                figures["peak_share"] = figures["gflops"] / peak
     if baseline in summary:
         base = summary[baseline]
         for figures in summary.values():
@@ -337,7 +594,9 @@ def markdown_report(results: dict) -> str:
         "Images/s counts the training images per steady epoch (training plus validation); "
         "eval images/s is the whole test-set evaluation (the reference: `evaluate` and `predict` at batch 32; "
         f"the lab: `classifier.evaluate.evaluate` at batch {settings['eval_batch_size_lab']}). "
-        "Ratios are lab / reference, measured in the same run.\n\n"
+        "Ratios are lab / reference, measured in the same run. GFLOP/s: training images/s x "
+        "3 x the network's forward FLOPs (Conv2D and Dense multiply-adds, `forward_flops`); "
+        f"peak {results['peak']['gflops']:.0f} GFLOP/s = {results['peak']['how']}.\n\n"
         + markdown_table(results["summary"])
         + ("\nThe numerics modes' cost, ratios against the first mode, measured in the same run:\n\n"
            + numerics_cost_table(results["numerics_cost"]) if "numerics_cost" in results else "")
@@ -393,11 +652,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--subjects", default="", help=f"comma-separated, of {', '.join(SUBJECTS)}")
     parser.add_argument("--numerics", default="fastest", help="comma-separated numerics modes, e.g. fastest,portable")
+    parser.add_argument("--target", type=float, default=0.0, help="time to this test accuracy instead (e.g. 0.91)")
+    parser.add_argument("--seeds", type=int, default=3, help="with --target: seeds per recipe")
     parser.add_argument("--child", choices=("fit", "tape", "fast", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-recipe", default="", help=argparse.SUPPRESS)
     parser.add_argument("--json", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
-        if args.child == "torch":
+        if args.child_recipe:
+            result = measure_time_to_accuracy(args.child_recipe, args.target, args.limit, args.epochs,
+                                              args.data_dir, args.seed)
+            Path(args.json).write_text(json.dumps(result))
+        elif args.target:
+            run_time_to_accuracy(args.target, args.seeds, limit=args.limit, max_epochs=args.epochs,
+                                 output=args.output, data_dir=args.data_dir)
+        elif args.child == "torch":
             result = measure_torch_trainer(args.limit, args.epochs, args.data_dir, args.seed)
             Path(args.json).write_text(json.dumps(result))
         elif args.child:

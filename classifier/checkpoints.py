@@ -13,10 +13,17 @@ last and atomically, and the previous checkpoint is kept, so a kill at any
 moment leaves a state file that names complete files. A resumed run reads
 them back and continues as if it had never stopped: the same weights, bit
 for bit (tests/test_resume.py).
+
+In a multi-worker run every worker saves (saving may add up values across
+workers, so all must take part), but only the chief into the run folder;
+the others write to a scratch folder that is deleted (`chief=False`), and
+read the chief's checkpoint when resuming.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,15 +38,18 @@ HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 class Checkpoints(keras.callbacks.Callback):
     """A Keras callback that saves a checkpoint after every epoch and keeps the run's history."""
 
-    def __init__(self, folder: Path, model: keras.Model, optimizer: keras.optimizers.Optimizer):
+    def __init__(self, folder: Path, model: keras.Model, optimizer: keras.optimizers.Optimizer, chief: bool = True):
         super().__init__()
         self.folder = Path(folder)
+        self.chief = chief
+        # The folder this process saves into: the run's, or a worker's scratch copy.
+        self._save_folder = self.folder if chief else Path(tempfile.mkdtemp(prefix="worker-checkpoint-"))
         self._model, self._optimizer = model, optimizer
         # model.variables rather than model=model: Keras 3 models do not hand
         # the Dropout and RandomFlip seed states to tf.train.Checkpoint, and
         # without them a resumed epoch would drop other units.
         self._checkpoint = tf.train.Checkpoint(variables=list(model.variables), optimizer=optimizer)
-        self._manager = tf.train.CheckpointManager(self._checkpoint, str(self.folder), max_to_keep=2)
+        self._manager = tf.train.CheckpointManager(self._checkpoint, str(self._save_folder), max_to_keep=2)
         self.history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
         self.epoch_seconds: list[float] = []
         self._epoch_start = 0.0
@@ -64,9 +74,16 @@ class Checkpoints(keras.callbacks.Callback):
         for key in HISTORY_KEYS:
             self.history[key].append(float(logs[key]))
         path = self._manager.save(checkpoint_number=epoch + 1)
+        if not self.chief:
+            return
         write_json(self.folder / "state.json", {
             "epochs_done": epoch + 1,
             "checkpoint": Path(path).name,
             "history": self.history,
             "epoch_seconds": self.epoch_seconds,
         })
+
+    def close(self) -> None:
+        """Delete a worker's scratch folder (the chief's checkpoints stay in the run folder)."""
+        if not self.chief:
+            shutil.rmtree(self._save_folder, ignore_errors=True)

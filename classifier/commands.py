@@ -10,6 +10,8 @@ for bad input, which tasks.py prints as one line with exit code 2.
 from __future__ import annotations
 
 import pprint
+import shutil
+import tempfile
 from pathlib import Path
 
 from classifier import config as config_module
@@ -87,27 +89,46 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
         config, chosen = resolve_recipe(config, given)
         if chosen:
             print(f"recipe {config.recipe} chose: " + ", ".join(f"{key}={value}" for key, value in chosen.items()))
+    if config.strategy == "multiworker":
+        from classifier.workers import worker_role
+
+        worker_role()  # a missing or bad TF_CONFIG is one line, before TensorFlow loads
     # Before TensorFlow starts: it reads these settings once, when it is loaded.
     numerics_record = numerics.apply(config.numerics)
 
     # Imported here: after the numerics settings, and so that bad input above is reported without loading TensorFlow.
+    import tensorflow as tf
+
     from classifier.checkpoints import Checkpoints
-    from classifier.distribute import make_strategy, make_trainer
+    from classifier.distribute import check_same_data, is_chief, make_multiworker_strategy, make_strategy, make_trainer
     from classifier.evaluate import evaluate
     from classifier.models import build_model
     from classifier.recipes import inference_model, make_optimizer, steps_per_epoch, use_mixed_precision
     from classifier.runtime import DurationTime, devices, gpu_config, seed_everything
     from classifier.tensorboard import EpochSummaries, write_run_summaries
 
+    # Several machines: MultiWorkerMirroredStrategy configures TensorFlow's
+    # runtime for the cluster, which is possible only before the first op, so
+    # it comes before gpu_config() and the seeds (distribute.py).
+    strategy = make_multiworker_strategy() if config.strategy == "multiworker" else None
     gpus = gpu_config()
     seed_everything(config.seed, config.deterministic)
     with DurationTime("load data") as load_timer:
         dataset, (train, val, test), hashes = load_dataset(config)
-    # Claimed only now: a failed download, or a --limit that does not fit the data, leaves no run folder.
-    if not resume:
+    strategy = strategy or make_strategy(config)
+    check_same_data(strategy, hashes)
+    # Only the chief writes the run folder; the other workers of a multi-worker
+    # run write the same files into a scratch folder that is deleted at the end.
+    chief = is_chief(strategy)
+    checkpoint_folder = run_dir / "checkpoint" if resume else None
+    if not chief:
+        run_dir = Path(tempfile.mkdtemp(prefix="worker-run-"))
+    elif not resume:
+        # Claimed only now: a failed download, or a --limit that does not fit the data, leaves no run folder.
         run_dir = create_run_dir(config_module.runs_dir(config), config)
         write_json(run_dir / "config.json", to_dict(config))
-    print(f"Run folder: {run_dir}")
+    checkpoint_folder = checkpoint_folder or run_dir / "checkpoint"
+    print(f"Run folder: {run_dir}" if chief else f"Scratch folder of this worker: {run_dir}")
     manifest = {
         "status": "running",
         "seed": config.seed,
@@ -125,7 +146,6 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
     report.show_samples(train.images, train.labels, dataset.class_names, run_dir / "samples.png")
 
     # create_model(): under the strategy's scope, so that its variables live on every replica.
-    strategy = make_strategy(config)
     manifest["replicas"] = strategy.num_replicas_in_sync
     if use_mixed_precision(config):
         from tensorflow import keras
@@ -141,9 +161,10 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
         report.plot_model(model, run_dir / "model.png")
 
     # train_model(): the lecture's trainer, checkpointed after every epoch.
-    checkpoints = Checkpoints(run_dir / "checkpoint", model, optimizer)
+    checkpoints = Checkpoints(checkpoint_folder, model, optimizer, chief=chief)
     # TensorBoard's per-epoch scalars and graph come first, so the epoch timer in checkpoints leaves them out.
-    summaries = [EpochSummaries(run_dir, optimizer, dataset.image_shape)] if config.tensorboard else []
+    # Only the chief writes them, as it writes the run folder.
+    summaries = [EpochSummaries(run_dir, optimizer, dataset.image_shape)] if config.tensorboard and chief else []
     with strategy.scope():
         initial_epoch = checkpoints.restore() if resume else 0
         trainer = make_trainer(config, model, optimizer, strategy, callbacks=[*summaries, checkpoints], verbose=verbose)
@@ -158,17 +179,32 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
         done = len(checkpoints.history["loss"])
         raise Interrupted(f"stopped after {done}/{config.epochs} epoch(s); "
                           f"continue with: invoke train --resume {run_dir}") from None
+    except tf.errors.OpError as error:
+        if config.strategy != "multiworker":
+            raise
+        # A worker died or cannot be reached: the collective ops time out
+        # (distribute.COLLECTIVE_TIMEOUT_SECONDS) rather than wait for ever.
+        manifest["status"] = "interrupted"
+        write_json(run_dir / "manifest.json", manifest)
+        done = len(checkpoints.history["loss"])
+        raise UserError(f"a worker stopped or cannot be reached ({type(error).__name__}) after "
+                        f"{done}/{config.epochs} epoch(s); continue with: invoke train --resume "
+                        f"{checkpoint_folder.parent} on every worker") from None
     for summary in summaries:
         summary.close()
     history = checkpoints.history
     pprint.pprint({key: [round(value, 4) for value in values] for key, values in history.items()}, width=120)
 
     # test_model(): evaluate() and predict() for `fit`, calling the model for `tape` (lecture 1.3).
+    # Several workers call the model too: each evaluates the whole test set on
+    # its own, where Keras 3.15's evaluate() under the multi-worker strategy
+    # would report each worker's share of it.
     with strategy.scope():
         final_model = inference_model(model, config)
     with DurationTime("evaluation") as eval_timer:
         metrics = evaluate(final_model, test, len(dataset.class_names), config.eval_batch_size,
-                           direct=config.trainer == "tape" or final_model is not model)
+                           direct=config.trainer == "tape" or final_model is not model
+                           or config.strategy == "multiworker")
     print(f"test loss {metrics['loss']:.4f}, test accuracy {metrics['accuracy']:.4f}, "
           f"argmax accuracy {metrics['argmax_accuracy']:.4f}, "
           f"probabilities sum to 1: {metrics['probabilities_sum_to_one']}")
@@ -183,8 +219,12 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
         # Seconds of train_seconds spent writing TensorBoard summaries (None: --tensorboard false).
         "tensorboard_seconds": summaries[0].seconds if summaries else None,
     }
+    checkpoints.close()
     finish_run(run_dir, final_model, {**history, "epoch_seconds": checkpoints.epoch_seconds}, metrics, timings,
                manifest, dataset.class_names)
+    if not chief:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return checkpoint_folder.parent if resume else run_dir
     if config.tensorboard:
         write_run_summaries(run_dir, to_dict(config), metrics, config.epochs)
         print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")

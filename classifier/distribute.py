@@ -1,4 +1,4 @@
-"""Several devices around the lecture's trainers: `--strategy mirrored`.
+"""Several devices around the lecture's trainers: `--strategy mirrored`, and several machines: `--strategy multiworker`.
 
     strategy = make_strategy(config)
     with strategy.scope():
@@ -12,27 +12,126 @@ splits each global batch (config.batch_size) between the replicas. `fit`
 needs nothing more than being built and compiled under the strategy's scope;
 the tape loop gets `MirroredTapeTrainer`, which runs its step in every
 replica with `strategy.run` and adds the replicas' results.
+
+"multiworker" is tf.distribute.MultiWorkerMirroredStrategy: one process per
+machine (or several on one, `invoke train --workers 2`), each told by the
+TF_CONFIG environment variable who is in the cluster and which one it is.
+Every worker runs the same command on the same data; each takes its share of
+every global batch, and the gradients are added over the network. Worker 0 is
+the chief: only it writes the run folder. The strategy must exist before
+TensorFlow runs any op, so train_command makes it first of all
+(`make_multiworker_strategy`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import tensorflow as tf
 from tensorflow import keras
 
-from classifier.config import Config
+from classifier.config import Config, UserError
 from classifier.train import TRAINERS, TapeTrainer
+from classifier.workers import worker_role
+
+# Seconds a collective operation (adding the workers' gradients) may wait for
+# the others before it fails. A lost worker then stops the others with an
+# error instead of leaving them waiting for ever. The first step of a run
+# waits while every worker traces its graph, which takes a few seconds on 2
+# busy cores, hence the margin (a dead worker is usually noticed at once: its connection is refused).
+COLLECTIVE_TIMEOUT_SECONDS = 120
 
 
 def make_strategy(config: Config) -> tf.distribute.Strategy:
-    """TensorFlow's default strategy (one device) or a MirroredStrategy over the visible devices."""
+    """TensorFlow's default strategy (one device), a MirroredStrategy over the visible devices, or the multi-worker one.
+
+    For "multiworker" call `make_multiworker_strategy` before any other TensorFlow op; this returns it.
+    """
     if config.strategy == "default":
         return tf.distribute.get_strategy()
+    if config.strategy == "multiworker":
+        return make_multiworker_strategy()
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
         return tf.distribute.MirroredStrategy([device.name for device in gpus])
     cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
     # NCCL, MirroredStrategy's default, is for GPUs only.
     return tf.distribute.MirroredStrategy(cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
+_MULTIWORKER: list[tf.distribute.Strategy] = []
+
+
+def make_multiworker_strategy() -> tf.distribute.Strategy:
+    """The process's MultiWorkerMirroredStrategy, made on the first call (before any other TensorFlow op).
+
+    Raises:
+        UserError: TF_CONFIG is missing or does not name this worker in its cluster.
+    """
+    if _MULTIWORKER:
+        return _MULTIWORKER[0]
+    worker_count, _ = worker_role()  # a bad TF_CONFIG was answered before TensorFlow loaded; this reads it
+    # Memory growth, as gpu_config() does, must be set before the strategy initializes the GPUs.
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=COLLECTIVE_TIMEOUT_SECONDS)
+    strategy = _MultiWorkerStrategy(communication_options=options)
+    print(f"[multiworker] worker {strategy.cluster_resolver.task_id} of {worker_count}, "
+          f"{strategy.num_replicas_in_sync} replica(s) in sync", flush=True)
+    _MULTIWORKER.append(strategy)
+    return strategy
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's files: always, except on workers 1, 2, ... of a multi-worker run."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in ("chief", None) or (resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def check_same_data(strategy: tf.distribute.Strategy, hashes: dict[str, str]) -> None:
+    """Every worker compares its data files' SHA-256 with the others' before the first step.
+
+    Each worker has verified its files against the dataset's published
+    hashes; this also catches workers that read other files (another
+    dataset version or cache). The fingerprint is 62 bits of the SHA-256 of
+    the sorted {file: SHA-256}, gathered from every worker.
+
+    Raises:
+        UserError: a worker's files differ from the chief's.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    digest = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).digest()
+    fingerprint = int.from_bytes(digest[:8], "big") >> 2
+    mine = strategy.run(lambda: tf.constant([fingerprint], tf.int64))
+    everyone = [int(value) for value in strategy.gather(mine, axis=0).numpy()]
+    if any(value != everyone[0] for value in everyone):
+        differing = [index for index, value in enumerate(everyone) if value != everyone[0]]
+        raise UserError(f"the data files differ between workers (replica(s) {differing} differ from the chief's); "
+                        "import the same files on every machine with: invoke data --from ...")
+    print(f"[multiworker] the same data on all {len(everyone)} replicas: fingerprint {everyone[0]:016x}", flush=True)
+
+
+class _MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy whose `reduce` takes what Keras 3's `fit` gives it.
+
+    Keras 3.15 calls `reduce` with a whole (images, labels) batch and with
+    scalar metric results along axis 0; MirroredStrategy accepts both, the
+    multi-worker strategy (TensorFlow 2.21) accepts one tensor of rank >= 1
+    only. Reducing each part on its own, and a scalar along no axis, is what
+    the single-machine strategy does.
+    """
+
+    def reduce(self, reduce_op, value, axis):
+        def reduce_one(part):
+            first = part.values[0] if isinstance(part, tf.distribute.DistributedValues) else part
+            rank = getattr(getattr(first, "shape", None), "rank", None)
+            return super(_MultiWorkerStrategy, self).reduce(reduce_op, part, axis if rank else None)
+
+        return tf.nest.map_structure(reduce_one, value)
 
 
 def make_trainer(config: Config, model: keras.Model, optimizer, strategy: tf.distribute.Strategy | None = None,

@@ -22,8 +22,9 @@ TORCH_MODELS = ("torch_module", "torch_sequential", "torch_mixed", "torch_lectur
 # "lecture": the lecture's network and schedule; "fast": classifier/recipes.py.
 RECIPES = ("lecture", "fast")
 
-# "default": one device; "mirrored": tf.distribute.MirroredStrategy (classifier/distribute.py).
-STRATEGIES = ("default", "mirrored")
+# "default": one device; "mirrored": tf.distribute.MirroredStrategy; "multiworker":
+# tf.distribute.MultiWorkerMirroredStrategy across the processes TF_CONFIG names (classifier/distribute.py).
+STRATEGIES = ("default", "mirrored", "multiworker")
 
 # "fastest": TensorFlow's own choices for the machine; "portable": the settings of
 # classifier/numerics.py that give the same weights on other machines (README, reproducibility).

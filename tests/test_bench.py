@@ -4,7 +4,16 @@ import json
 
 import pytest
 
-from classifier.bench import markdown_table, numerics_cost, numerics_cost_table, run_benchmark, summarise
+from classifier.bench import (
+    markdown_table,
+    numerics_cost,
+    numerics_cost_table,
+    run_benchmark,
+    run_time_to_accuracy,
+    summarise,
+    summarise_time_to_accuracy,
+    time_to_accuracy_table,
+)
 from classifier.config import UserError
 
 
@@ -96,3 +105,81 @@ def test_numerics_cost_of_the_fast_recipe_is_measured(fashion_lab, tmp_path):
     figures = results["numerics_cost"]["fast: portable vs fastest"]
     assert figures["train_ratio"] > 0 and abs(figures["accuracy_difference"]) < 0.5
     assert "| fast: portable vs fastest |" in output.with_suffix(".md").read_text()
+
+
+def _recipe_run(seconds, accuracy, target=0.9):
+    reached = next((index + 1 for index, value in enumerate(accuracy) if value >= target), None)
+    return {"train_seconds": seconds, "test_accuracy": accuracy, "epochs_to_target": reached,
+            "seconds_to_target": seconds[reached - 1] if reached else None}
+
+
+def test_time_to_accuracy_summary_means_spreads_and_ratios():
+    summary = summarise_time_to_accuracy({
+        "lecture": [_recipe_run([10, 20, 30], [0.8, 0.85, 0.9]), _recipe_run([10, 20, 30], [0.8, 0.9, 0.91])],
+        "fast": [_recipe_run([5, 10], [0.92, 0.93]), _recipe_run([6, 12], [0.85, 0.9]),
+                 _recipe_run([5, 10], [0.5, 0.6])],
+    })
+    assert summary["lecture"]["mean_seconds"] == 25.0 and summary["lecture"]["reached"] == "2/2"
+    assert summary["lecture"]["spread_seconds"] == pytest.approx(7.0711, abs=1e-4)
+    assert summary["fast"]["mean_seconds"] == 8.5 and summary["fast"]["reached"] == "2/3"
+    assert summary["fast"]["time_ratio"] == pytest.approx(8.5 / 25.0)
+    assert summary["fast"]["mean_epochs"] == 1.5
+    table = time_to_accuracy_table(summary, 0.9)
+    assert "| fast | 2/3 | 8.5 ± 4.9 | 1.5 | 0.340x |" in table
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"target": 1.5}, "--target must be a test accuracy between 0 and 1"),
+    ({"recipes": ("lecture", "quick")}, "unknown recipe 'quick'"),
+    ({"seeds": 0}, "--seeds and the epochs must be at least 1"),
+])
+def test_bad_time_to_accuracy_settings_are_refused(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        run_time_to_accuracy(**kwargs)
+
+
+@pytest.mark.slow
+def test_small_time_to_accuracy_stops_at_the_target(fashion_lab, tmp_path):
+    output = tmp_path / "tta"
+    results = run_time_to_accuracy(target=0.6, seeds=1, recipes=("lecture",), limit=600, max_epochs=3,
+                                   output=str(output), data_dir=str(fashion_lab / "data"))
+    run = results["measurements"]["lecture"][0]
+    assert run["epochs_to_target"] is not None, run  # the lecture's network passes 60% within 3 epochs of 480 images
+    assert len(run["test_accuracy"]) == run["epochs_to_target"]  # stopped at the target
+    assert run["test_accuracy"][-1] >= 0.6 > max(run["test_accuracy"][:-1], default=0.0)
+    assert results["summary"]["lecture"]["time_ratio"] == 1.0
+    assert "| lecture | 1/1 |" in output.with_suffix(".md").read_text()
+
+
+def test_forward_flops_of_the_lecture_network():
+    from classifier.bench import forward_flops
+    from classifier.models import build_model
+
+    model = build_model("functional", (28, 28, 1), 10)
+    # conv1 28x28x32 outputs x 3x3x1, conv2 14x14x64 x 3x3x32, dense 3136x100 and 100x10; 2 FLOP per multiply-add.
+    expected = 2 * (28 * 28 * 32 * 9 + 14 * 14 * 64 * 9 * 32 + 3136 * 100 + 100 * 10)
+    assert forward_flops(model) == expected == 8_306_128
+
+
+@pytest.mark.parametrize("vendor, flags, per_cycle", [
+    ("AuthenticAMD", "fpu sse2 avx avx2 fma", 32),
+    ("AuthenticAMD", "avx avx2 fma avx512f", 32),
+    ("GenuineIntel", "avx avx2 fma avx512f", 64),
+    ("GenuineIntel", "sse2 avx", 16),
+])
+def test_peak_from_cpu_flags_and_clock(vendor, flags, per_cycle):
+    from classifier.bench import peak_gflops
+
+    cpuinfo = f"processor\t: 0\nvendor_id\t: {vendor}\ncpu MHz\t\t: 2500.000\nflags\t\t: {flags}\n"
+    peak = peak_gflops(cpuinfo, cores=2)
+    assert peak["flop_per_cycle"] == per_cycle
+    assert peak["gflops"] == pytest.approx(2 * 2.5 * per_cycle)
+
+
+def test_summary_gflops_and_share_of_peak():
+    lab = dict(_run([3.0, 2.0]), train_flops_per_image=25_000_000)
+    summary = summarise({"reference": [_run([3.0, 2.0])], "tape": [lab]}, peak=100.0)
+    # 1000 images / 2 s = 500 images/s x 25 MFLOP = 12.5 GFLOP/s, 12.5% of 100.
+    assert summary["reference"]["gflops"] == pytest.approx(12.5)
+    assert summary["tape"]["peak_share"] == pytest.approx(0.125)
+    assert "| train GFLOP/s | share of peak |" in markdown_table(summary)

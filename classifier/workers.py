@@ -1,0 +1,212 @@
+"""Several workers on one machine, for a class demo: `invoke train --workers 2`.
+
+    invoke train --dataset fashion_mnist --workers 2 --limit 6000 --epochs 2
+
+starts two training processes on 127.0.0.1, each with its own free port and
+TF_CONFIG, running `--strategy multiworker` (classifier/distribute.py) as
+separate machines would. Worker 0, the chief, writes the run folder; its
+output is shown as is, the other workers' lines start with "[worker N]".
+
+A watchdog stops the demo when a worker dies: the others fail on their own
+within distribute.COLLECTIVE_TIMEOUT_SECONDS, and whatever is still running
+after that and a grace period is killed, so nothing waits for ever.
+`--resume RUN --workers 2` continues a stopped run from its last checkpoint.
+This module does not import TensorFlow; the workers do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from classifier.config import PROJECT_ROOT, Config, UserError, make_config, to_dict
+
+# After one worker has failed, how long the others get to stop by themselves
+# (their collective ops time out after distribute.COLLECTIVE_TIMEOUT_SECONDS)
+# before the watchdog kills them.
+GRACE_SECONDS = 150
+MAX_LOCAL_WORKERS = 8
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` TCP ports on 127.0.0.1 that nothing listens on now (the OS picks them)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def tf_config(ports: list[int], index: int) -> str:
+    """TF_CONFIG for worker `index` of a cluster on 127.0.0.1 at `ports`."""
+    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+                       "task": {"type": "worker", "index": index}})
+
+
+def worker_role() -> tuple[int, int]:
+    """(number of workers, this worker's index) from TF_CONFIG, without TensorFlow.
+
+    Raises:
+        UserError: TF_CONFIG is missing, not JSON, or lacks the cluster's worker list or this task.
+    """
+    text = os.environ.get("TF_CONFIG", "")
+    example = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}')
+    if not text:
+        raise UserError(f"--strategy multiworker needs TF_CONFIG, e.g. TF_CONFIG='{example}' "
+                        "(or start local workers with: invoke train --workers 2)")
+    try:
+        tf_config = json.loads(text)
+        workers = list(tf_config["cluster"]["worker"])
+        task = tf_config["task"]
+        index = int(task["index"])
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"TF_CONFIG {text!r} is not of the form {example}") from None
+    if task.get("type") != "worker" or not 0 <= index < len(workers):
+        raise UserError(f"TF_CONFIG's task {task!r} must be a worker with an index below {len(workers)}")
+    return len(workers), index
+
+
+def start_local_workers(config: Config, workers: int, resume: str = "", given: frozenset[str] | None = None,
+                        grace_seconds: float = GRACE_SECONDS) -> Path:
+    """Train with `workers` processes on this machine and wait for them; returns the chief's run folder.
+
+    Args:
+        config: the run's settings (its strategy becomes "multiworker").
+        workers: how many worker processes, 2 to MAX_LOCAL_WORKERS.
+        resume: a stopped multi-worker run folder to continue.
+        given: the config keys the person set (as for train_command).
+        grace_seconds: how long the other workers get to stop after one fails.
+
+    Raises:
+        UserError: a bad worker count, or a worker failed (one line saying which and how to resume).
+    """
+    if not 2 <= workers <= MAX_LOCAL_WORKERS:
+        raise UserError(f"--workers must be between 2 and {MAX_LOCAL_WORKERS}, got {workers}")
+    if resume:
+        from classifier.commands import _resume_target
+
+        _, saved = _resume_target(Path(resume))
+        if saved.strategy != "multiworker":
+            raise UserError(f"--resume {resume} was trained with --strategy {saved.strategy}; "
+                            "continue it without --workers")
+    # Checked here, once, rather than by every worker: e.g. --trainer torch has no multi-worker strategy.
+    settings = json.dumps(to_dict(make_config(config, strategy="multiworker")))
+    ports = free_ports(workers)
+    keys = ",".join(sorted((given or frozenset()) | {"strategy"}))
+    processes = []
+    lines: list[str] = []
+    for index in range(workers):
+        command = [sys.executable, "-m", "classifier.workers", "--config", settings, "--given", keys,
+                   "--resume", resume]
+        environment = {**os.environ, "TF_CONFIG": tf_config(ports, index), "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=environment, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        print(f"[workers] worker {index}: pid {process.pid}, 127.0.0.1:{ports[index]}", flush=True)
+        processes.append(process)
+    readers = [threading.Thread(target=_relay, args=(process, index, lines), daemon=True)
+               for index, process in enumerate(processes)]
+    for reader in readers:
+        reader.start()
+    try:
+        failed = _watch(processes, grace_seconds)
+    except KeyboardInterrupt:
+        _stop(processes)
+        raise
+    for reader in readers:
+        reader.join(timeout=5)
+    run_dir = next((line.split(": ", 1)[1] for line in reversed(lines) if line.startswith("Run folder: ")), "")
+    if failed is not None:
+        index, code = failed
+        reason = "was killed" if code < 0 else f"exited with code {code}"
+        errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+        # A worker's own error (bad data, a full disk) says more than its exit code.
+        detail = f": {errors[0]}" if errors and index == 0 else ""
+        target = resume or run_dir
+        hint = f"; continue with: invoke train --resume {target} --workers {workers}" if target else ""
+        raise UserError(f"worker {index} {reason}{detail}; the other workers were stopped{hint}")
+    return Path(run_dir)
+
+
+def _relay(process: subprocess.Popen, index: int, lines: list[str]) -> None:
+    """Print a worker's output as it comes: the chief's as is, the others' after "[worker N] "."""
+    for line in process.stdout:
+        line = line.rstrip("\n")
+        if index == 0:
+            lines.append(line)
+            # The chief's own error line is folded into the launcher's one line.
+            if not line.startswith("error: "):
+                print(line, flush=True)
+        else:
+            print(f"[worker {index}] {line}", flush=True)
+
+
+def _watch(processes: list[subprocess.Popen], grace_seconds: float) -> tuple[int, int] | None:
+    """Wait for every worker; after the first failure give the others `grace_seconds`, then kill them.
+
+    Returns:
+        None when every worker finished with exit code 0, else (index, exit code) of the first that failed.
+    """
+    failed = None
+    deadline = None
+    while any(process.poll() is None for process in processes):
+        if failed is None and (failed := _first_failure(processes)) is not None:
+            deadline = time.monotonic() + grace_seconds
+        if deadline is not None and time.monotonic() > deadline:
+            _stop(processes)
+            break
+        time.sleep(0.2)
+    return failed or _first_failure(processes)
+
+
+def _first_failure(processes: list[subprocess.Popen]) -> tuple[int, int] | None:
+    """(index, exit code) of the worker that failed first as far as can be told: one killed by a signal
+    (the others then fail because it is gone), else the lowest index that exited with an error."""
+    codes = [(index, process.returncode) for index, process in enumerate(processes)
+             if process.returncode not in (None, 0)]
+    return min(codes, key=lambda item: (item[1] >= 0, item[0]), default=None)
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    """Kill whatever is still running (each worker leads its own process group)."""
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    for process in processes:
+        process.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """One worker of `start_local_workers` (TF_CONFIG in its environment): train_command, errors as one line."""
+    import argparse
+
+    from classifier.commands import train_command
+    from classifier.config import make_config
+
+    parser = argparse.ArgumentParser(description="One worker of a local multi-worker run.")
+    parser.add_argument("--config", required=True, help="the run's config as JSON")
+    parser.add_argument("--given", default="", help="comma-separated config keys the person set")
+    parser.add_argument("--resume", default="", help="run folder to continue")
+    args = parser.parse_args(argv)
+    try:
+        config = make_config(**json.loads(args.config))
+        given = frozenset(key for key in args.given.split(",") if key)
+        train_command(config, resume=args.resume, given=given, verbose=2)
+    except UserError as error:
+        print(f"error: {error}", flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Several workers with tf.distribute.MultiWorkerMirroredStrategy: `invoke train --workers 2` on 127.0.0.1.
+
+The slow tests train the lecture's network with the `tape` trainer (whose
+metrics are the whole cluster's) on 1,200 real Fashion-MNIST images, global
+batch 32, 3 epochs:
+- one process with --strategy default against two worker processes.
+  Tolerance: each worker draws its own Dropout masks for its half of the
+  batch, so the runs agree statistically, not bit for bit (as
+  test_strategy.py's mirrored runs with dropout): test accuracy within 0.05.
+- worker 1 killed with SIGKILL inside epoch 2: the launcher ends with exit 2
+  and one line naming the worker and the --resume command, within the
+  collective ops' timeout plus a margin, never hanging.
+- `--resume` of that run with two workers against an uninterrupted two-worker run.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, run_folder_from, run_invoke
+
+ARGS = ("--limit", "1200", "--epochs", "3", "--seed", "5", "--trainer", "tape")
+
+
+def test_workers_needs_two_or_more(invoke_cli):
+    result = invoke_cli("train", "--dataset", "fashion_mnist", "--workers", "1")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --workers must be between 2 and 8, got 1"
+
+
+def test_workers_refuses_another_strategy(invoke_cli):
+    result = invoke_cli("train", "--dataset", "fashion_mnist", "--workers", "2", "--strategy", "mirrored")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --workers trains with --strategy multiworker, not mirrored"
+
+
+@pytest.mark.parametrize("tf_config, expected", [
+    ("", "--strategy multiworker needs TF_CONFIG"),
+    ("{not json", "is not of the form"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}', "index below 1"),
+])
+def test_multiworker_without_a_good_tf_config_is_one_line(invoke_cli, tmp_path, tf_config, expected):
+    result = invoke_cli("train", "--dataset", "fashion_mnist", "--strategy", "multiworker",
+                        "--data-dir", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs"),
+                        env={"TF_CONFIG": tf_config})
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr, result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_tf_config_and_free_ports():
+    from classifier.workers import free_ports, tf_config
+
+    ports = free_ports(3)
+    assert len(set(ports)) == 3
+    config = json.loads(tf_config(ports, 2))
+    assert config == {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+                      "task": {"type": "worker", "index": 2}}
+
+
+def test_first_failure_blames_the_killed_worker():
+    from classifier.workers import _first_failure
+
+    class Done:
+        def __init__(self, code):
+            self.returncode = code
+
+    assert _first_failure([Done(2), Done(-9)]) == (1, -9)
+    assert _first_failure([Done(0), Done(2), Done(2)]) == (1, 2)
+    assert _first_failure([Done(0), Done(None)]) is None
+
+
+def _train(lab, *args, timeout=900):
+    result = run_invoke("train", "--dataset", "fashion_mnist", "--data-dir", str(lab / "data"),
+                        "--runs-dir", str(lab / "runs"), *ARGS, *args, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    return run_folder_from(result.stdout), result.stdout
+
+
+def _manifest(run_dir):
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def two_workers(fashion_lab):
+    """An uninterrupted two-worker run: (run folder, its output)."""
+    return _train(fashion_lab, "--workers", "2")
+
+
+@pytest.mark.slow
+def test_two_workers_match_one_process(fashion_lab, two_workers):
+    single, _ = _train(fashion_lab)
+    run_dir, output = two_workers
+    assert output.count("[multiworker] the same data on all 2 replicas") == 2  # the chief and "[worker 1] ..."
+    single_metrics = json.loads((single / "metrics.json").read_text())
+    multi_metrics = json.loads((run_dir / "metrics.json").read_text())
+    print(f"test accuracy: one process {single_metrics['accuracy']:.4f}, two workers {multi_metrics['accuracy']:.4f}")
+    assert multi_metrics["accuracy"] > 0.6  # chance is 0.1
+    assert abs(multi_metrics["accuracy"] - single_metrics["accuracy"]) <= 0.05
+    manifest = _manifest(run_dir)
+    assert manifest["status"] == "complete" and manifest["replicas"] == 2
+    # Only the chief wrote a run folder: one folder per run in the runs folder.
+    assert sorted(path.name for path in (fashion_lab / "runs").iterdir()) == sorted({single.name, run_dir.name})
+
+
+@pytest.mark.slow
+def test_a_killed_worker_stops_the_others_then_resume_finishes(fashion_lab, two_workers, tmp_path):
+    log_path = tmp_path / "workers.log"
+    command = [sys.executable, "-m", "invoke", "train", "--dataset", "fashion_mnist",
+               "--data-dir", str(fashion_lab / "data"), "--runs-dir", str(fashion_lab / "runs"), *ARGS,
+               "--workers", "2"]
+    with open(log_path, "w") as log:
+        launcher = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True)
+        try:
+            run_dir, worker_pid = _wait_for_first_checkpoint(launcher, log_path)
+            time.sleep(0.5)  # inside epoch 2
+            os.kill(worker_pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            _, stderr = launcher.communicate(timeout=240)
+        finally:
+            if launcher.poll() is None:
+                os.killpg(launcher.pid, signal.SIGKILL)
+    print(f"the launcher ended {time.monotonic() - killed_at:.1f} s after the kill")
+    assert launcher.returncode == 2
+    expected = (f"error: worker 1 was killed; the other workers were stopped; "
+                f"continue with: invoke train --resume {run_dir} --workers 2")
+    assert stderr.strip().splitlines() == [expected]
+    assert _manifest(run_dir)["status"] == "interrupted"
+    assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["epochs_done"] == 1
+
+    result = run_invoke("train", "--resume", str(run_dir), "--workers", "2", timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert f"Resuming {run_dir.name} after epoch 1/3" in result.stdout
+    resumed, uninterrupted = _manifest(run_dir), _manifest(two_workers[0])
+    resumed_metrics = json.loads((run_dir / "metrics.json").read_text())
+    uninterrupted_metrics = json.loads((two_workers[0] / "metrics.json").read_text())
+    print(f"test accuracy: resumed {resumed_metrics['accuracy']:.4f}, "
+          f"uninterrupted {uninterrupted_metrics['accuracy']:.4f}; "
+          f"same weights: {resumed['weights_sha256'] == uninterrupted['weights_sha256']}")
+    assert resumed["weights_sha256"] == uninterrupted["weights_sha256"]
+
+
+def _wait_for_first_checkpoint(launcher, log_path, timeout=600):
+    """(run folder, worker 1's pid) once the chief has saved epoch 1."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert launcher.poll() is None, log_path.read_text()[-3000:]
+        text = log_path.read_text()
+        if "Run folder: " in text:
+            run_dir = run_folder_from(text)
+            state = run_dir / "checkpoint" / "state.json"
+            if state.exists() and json.loads(state.read_text())["epochs_done"] >= 1:
+                line = next(line for line in text.splitlines() if line.startswith("[workers] worker 1: pid "))
+                return run_dir, int(line.split("pid ")[1].split(",")[0])
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint within {timeout} s:\n{log_path.read_text()[-2000:]}")
