@@ -189,7 +189,7 @@ def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: st
     history = trainer.train((train.images, train.labels), (val.images, val.labels))
     train_seconds = time.perf_counter() - start
     direct = trainer_name == "tape"
-    model = inference_model(model, config, optimizer)
+    model = inference_model(model, config)
     # As in the reference: the first evaluation traces, the second is measured.
     evaluate(model, test, len(dataset.class_names), config.eval_batch_size, direct=direct)
     start = time.perf_counter()
