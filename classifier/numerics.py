@@ -260,14 +260,16 @@ def kind_differences(mode: str, recorded: dict | None, current: dict) -> list[st
 
     Args:
         mode: the run's numerics mode.
-        recorded: the manifest's numerics["machine"] (None for runs made before it was recorded).
+        recorded: the manifest's numerics["machine"] (None where the run recorded none).
         current: machine_kind() here.
 
     Returns:
-        e.g. ["l1d_kib: 32 -> 48"]; empty when the rerun should be bit-identical.
+        e.g. ["l1d_kib: 32 -> 48"]; empty when the rerun should be bit-identical,
+        and for a run that recorded no kind (made before it was recorded, or by
+        the torch trainer): for those the promise stays the same-machine one.
     """
     if not recorded:
-        return ["machine kind: not recorded in this run"]
+        return []
     keys = ["architecture", "vendor", "isa", "l1d_kib", "l2_kib", "gpus"]
     if mode != "portable":
         keys[1:1] = ["cpu_model", "cpus"]

@@ -28,8 +28,9 @@ _COMPARED = ("python", "tensorflow", "tensorflow_build", "torch", "torch_build",
 _METRICS = ("loss", "accuracy", "argmax_accuracy")
 
 # The metrics' largest accepted absolute difference on another kind of machine.
-# Measured (README, reproducibility): across ten emulated machines the test
-# loss of the README's run spread by 0.010 and the accuracy by 0.004; twice that is accepted.
+# Measured (benchmarks/results/numerics_machines_pre_redesign.md): across ten
+# emulated machines the test loss of the README's run spread by 0.010 and the
+# accuracy by 0.004; twice that is accepted.
 DEFAULT_TOLERANCE = 0.02
 
 

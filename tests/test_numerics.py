@@ -116,8 +116,8 @@ def test_kind_differences_name_what_changes_the_numbers(mode, other, expected):
     assert numerics.kind_differences(mode, _LAPTOP, {**_LAPTOP, **other}) == expected
 
 
-def test_a_run_without_a_recorded_kind_is_another_kind():
-    assert numerics.kind_differences("portable", None, _LAPTOP) == ["machine kind: not recorded in this run"]
+def test_a_run_without_a_recorded_kind_keeps_the_same_machine_promise():
+    assert numerics.kind_differences("portable", None, _LAPTOP) == []
 
 
 def test_bad_numerics_flag_is_refused_before_training(invoke_cli, tmp_path):
