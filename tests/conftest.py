@@ -158,14 +158,12 @@ def _keras_home(tmp_path_factory):
     os.environ["KERAS_HOME"] = str(tmp_path_factory.mktemp("keras-home"))
 
 
-@pytest.fixture
-def tiny_dataset(tmp_path, monkeypatch):
-    """A registered MNIST-style dataset 'tiny' whose files the test made; yields (Dataset, source folder)."""
+def tiny_spec(source: Path, num_train=600, num_test=200):
+    """Make an MNIST-style dataset's files in `source`; returns its registry entry, named 'tiny' (not registered)."""
     from classifier import data
 
-    source = tmp_path / "tiny-source"
-    files = make_idx_files(source)
-    spec = data.Dataset(
+    files = make_idx_files(source, num_train=num_train, num_test=num_test)
+    return data.Dataset(
         name="tiny",
         title="Tiny patterns",
         base_url="http://127.0.0.1:9/unused/",
@@ -177,6 +175,15 @@ def tiny_dataset(tmp_path, monkeypatch):
         image_shape=(28, 28, 1),
         format="idx",
     )
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path, monkeypatch):
+    """A registered MNIST-style dataset 'tiny' whose files the test made; yields (Dataset, source folder)."""
+    from classifier import data
+
+    source = tmp_path / "tiny-source"
+    spec = tiny_spec(source)
     monkeypatch.setitem(data.DATASETS, "tiny", spec)
     return spec, source
 

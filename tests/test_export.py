@@ -22,21 +22,13 @@ pytestmark = pytest.mark.skipif(bool(_missing), reason=f"{', '.join(_missing)} n
 def tiny_run(tmp_path_factory):
     """A finished `fit` run (1 epoch) on a small learnable dataset the test made, registered as 'tiny'."""
     from classifier import data
+    from classifier.commands import train_command
     from classifier.config import make_config
     from classifier.download import import_from
-    from classifier.commands import train_command
-    from conftest import make_idx_files, sha256_bytes
-
-    import gzip
+    from conftest import tiny_spec
 
     root = tmp_path_factory.mktemp("export")
-    files = make_idx_files(root / "source", num_train=300, num_test=200)
-    spec = data.Dataset(
-        name="tiny", title="Tiny patterns", base_url="http://127.0.0.1:9/unused/",
-        files=tuple(data.DataFile(name, sha256_bytes(blob), len(blob), sha256_bytes(gzip.decompress(blob)))
-                    for name, blob in files.items()),
-        class_names=tuple(f"class{i}" for i in range(10)), image_shape=(28, 28, 1), format="idx",
-    )
+    spec = tiny_spec(root / "source", num_train=300, num_test=200)
     data.DATASETS["tiny"] = spec
     import_from(spec, root / "data", root / "source")
     config = make_config(dataset="tiny", epochs=1, data_dir=str(root / "data"), runs_dir=str(root / "runs"))

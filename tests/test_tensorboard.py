@@ -30,22 +30,14 @@ def _events(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     """For each trainer, the same tiny run with TensorBoard on and off: {(trainer, on): run folder}."""
-    import gzip
-
     from classifier import data
     from classifier.commands import train_command
     from classifier.config import make_config
     from classifier.download import import_from
-    from conftest import make_idx_files, sha256_bytes
+    from conftest import tiny_spec
 
     root = tmp_path_factory.mktemp("tensorboard")
-    files = make_idx_files(root / "source", num_train=300, num_test=100)
-    spec = data.Dataset(
-        name="tiny", title="Tiny patterns", base_url="http://127.0.0.1:9/unused/",
-        files=tuple(data.DataFile(name, sha256_bytes(blob), len(blob), sha256_bytes(gzip.decompress(blob)))
-                    for name, blob in files.items()),
-        class_names=tuple(f"class{i}" for i in range(10)), image_shape=(28, 28, 1), format="idx",
-    )
+    spec = tiny_spec(root / "source", num_train=300, num_test=100)
     data.DATASETS["tiny"] = spec
     try:
         import_from(spec, root / "data", root / "source")
