@@ -119,6 +119,8 @@ def _host_lab(root: Path):
         **os.environ, "MPLBACKEND": "Agg", "NOTEBOOK_LIMIT": "600", "NOTEBOOK_EPOCHS": "1",
         "CLASSIFIER_DATA_DIR": str(root / "data"), "CLASSIFIER_RUNS_DIR": str(root / "runs"),
         "PYTHONPATH": str(root), "JUPYTER_CONFIG_DIR": str(root / ".jupyter-config"),
+        # The lab image's classroom settings (no news question, no update check), as students see them.
+        "JUPYTER_CONFIG_PATH": str(ROOT / "docker" / "jupyter"),
     }
     # JupyterLab's built assets live under the prefix it was installed into.
     assets = Path(jupyterlab.__file__).resolve().parents[4] / "share" / "jupyter" / "lab"
