@@ -20,7 +20,7 @@ from classifier.config import Config, UserError, make_config, resolve_recipe, to
 from classifier.data import get_dataset, load_arrays, prepare
 from classifier.download import dataset_folder, fetch, import_from, problems, verified_files
 from classifier.files import read_json, write_json
-from classifier.runs import create_run_dir, environment_record, finish_run
+from classifier.runs import create_run_dir, environment_record, finish_run, save_keras_model
 
 
 class Interrupted(UserError):
@@ -220,8 +220,8 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
         "tensorboard_seconds": summaries[0].seconds if summaries else None,
     }
     checkpoints.close()
-    finish_run(run_dir, final_model, {**history, "epoch_seconds": checkpoints.epoch_seconds}, metrics, timings,
-               manifest, dataset.class_names)
+    finish_run(run_dir, {**history, "epoch_seconds": checkpoints.epoch_seconds}, metrics, timings, manifest,
+               dataset.class_names, save_keras_model(run_dir, final_model))
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
         return checkpoint_folder.parent if resume else run_dir

@@ -23,7 +23,7 @@ from classifier.config import make_config, to_dict
 from classifier.data import get_dataset, load_arrays
 from classifier.download import dataset_folder, fetch, import_from, verified_files
 from classifier.files import write_json
-from classifier.runs import create_run_dir, environment_record, finish_run
+from classifier.runs import create_run_dir, environment_record, finish_run, save_keras_model
 from classifier.runtime import DurationTime, gpu_config, seed_everything  # noqa: F401 - for the notebooks
 
 
@@ -108,7 +108,7 @@ def record_run(model, history: dict, test_data, *, dataset: str, trainer: str, m
     history = {key.replace("sparse_categorical_accuracy", "accuracy"): [float(value) for value in values]
                for key, values in history.items()}
     timings = {"train_seconds": train_seconds, "evaluate_seconds": time.perf_counter() - started}
-    finish_run(run_dir, model, history, metrics, timings, manifest, info.class_names)
+    finish_run(run_dir, history, metrics, timings, manifest, info.class_names, save_keras_model(run_dir, model))
     _show(run_dir / "learning_curves.png")
     _show(run_dir / "confusion_matrix.png")
     print(f"test loss {metrics['loss']:.4f}, test accuracy {metrics['accuracy']:.4f}")

@@ -108,27 +108,35 @@ def weights_hash(model) -> str:
     return digest.hexdigest()
 
 
-def finish_run(run_dir: Path, model, history: dict, metrics: dict, timings: dict, manifest: dict,
-               class_names) -> None:
-    """Write the finished run's evidence: the model, history, metrics, timings, pictures, manifest (last).
+def finish_run(run_dir: Path, history: dict, metrics: dict, timings: dict, manifest: dict, class_names,
+               weights_sha256: str) -> None:
+    """Write a finished run's evidence beside its saved model: history, metrics, timings, pictures, manifest (last).
+
+    Both frameworks end here: the caller saves the model in its own format
+    first (save_keras_model, or torch_run's model.pt).
 
     Args:
         run_dir: the run folder (config.json and a running manifest are already there).
-        model: the trained model that was evaluated.
         history: per-epoch loss, accuracy, val_loss, val_accuracy (and epoch_seconds).
-        metrics: what classifier.evaluate.evaluate returned.
+        metrics: what the evaluation returned.
         timings: seconds spent, for timings.json.
         manifest: the run's manifest; gets status "complete" and the weights hash.
         class_names: the dataset's class names, in label order.
+        weights_sha256: the final weights' hash (weights_hash for Keras).
     """
     from classifier import report
 
-    with atomic_write(run_dir / "model.keras") as temporary:
-        model.save(temporary)
     write_json(run_dir / "history.json", history)
     write_json(run_dir / "metrics.json", {**metrics, "class_names": list(class_names)})
     write_json(run_dir / "timings.json", timings)
     report.learning_curves(history, run_dir / "learning_curves.png")
     report.confusion_matrix_plot(metrics["confusion_matrix"], class_names, run_dir / "confusion_matrix.png")
-    manifest.update(status="complete", weights_sha256=weights_hash(model))
+    manifest.update(status="complete", weights_sha256=weights_sha256)
     write_json(run_dir / "manifest.json", manifest)
+
+
+def save_keras_model(run_dir: Path, model) -> str:
+    """Save a Keras model as RUN/model.keras; returns its weights' hash for finish_run."""
+    with atomic_write(run_dir / "model.keras") as temporary:
+        model.save(temporary)
+    return weights_hash(model)

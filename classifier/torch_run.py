@@ -21,7 +21,7 @@ from classifier import config as config_module
 from classifier import numerics
 from classifier.config import Config, UserError, to_dict
 from classifier.files import atomic_write, write_json, write_text
-from classifier.runs import create_run_dir, environment_record
+from classifier.runs import create_run_dir, environment_record, finish_run
 
 CHECKPOINT = Path("checkpoint") / "last.pt"
 
@@ -140,15 +140,8 @@ def finish_torch_run(run_dir: Path, model, history: dict, metrics: dict, timings
     SHA-256 the manifest holds.
     """
     torch = import_torch()
-    from classifier import report
     from classifier.torch_train import weights_sha256
 
     with atomic_write(run_dir / "model.pt") as temporary:
         torch.save(model.state_dict(), temporary)
-    write_json(run_dir / "history.json", history)
-    write_json(run_dir / "metrics.json", {**metrics, "class_names": list(class_names)})
-    write_json(run_dir / "timings.json", timings)
-    report.learning_curves(history, run_dir / "learning_curves.png")
-    report.confusion_matrix_plot(metrics["confusion_matrix"], class_names, run_dir / "confusion_matrix.png")
-    manifest.update(status="complete", weights_sha256=weights_sha256(model))
-    write_json(run_dir / "manifest.json", manifest)
+    finish_run(run_dir, history, metrics, timings, manifest, class_names, weights_sha256(model))
