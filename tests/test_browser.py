@@ -220,8 +220,9 @@ def lab(workspace):
         stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def page(browser):
+    """A fresh browser context per test: a login redirect left by one test cannot cut into the next one's page."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
