@@ -20,7 +20,7 @@ from classifier.config import Config, UserError, make_config, resolve_recipe, to
 from classifier.data import get_dataset, load_arrays, prepare
 from classifier.download import dataset_folder, fetch, import_from, problems, verified_files
 from classifier.files import read_json, write_json
-from classifier.runs import create_run_dir, environment_record, finish_run, save_keras_model
+from classifier.runs import create_run_dir, environment_record, finish_run, running_manifest, save_keras_model
 
 
 class Interrupted(UserError):
@@ -129,17 +129,13 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
         write_json(run_dir / "config.json", to_dict(config))
     checkpoint_folder = checkpoint_folder or run_dir / "checkpoint"
     print(f"Run folder: {run_dir}" if chief else f"Scratch folder of this worker: {run_dir}")
-    manifest = {
-        "status": "running",
-        "seed": config.seed,
-        "config": to_dict(config),
-        "data": {"dataset": dataset.name, "sha256": hashes, "train": len(train), "validation": len(val),
-                 "test": len(test)},
-        "gpus": gpus,
-        "devices_used": devices(),
-        "environment": environment_record(),
-        "numerics": numerics_record,
-    }
+    manifest = running_manifest(
+        config, dataset, (train, val, test), hashes,
+        gpus=gpus,
+        devices_used=devices(),
+        environment=environment_record(),
+        numerics=numerics_record,
+    )
     write_json(run_dir / "manifest.json", manifest)
     from classifier import report
 

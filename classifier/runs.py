@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from classifier import numerics
-from classifier.config import PROJECT_ROOT, Config, UserError
+from classifier.config import PROJECT_ROOT, Config, UserError, to_dict
 from classifier.files import atomic_write, write_json
 
 # Environment variables that change what TensorFlow computes or where (classifier/numerics.py).
@@ -106,6 +106,19 @@ def weights_hash(model) -> str:
     for weight in model.get_weights():
         digest.update(np.ascontiguousarray(weight).tobytes())
     return digest.hexdigest()
+
+
+def running_manifest(config: Config, dataset, splits, hashes: dict, **extra) -> dict:
+    """A run's manifest as it starts: status, seed, config, the data's hashes and sizes, plus `extra` entries."""
+    train, val, test = splits
+    return {
+        "status": "running",
+        "seed": config.seed,
+        "config": to_dict(config),
+        "data": {"dataset": dataset.name, "sha256": hashes, "train": len(train), "validation": len(val),
+                 "test": len(test)},
+        **extra,
+    }
 
 
 def finish_run(run_dir: Path, history: dict, metrics: dict, timings: dict, manifest: dict, class_names,

@@ -21,7 +21,7 @@ from classifier import config as config_module
 from classifier import numerics
 from classifier.config import Config, UserError, to_dict
 from classifier.files import atomic_write, write_json, write_text
-from classifier.runs import create_run_dir, environment_record, finish_run
+from classifier.runs import create_run_dir, environment_record, finish_run, running_manifest
 
 CHECKPOINT = Path("checkpoint") / "last.pt"
 
@@ -79,15 +79,9 @@ def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
     if not resume_dir:
         write_json(run_dir / "config.json", to_dict(config))
     print(f"Run folder: {run_dir}")
-    manifest = {
-        "status": "running",
-        "seed": config.seed,
-        "config": to_dict(config),
-        "data": {"dataset": dataset.name, "sha256": hashes, "train": len(train), "validation": len(val),
-                 "test": len(test)},
-        "environment": {**environment_record(tensorflow=False), **torch_environment()},
-        "numerics": numerics_record,
-    }
+    manifest = running_manifest(config, dataset, (train, val, test), hashes,
+                                environment={**environment_record(tensorflow=False), **torch_environment()},
+                                numerics=numerics_record)
     write_json(run_dir / "manifest.json", manifest)
     report.show_samples(train.images, train.labels, dataset.class_names, run_dir / "samples.png")
 
