@@ -1,4 +1,7 @@
-"""`invoke train --trainer torch` and the tasks around it: run folder, TensorBoard, reproduce, resume after SIGKILL, doctor, bench, bad input."""
+"""`invoke train --trainer torch` and the tasks around it.
+
+Run folder, TensorBoard, reproduce, resume after SIGKILL, doctor, bench, bad input.
+"""
 
 import json
 import os
@@ -7,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import defaultdict
 
 import pytest
 
@@ -38,21 +42,23 @@ def _read(run_dir, name):
 
 
 def _board(folder) -> dict:
-    """One TensorBoard folder as TensorBoard reads it: {"scalars": {tag: {step: value}}, plugin name: {tag: [contents]}}."""
+    """One TensorBoard folder as TensorBoard reads it: {plugin name: {tag: {step: value}}}, and {"content": {tag: bytes}}.
+
+    Scalars are floats, other values NumPy arrays; "content" is each tag's plugin data (the HParams live there).
+    """
     from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
     from tensorboard.util import tensor_util
 
     accumulator = EventAccumulator(str(folder))
     accumulator.Reload()
-    found = {"scalars": {}}
+    found = defaultdict(dict)
     for tag in accumulator.Tags()["tensors"]:
         plugin = accumulator.SummaryMetadata(tag).plugin_data
-        events = accumulator.Tensors(tag)
+        values = {event.step: tensor_util.make_ndarray(event.tensor_proto) for event in accumulator.Tensors(tag)}
         if plugin.plugin_name == "scalars":
-            found["scalars"][tag] = {event.step: float(tensor_util.make_ndarray(event.tensor_proto)) for event in events}
-        else:
-            found.setdefault(plugin.plugin_name, {})[tag] = [plugin.content, *(tensor_util.make_ndarray(event.tensor_proto)
-                                                                                 for event in events)]
+            values = {step: float(value) for step, value in values.items()}
+        found[plugin.plugin_name][tag] = values
+        found["content"][tag] = plugin.content
     return found
 
 
@@ -126,9 +132,9 @@ def test_torch_runs_write_the_tensorflow_trainers_tensorboard_tags(torch_runs):
     assert top["scalars"]["test/loss"] == pytest.approx({2: metrics["loss"]})
     assert top["scalars"]["test/accuracy"] == pytest.approx({2: metrics["accuracy"]})
     assert set(top["images"]) == {"samples", "confusion_matrix", "learning_curves"}
-    for name, (_, image) in top["images"].items():
-        assert image[2] == (run_dir / f"{name}.png").read_bytes()
-    hparams = b"".join(content for content, *_ in top["hparams"].values())
+    for name, images in top["images"].items():
+        assert images[2][2] == (run_dir / f"{name}.png").read_bytes()  # [width, height, PNG] at step 2
+    hparams = top["content"]["_hparams_/session_start_info"]
     assert b"torch_module" in hparams and b"batch_size" in hparams and run_dir.name.encode() in hparams
     assert f"TensorBoard: tensorboard --logdir {run_dir.parent}" in result.stdout
 
