@@ -72,7 +72,7 @@ class EventFile:
         # TensorBoard lists the files whose name holds "tfevents"; this is the name TensorFlow gives them.
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_file_numbers)}"
         self.path = folder / name
-        self._file = open(self.path, "wb")
+        self._file = open(self.path, "wb")  # noqa: SIM115 - open for the run's whole training; close() closes it
         self._records = RecordWriter(self._file)
         self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 

@@ -92,7 +92,8 @@ def _docker_engine_problem() -> str | None:
     """Why no Docker engine answers this machine's `docker` command (None when one does)."""
     if shutil.which("docker") is None:
         return "the docker command is missing"
-    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=60)
+    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
+                          timeout=60, check=False)
     if info.returncode == 0:
         return None
     return f"no Docker engine answers ({(info.stderr.strip().splitlines() or ['docker info failed'])[-1]})"
