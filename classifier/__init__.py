@@ -18,6 +18,7 @@ The machinery around it:
     checkpoints -> resume, with tf.train.CheckpointManager
     files       -> the one atomic-write helper
     runs        -> run folders and their evidence
+    tensorboard, tensorboard_events -> TensorBoard event files in every run folder (the latter TensorFlow-free)
     runtime     -> gpu_config, seeds, DurationTime
     commands    -> what tasks.py calls: data, train, plot
     torch_run   -> `invoke train --trainer torch`: the same run folder, TensorFlow never imported

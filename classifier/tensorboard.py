@@ -1,4 +1,4 @@
-"""TensorBoard for every run: event files in the run folder, the same tags from both trainers.
+"""TensorBoard for every run: event files in the run folder, the same tags from every trainer.
 
     invoke train --dataset fashion_mnist --epochs 3
     tensorboard --logdir runs          # or the compose lab's TensorBoard service
@@ -9,10 +9,12 @@ Each run writes `RUN/tensorboard/`:
 |---|---|---|
 | `train/` | `epoch_loss`, `epoch_accuracy`, `epoch_learning_rate` per epoch; the model's forward-pass graph | `EpochSummaries`, a Keras callback that `fit` calls and the tape loop calls too |
 | `validation/` | `epoch_loss`, `epoch_accuracy` per epoch | the same |
-| `.` (the folder itself) | the run's hyperparameters (HParams dashboard), `test/loss` and `test/accuracy`, the sample grid and the confusion matrix as images | `write_run_summaries` once the run is evaluated |
+| `.` (the folder itself) | the run's hyperparameters (HParams dashboard), `test/loss` and `test/accuracy`, the sample grid, learning curves and confusion matrix as images | `write_run_summaries` (classifier/tensorboard_events.py) once the run is evaluated |
 
-Both trainers use Keras' tag names, so fit and tape runs overlay in the
-Scalars dashboard and line up in the HParams table. Nothing here draws from a
+Both trainers use Keras' tag names, and so does `--trainer torch`
+(`tensorboard_events.EpochScalars`, written without TensorFlow), so fit,
+tape and torch runs overlay in the Scalars dashboard and line up in the
+HParams table. Nothing here draws from a
 random generator or touches the model's weights, so a run with TensorBoard is
 bit-identical to one without (tests/test_tensorboard.py).
 """
@@ -25,15 +27,8 @@ from pathlib import Path
 import tensorflow as tf
 from tensorflow import keras
 
-LOG_DIR = "tensorboard"
-# The run's knobs shown in the HParams dashboard (the rest of the config says where files go).
-HPARAMS = ("dataset", "model", "trainer", "recipe", "strategy", "epochs", "batch_size", "learning_rate",
-           "val_split", "limit", "seed")
-
-
-def log_dir(run_dir: Path) -> Path:
-    """The run's TensorBoard folder."""
-    return Path(run_dir) / LOG_DIR
+# The layout and the run-level summaries are TensorFlow-free, shared with the PyTorch trainer.
+from classifier.tensorboard_events import HPARAMS, LOG_DIR, log_dir, write_run_summaries  # noqa: F401
 
 
 class EpochSummaries(keras.callbacks.Callback):
@@ -106,38 +101,3 @@ class EpochSummaries(keras.callbacks.Callback):
 def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
     """The optimizer's learning rate now (a schedule evaluated at the current step)."""
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-
-
-def write_run_summaries(run_dir: Path, config: dict, metrics: dict, epochs_done: int) -> Path:
-    """After evaluation: the hyperparameters with the test metrics, and the run's pictures as images.
-
-    Args:
-        run_dir: the run folder (its samples.png and confusion_matrix.png are read if present).
-        config: the resolved config as written to config.json.
-        metrics: what metrics.json holds (test loss and accuracy).
-        epochs_done: the step the test metrics and images are logged at.
-
-    Returns:
-        The TensorBoard folder.
-    """
-    from tensorboard.plugins.hparams import api as hparams_api
-
-    root = log_dir(run_dir)
-    writer = tf.summary.create_file_writer(str(root))
-    values = {key: _hparam_value(config.get(key)) for key in HPARAMS}
-    with writer.as_default(step=epochs_done):
-        hparams_api.hparams(values, trial_id=Path(run_dir).name)
-        tf.summary.scalar("test/loss", float(metrics["loss"]))
-        tf.summary.scalar("test/accuracy", float(metrics["accuracy"]))
-        for name in ("samples", "confusion_matrix", "learning_curves"):
-            picture = Path(run_dir) / f"{name}.png"
-            if picture.is_file():
-                image = tf.io.decode_png(tf.io.read_file(str(picture)), channels=4)
-                tf.summary.image(name, image[None], step=epochs_done)
-    writer.close()
-    return root
-
-
-def _hparam_value(value):
-    # The HParams plugin takes bool, number or string; an absent --limit means "all".
-    return "all" if value is None else value

@@ -7,8 +7,10 @@ The data comes from the same registry and verified cache; the folder holds
 config.json, history.json, metrics.json, timings.json, manifest.json (with
 torch's version, CUDA/cuDNN build and devices), the weights in PyTorch's
 format (model.pt, a state_dict), samples.png, learning_curves.png,
-confusion_matrix.png, model.txt (the module as torch prints it) and
-checkpoint/last.pt (one dict, rewritten atomically after every epoch).
+confusion_matrix.png, model.txt (the module as torch prints it),
+checkpoint/last.pt (one dict, rewritten atomically after every epoch) and
+tensorboard/ (the fit and tape runs' tags and folders, no model graph:
+classifier/tensorboard_events.py says why).
 TensorFlow is never imported on this path: a machine with only PyTorch runs it.
 """
 
@@ -94,10 +96,19 @@ def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
     start_epoch = load_checkpoint(run_dir / CHECKPOINT, trainer) if resume_dir else 0
     if start_epoch:
         print(f"Resuming {run_dir.name} after epoch {start_epoch}/{config.epochs}")
+    summaries = _epoch_summaries(run_dir) if config.tensorboard else None
+
+    def end_epoch(epoch: int, trainer: TorchTrainer) -> None:
+        # TensorBoard first, as the TensorFlow trainers do: a run killed between
+        # the two writes the epoch's scalars again when it resumes.
+        if summaries is not None:
+            summaries.write(epoch, {key: values[-1] for key, values in trainer.history.items()},
+                            trainer.optimizer.param_groups[0]["lr"])
+        save_checkpoint(run_dir / CHECKPOINT, trainer)
+
     try:
         start = time.perf_counter()
-        history = trainer.train(train, val, start_epoch=start_epoch,
-                                on_epoch_end=lambda epoch, t: save_checkpoint(run_dir / CHECKPOINT, t))
+        history = trainer.train(train, val, start_epoch=start_epoch, on_epoch_end=end_epoch)
         train_seconds = time.perf_counter() - start
     except KeyboardInterrupt:
         manifest["status"] = "interrupted"
@@ -105,6 +116,8 @@ def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
         done = len(trainer.history["loss"])
         raise Interrupted(f"stopped after {done}/{config.epochs} epoch(s); "
                           f"continue with: invoke train --resume {run_dir}") from None
+    if summaries is not None:
+        summaries.close()
 
     start = time.perf_counter()
     metrics = evaluate_torch(model, test, len(dataset.class_names), config.eval_batch_size)
@@ -119,11 +132,34 @@ def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
         "evaluate_seconds": eval_seconds,
         "epoch_seconds": trainer.epoch_seconds,
         "train_images_per_second": len(train) * len(ran) / sum(ran) if ran else None,
+        # Seconds of train_seconds spent writing TensorBoard summaries (None: --tensorboard false, or no tensorboard).
+        "tensorboard_seconds": summaries.seconds if summaries is not None else None,
     }
     finish_torch_run(run_dir, model, {**history, "epoch_seconds": trainer.epoch_seconds}, metrics, timings,
                      manifest, dataset.class_names)
+    if summaries is not None:
+        from classifier.tensorboard_events import write_run_summaries
+
+        write_run_summaries(run_dir, to_dict(config), metrics, config.epochs)
+        print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
     print(f"Run folder: {run_dir}")
     return run_dir
+
+
+def _epoch_summaries(run_dir: Path):
+    """`tensorboard_events.EpochScalars` for the run, or None with a warning where TensorBoard is not installed.
+
+    A PyTorch-only environment (requirements/torch-gpu.lock alone) has no
+    tensorboard package; the run goes on without event files, as it goes on
+    without model.png where Graphviz is missing.
+    """
+    try:
+        from classifier.tensorboard_events import EpochScalars
+    except ImportError as error:
+        print(f"warning: TensorBoard event files skipped: {error} "
+              "(the tensorboard package comes with requirements/lab.lock)")
+        return None
+    return EpochScalars(run_dir)
 
 
 def finish_torch_run(run_dir: Path, model, history: dict, metrics: dict, timings: dict, manifest: dict,

@@ -1,4 +1,7 @@
-"""`invoke train --trainer torch` and the tasks around it: run folder, reproduce, resume after SIGKILL, doctor, bench, bad input."""
+"""`invoke train --trainer torch` and the tasks around it.
+
+Run folder, TensorBoard, reproduce, resume after SIGKILL, doctor, bench, bad input.
+"""
 
 import json
 import os
@@ -7,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import defaultdict
 
 import pytest
 
@@ -33,9 +37,57 @@ def _manifest(run_dir):
     return json.loads((run_dir / "manifest.json").read_text())
 
 
+def _read(run_dir, name):
+    return json.loads((run_dir / name).read_text())
+
+
+def _board(folder) -> dict:
+    """One TensorBoard folder as TensorBoard reads it: {plugin name: {tag: {step: value}}}, and {"content": {tag: bytes}}.
+
+    Scalars are floats, other values NumPy arrays; "content" is each tag's plugin data (the HParams live there).
+    """
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    accumulator = EventAccumulator(str(folder))
+    accumulator.Reload()
+    found = defaultdict(dict)
+    for tag in accumulator.Tags()["tensors"]:
+        plugin = accumulator.SummaryMetadata(tag).plugin_data
+        values = {event.step: tensor_util.make_ndarray(event.tensor_proto) for event in accumulator.Tensors(tag)}
+        if plugin.plugin_name == "scalars":
+            values = {step: float(value) for step, value in values.items()}
+        found[plugin.plugin_name][tag] = values
+        found["content"][tag] = plugin.content
+    return found
+
+
+@pytest.fixture(scope="module")
+def torch_runs(fashion_lab, tmp_path_factory):
+    """The same small torch run with TensorBoard on and off: {on: (run folder, finished process)}.
+
+    The run with TensorBoard has a `tensorflow` package first on its path that
+    raises RuntimeError: writing the event files must not even try to import
+    TensorFlow (TensorBoard's own writer would, and falls back to its stub
+    only on ImportError).
+    """
+    fake = tmp_path_factory.mktemp("no-tensorflow")
+    (fake / "tensorflow").mkdir()
+    (fake / "tensorflow" / "__init__.py").write_text("raise RuntimeError('the torch trainer imported TensorFlow')\n")
+    runs = {}
+    for on in (True, False):
+        env = {**ONE_THREAD, "PYTHONPATH": str(fake)} if on else ONE_THREAD
+        result = run_invoke("train", "--dataset", "fashion_mnist", "--data-dir", str(fashion_lab / "data"),
+                            "--runs-dir", str(tmp_path_factory.mktemp(f"torch-runs-{on}")), "--trainer", "torch",
+                            "--limit", "600", "--epochs", "2", "--tensorboard", str(on).lower(), env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[on] = run_folder_from(result.stdout), result
+    return runs
+
+
 @pytest.mark.slow
-def test_torch_run_folder_holds_the_evidence_and_reproduces(fashion_lab):
-    run_dir, result = _train(fashion_lab, "--trainer", "torch", "--limit", "600", "--epochs", "1")
+def test_torch_run_folder_holds_the_evidence_and_reproduces(torch_runs):
+    run_dir, result = torch_runs[True]
     assert run_dir.name.endswith("-fashion_mnist-torch_module-torch")
     assert "parameters: 333,526" in result.stdout
     assert {"config.json", "history.json", "metrics.json", "timings.json", "manifest.json", "model.pt", "model.txt",
@@ -60,6 +112,54 @@ def test_torch_run_folder_holds_the_evidence_and_reproduces(fashion_lab):
     rerun = run_invoke("reproduce", str(run_dir), env=ONE_THREAD)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     assert "IDENTICAL" in rerun.stdout
+
+
+@pytest.mark.slow
+def test_torch_runs_write_the_tensorflow_trainers_tensorboard_tags(torch_runs):
+    run_dir, result = torch_runs[True]
+    history, metrics = _read(run_dir, "history.json"), _read(run_dir, "metrics.json")
+    train, validation, top = (_board(run_dir / "tensorboard" / name) for name in ("train", "validation", "."))
+
+    # The fit and tape runs' tags, step = epoch index, the values of history.json.
+    assert set(train["scalars"]) == {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"}
+    assert set(validation["scalars"]) == {"epoch_loss", "epoch_accuracy"}
+    for key in ("loss", "accuracy"):
+        assert train["scalars"][f"epoch_{key}"] == pytest.approx(dict(enumerate(history[key])), rel=1e-6)
+        assert validation["scalars"][f"epoch_{key}"] == pytest.approx(dict(enumerate(history[f"val_{key}"])), rel=1e-6)
+    assert train["scalars"]["epoch_learning_rate"] == pytest.approx({0: 0.001, 1: 0.001})
+
+    # After evaluation: the test metrics, the run's pictures as PNG images, the hyperparameters.
+    assert top["scalars"]["test/loss"] == pytest.approx({2: metrics["loss"]})
+    assert top["scalars"]["test/accuracy"] == pytest.approx({2: metrics["accuracy"]})
+    assert set(top["images"]) == {"samples", "confusion_matrix", "learning_curves"}
+    for name, images in top["images"].items():
+        assert images[2][2] == (run_dir / f"{name}.png").read_bytes()  # [width, height, PNG] at step 2
+    hparams = top["content"]["_hparams_/session_start_info"]
+    assert b"torch_module" in hparams and b"batch_size" in hparams and run_dir.name.encode() in hparams
+    assert f"TensorBoard: tensorboard --logdir {run_dir.parent}" in result.stdout
+
+
+@pytest.mark.slow
+def test_torch_tensorboard_leaves_the_weights_bit_identical_and_costs_little(torch_runs):
+    (with_board, _), (without, _) = torch_runs[True], torch_runs[False]
+    assert _manifest(with_board)["weights_sha256"] == _manifest(without)["weights_sha256"]
+    assert _read(with_board, "metrics.json") == _read(without, "metrics.json")
+    assert not (without / "tensorboard").exists()
+    timings = _read(with_board, "timings.json")
+    assert 0 < timings["tensorboard_seconds"] < timings["train_seconds"]
+    assert _read(without, "timings.json")["tensorboard_seconds"] is None
+
+
+def test_torch_run_without_the_tensorboard_package_says_so_and_goes_on(tmp_path, monkeypatch, capsys):
+    from classifier.torch_run import _epoch_summaries
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard now raises ImportError
+    monkeypatch.delitem(sys.modules, "classifier.tensorboard_events", raising=False)
+    assert _epoch_summaries(tmp_path) is None
+    warning = capsys.readouterr().out
+    assert warning.startswith("warning: TensorBoard event files skipped: ") and "tensorboard" in warning[40:]
+    assert warning.strip().endswith("(the tensorboard package comes with requirements/lab.lock)")
+    assert not (tmp_path / "tensorboard").exists()
 
 
 @pytest.mark.slow
@@ -97,6 +197,9 @@ def test_sigkill_during_an_epoch_then_resume_is_bit_identical(fashion_lab, tmp_p
     assert json.loads((run_dir / "metrics.json").read_text()) == json.loads((reference / "metrics.json").read_text())
     assert json.loads((run_dir / "history.json").read_text())["val_loss"] == json.loads(
         (reference / "history.json").read_text())["val_loss"]
+    # TensorBoard's curves go on across the kill: one point per epoch, the resumed run's history.
+    curves = _board(run_dir / "tensorboard" / "validation")["scalars"]["epoch_loss"]
+    assert curves == pytest.approx(dict(enumerate(_read(run_dir, "history.json")["val_loss"])), rel=1e-6)
 
 
 @pytest.mark.parametrize(("args", "message"), [
