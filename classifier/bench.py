@@ -41,8 +41,9 @@ from classifier.config import PROJECT_ROOT, UserError, make_config, resolve_reci
 from classifier.files import write_json, write_text
 
 REFERENCE_SCRIPT = PROJECT_ROOT / "benchmarks" / "lecture_reference.py"
-SUBJECTS = ("reference", "fit", "tape", "fast", "torch")
-# "fast" is the fast recipe (classifier/recipes.py) with the `tape` trainer, as the README runs it.
+SUBJECTS = ("reference", "fit", "tape", "fast", "torch", "fit+tensorboard", "tape+tensorboard")
+# "fast" is the fast recipe (classifier/recipes.py) with the `tape` trainer, as the README runs it;
+# "+tensorboard": the same trainer writing `invoke train`'s per-epoch TensorBoard summaries, to show their cost.
 DEFAULT_SUBJECTS = ("reference", "fit", "tape", "torch")
 DEFAULT_OUTPUT = "benchmarks/results/latest"
 
@@ -338,11 +339,13 @@ def _measure_in_child(subject: str, limit: int, epochs: int, data_root: str, see
 
 
 def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: str, seed: int = 42,
-                        recipe: str = "lecture") -> dict:
+                        recipe: str = "lecture", tensorboard: bool = False) -> dict:
     """Train and evaluate with the lab's trainer and `recipe` as `invoke train` does.
 
     The fast recipe fills in its network, batch size, learning rate and
-    validation split; `epochs` and `limit` stay as given.
+    validation split; `epochs` and `limit` stay as given. With `tensorboard`
+    the trainer also writes `invoke train`'s per-epoch summaries (into a
+    temporary folder), as a run does.
 
     Returns:
         {"train_images", "epoch_seconds", "train_seconds", "eval_images", "eval_seconds",
@@ -354,6 +357,7 @@ def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: st
     from classifier.models import build_model
     from classifier.recipes import inference_model, make_optimizer, steps_per_epoch, use_mixed_precision
     from classifier.runtime import EpochTimer, gpu_config, seed_everything
+    from classifier.tensorboard import EpochSummaries
 
     given = {"dataset": "fashion_mnist", "trainer": trainer_name, "limit": limit or None, "epochs": epochs,
              "seed": seed, "data_dir": data_dir, "recipe": recipe}
@@ -368,10 +372,13 @@ def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: st
     model = build_model(config.model, dataset.image_shape, len(dataset.class_names))
     optimizer = make_optimizer(config, steps_per_epoch(len(train), config.batch_size))
     timer = EpochTimer()
-    trainer = make_trainer(config, model, optimizer, callbacks=[timer], verbose=0)
-    start = time.perf_counter()
-    history = trainer.train((train.images, train.labels), (val.images, val.labels))
-    train_seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="bench-tensorboard-") as run_dir:
+        # First, as in commands.train_command, so that the epoch times include writing them.
+        summaries = [EpochSummaries(Path(run_dir), optimizer, dataset.image_shape)] if tensorboard else []
+        trainer = make_trainer(config, model, optimizer, callbacks=[*summaries, timer], verbose=0)
+        start = time.perf_counter()
+        history = trainer.train((train.images, train.labels), (val.images, val.labels))
+        train_seconds = time.perf_counter() - start
     train_flops_per_image = 3 * forward_flops(model)
     direct = trainer_name == "tape"
     model = inference_model(model, config)
@@ -654,7 +661,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--numerics", default="fastest", help="comma-separated numerics modes, e.g. fastest,portable")
     parser.add_argument("--target", type=float, default=0.0, help="time to this test accuracy instead (e.g. 0.91)")
     parser.add_argument("--seeds", type=int, default=3, help="with --target: seeds per recipe")
-    parser.add_argument("--child", choices=("fit", "tape", "fast", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=SUBJECTS[1:], help=argparse.SUPPRESS)
     parser.add_argument("--child-recipe", default="", help=argparse.SUPPRESS)
     parser.add_argument("--json", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -670,8 +677,10 @@ def main(argv: list[str] | None = None) -> None:
             result = measure_torch_trainer(args.limit, args.epochs, args.data_dir, args.seed)
             Path(args.json).write_text(json.dumps(result))
         elif args.child:
-            trainer, recipe = ("tape", "fast") if args.child == "fast" else (args.child, "lecture")
-            result = measure_lab_trainer(trainer, args.limit, args.epochs, args.data_dir, args.seed, recipe=recipe)
+            trainer, _, extra = args.child.partition("+")
+            trainer, recipe = ("tape", "fast") if trainer == "fast" else (trainer, "lecture")
+            result = measure_lab_trainer(trainer, args.limit, args.epochs, args.data_dir, args.seed, recipe=recipe,
+                                         tensorboard=extra == "tensorboard")
             Path(args.json).write_text(json.dumps(result))
         else:
             run_benchmark(args.limit, args.epochs, args.repeats, args.output, args.data_dir, args.seed,

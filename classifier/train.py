@@ -31,6 +31,7 @@ class FitTrainer:
         self.optimizer = optimizer
         self.batch_size = config.batch_size
         self.epochs = config.epochs
+        self.eval_batch_size = config.eval_batch_size
         self.callbacks = list(callbacks)
         self.verbose = _verbosity(verbose)
 
@@ -44,6 +45,8 @@ class FitTrainer:
         )
         history = self.model.fit(x_train, y_train, batch_size=self.batch_size, epochs=self.epochs,
                                  validation_data=val_data, initial_epoch=initial_epoch,
+                                 # Validation only: larger batches, fewer steps, the same weights.
+                                 validation_batch_size=self.eval_batch_size,
                                  callbacks=self.callbacks, verbose=self.verbose)
         return history.history
 

@@ -107,6 +107,16 @@ def test_numerics_cost_of_the_fast_recipe_is_measured(fashion_lab, tmp_path):
     assert "| fast: portable vs fastest |" in output.with_suffix(".md").read_text()
 
 
+def test_tensorboard_rows_cost_time_but_change_no_result(fashion_lab, tmp_path):
+    results = run_benchmark(limit=500, epochs=2, repeats=1, output=str(tmp_path / "tb"),
+                            data_dir=str(fashion_lab / "data"), subjects=("fit", "fit+tensorboard"))
+    plain, logged = results["summary"]["fit"], results["summary"]["fit+tensorboard"]
+    # The summaries read the epoch's logs only: the same weights, so the same test accuracy to the digit.
+    assert logged["test_accuracy"] == plain["test_accuracy"]
+    assert logged["train_images_per_second"] > 0
+    assert "| fit+tensorboard |" in (tmp_path / "tb.md").read_text()
+
+
 def _recipe_run(seconds, accuracy, target=0.9):
     reached = next((index + 1 for index, value in enumerate(accuracy) if value >= target), None)
     return {"train_seconds": seconds, "test_accuracy": accuracy, "epochs_to_target": reached,
