@@ -32,6 +32,7 @@ import tensorflow as tf
 from tensorflow import keras
 
 from classifier.config import Config, UserError
+from classifier.recipes import make_loss
 from classifier.train import TRAINERS, TapeTrainer
 from classifier.workers import worker_role
 
@@ -160,7 +161,7 @@ class MirroredTapeTrainer(TapeTrainer):
             # Accuracy arrives as each batch's fraction of correct answers, so it is averaged like the loss.
             self.train_accuracy = keras.metrics.Mean(name="accuracy")
             self.val_accuracy = keras.metrics.Mean(name="val_accuracy")
-        self.per_image_loss = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+        self.per_image_loss = make_loss(config, reduction=None)
 
     def make_datasets(self, train_data, val_data):
         dataset, val_dataset = super().make_datasets(train_data, val_data)

@@ -20,6 +20,7 @@ import tensorflow as tf
 from tensorflow import keras
 
 from classifier.config import Config
+from classifier.recipes import make_loss
 
 
 class FitTrainer:
@@ -32,6 +33,8 @@ class FitTrainer:
         self.batch_size = config.batch_size
         self.epochs = config.epochs
         self.eval_batch_size = config.eval_batch_size
+        # The lecture's SparseCategoricalCrossentropy (the fast recipe smooths its labels).
+        self.loss = make_loss(config)
         self.callbacks = list(callbacks)
         self.verbose = _verbosity(verbose)
 
@@ -39,7 +42,7 @@ class FitTrainer:
         """Train up to `epochs` (starting after `initial_epoch` finished ones); returns this call's history."""
         x_train, y_train = train_data
         self.model.compile(
-            loss=keras.losses.SparseCategoricalCrossentropy(),
+            loss=self.loss,
             optimizer=self.optimizer,
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
@@ -57,7 +60,8 @@ class TapeTrainer:
     def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, config: Config,
                  callbacks=(), verbose: int | None = None):
         self.model = model
-        self.loss_object = keras.losses.SparseCategoricalCrossentropy()
+        # The lecture's SparseCategoricalCrossentropy (the fast recipe smooths its labels).
+        self.loss_object = make_loss(config)
         self.optimizer = optimizer
         self.batch_size = config.batch_size
         self.epochs = config.epochs

@@ -73,3 +73,22 @@ def test_fast_recipe_model_loads_with_plain_keras_in_a_fresh_python(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "classifier" not in result.stderr and "Warning" not in result.stderr, result.stderr
     np.testing.assert_allclose(np.array(eval(result.stdout.strip().splitlines()[-1])), expected, rtol=1e-6)
+
+
+def test_fast_recipe_loss_smooths_the_labels_and_the_lecture_loss_does_not():
+    from tensorflow import keras
+
+    from classifier.recipes import LABEL_SMOOTHING, make_loss
+
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype="float32")
+    labels = np.array([0, 2])
+    lecture = make_loss(make_config(recipe="lecture"))
+    assert isinstance(lecture, keras.losses.SparseCategoricalCrossentropy)
+    smoothed = make_loss(make_config(recipe="fast"))
+    # By hand: the target row is (1 - s) * one_hot + s / 3, and the loss is its cross-entropy with the prediction.
+    targets = (1 - LABEL_SMOOTHING) * np.eye(3)[labels] + LABEL_SMOOTHING / 3
+    expected = -np.mean(np.sum(targets * np.log(probabilities), axis=1))
+    assert float(smoothed(labels, probabilities)) == pytest.approx(expected, rel=1e-5)
+    assert float(lecture(labels, probabilities)) == pytest.approx(-np.mean(np.log([0.7, 0.8])), rel=1e-5)
+    per_image = make_loss(make_config(recipe="fast"), reduction=None)(labels, probabilities)
+    assert per_image.shape == (2,) and float(np.mean(per_image)) == pytest.approx(expected, rel=1e-5)

@@ -51,6 +51,8 @@ def _assert_one_line_error(result, expected):
         (["plot", "--model", "vgg"], "unknown model 'vgg'"),
         (["bench", "--limit", "abc"], "--limit must be a whole number, got 'abc'"),
         (["bench", "--epochs", "1"], "epochs must be at least 2"),
+        (["bench", "--target", "0.91,high"], "--target must be test accuracies between 0 and 1 (e.g. 0.91,0.94), got '0.91,high'"),
+        (["bench", "--target", "0.91,1.2"], "--target must be a test accuracy between 0 and 1, got 1.2"),
         (["train", "--recipe", "turbo"], "unknown recipe 'turbo'; accepted: lecture, fast"),
         (["train", "--strategy", "tpu"], "unknown strategy 'tpu'; accepted: default, mirrored"),
         (["plot", "--output", "/nonexistent/folder/m.png"], "--output folder /nonexistent/folder does not exist"),
