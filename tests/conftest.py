@@ -336,9 +336,11 @@ def lab_test_image():
     build = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     seconds = time.perf_counter() - started
     assert build.returncode == 0, f"the lab image did not build:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
-    # The classic builder says "Using cache" for each step it did not run again.
-    steps, cached = len(re.findall(r"^Step \d+/\d+ :", build.stdout, re.MULTILINE)), build.stdout.count("Using cache")
-    print(f"\n[timing] {LAB_TEST_IMAGE} build {seconds:.0f} s, {cached} of {steps} steps from Docker's cache "
+    # The classic builder says "Using cache" under each step it did not run again (ARG before FROM and FROM never do).
+    steps = [step for step in re.split(r"^Step \d+/\d+ : ", build.stdout, flags=re.MULTILINE)[1:]
+             if not step.startswith(("FROM ", "ARG BASE_IMAGE"))]
+    cached = sum("Using cache" in step for step in steps)
+    print(f"\n[timing] {LAB_TEST_IMAGE} build {seconds:.0f} s, {cached} of {len(steps)} steps from Docker's cache "
           f"(uid {uid}, gid {gid})")
     yield LAB_TEST_IMAGE
     if os.environ.get("LAB_TEST_KEEP_IMAGE") != "1":

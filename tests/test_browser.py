@@ -30,8 +30,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from conftest import ROOT, container_user_ids, docker_engine_answers, run_invoke, train_fashion
+from conftest import (
+    ROOT,
+    container_user_ids,
+    docker_engine_answers,
+    run_invoke,
+    train_fashion,
+)
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("BROWSER_SCREENSHOTS", ROOT / "test-output" / "browser"))

@@ -22,7 +22,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import container_user_ids, docker_engine_answers, standin_base_image
 
 ROOT = Path(__file__).resolve().parent.parent
