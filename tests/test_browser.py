@@ -170,11 +170,17 @@ def _compose_lab(root: Path, image: str):
     (root / ".env").write_text(f"JUPYTER_TOKEN={token}\nLAB_IMAGE={image}\nLAB_UID={uid}\nLAB_GID={gid}\n"
                                f"LAB_PORT={lab_port}\nTENSORBOARD_PORT={board_port}\n")
     compose = [*container.compose_command(), "-f", "docker-compose.cpu.yml", "-p", f"classifier-browser-{token[:8]}"]
-    up = subprocess.run([*compose, "up", "-d", "--no-build"], cwd=root, capture_output=True, text=True, timeout=900)
-    assert up.returncode == 0, up.stdout + up.stderr
+    # On vfs storage creating a container copies the whole image: more than docker-compose 1.x's 60 s read timeout.
+    environment = {**os.environ, "COMPOSE_HTTP_TIMEOUT": "600", "DOCKER_CLIENT_TIMEOUT": "600"}
 
     def stop():
-        subprocess.run([*compose, "down", "--timeout", "5"], cwd=root, capture_output=True, timeout=300)
+        subprocess.run([*compose, "down", "--timeout", "5"], cwd=root, env=environment, capture_output=True, timeout=300)
+
+    up = subprocess.run([*compose, "up", "-d", "--no-build"], cwd=root, env=environment, capture_output=True,
+                        text=True, timeout=900)
+    if up.returncode != 0:
+        stop()
+    assert up.returncode == 0, up.stdout + up.stderr
 
     return f"http://127.0.0.1:{lab_port}", token, f"http://127.0.0.1:{board_port}", stop
 
