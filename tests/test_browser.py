@@ -304,6 +304,12 @@ def test_tensorboard_shows_the_runs_scalars(lab, page):
     page.wait_for_selector(f"text={run.name}", timeout=60_000)
     # At least one scalar card drew its line chart.
     page.wait_for_selector("tb-metrics-scalar-card, scalar-card", timeout=60_000)
+    # For the screenshot: the curves only (the tag filter), and the settings pane that covers them closed.
+    close = page.get_by_label("Close side pane")
+    if close.count():
+        close.first.click()
+    page.locator("input[placeholder='Filter tags (regex)']").first.fill("epoch_")
+    page.keyboard.press("Escape")  # the filter's suggestions would cover the cards
     page.wait_for_timeout(3000)
     shot = _shot(page, "05-tensorboard-scalars")
     body = page.locator("body").inner_text()
