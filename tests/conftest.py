@@ -1,4 +1,4 @@
-"""Shared fixtures: archives in the published formats, a local HTTP server, the CLI."""
+"""Shared fixtures: archives in the published formats, a local HTTP server, the CLI, the container tests' image."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ import http.server
 import io
 import os
 import pickle
+import pwd
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -266,3 +270,78 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+# The image the browser and Dev Containers tests run: built exactly as tests/test_docker.py's
+# `invoke build --variant cpu --network host --base-image ...` builds classifier-lab:cpu (same
+# Dockerfile, build arguments, user ids and source), so whichever builds first pays and the
+# others find every layer in Docker's cache: their build is only a new tag.
+LAB_TEST_IMAGE = "classifier-lab:test-cpu"
+STANDIN_BASE = "classifier-lab-base:bookworm"
+CONTAINER_TEST_USER = "labuser"
+
+
+def container_user_ids() -> tuple[int, int]:
+    """UID and GID of the host user the container tests play (the lab never runs as root).
+
+    As root (CI) it is `labuser`, whom docker/ci-setup.sh adds and tests/test_docker.py
+    plays; without that user, 1234. Otherwise the user running pytest.
+    """
+    if os.getuid() != 0:
+        return os.getuid(), os.getgid()
+    try:
+        entry = pwd.getpwnam(CONTAINER_TEST_USER)
+    except KeyError:
+        return 1234, 1234
+    return entry.pw_uid, entry.pw_gid
+
+
+def docker_engine_answers() -> bool:
+    """True when the docker CLI is installed and an engine answers it."""
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0
+
+
+def standin_base_image() -> str | None:
+    """$LAB_BASE_IMAGE, else the local stand-in base (docker/build-standin-base.sh) when present, else None."""
+    if base := os.environ.get("LAB_BASE_IMAGE"):
+        return base
+    present = subprocess.run(["docker", "image", "inspect", STANDIN_BASE], capture_output=True).returncode == 0
+    return STANDIN_BASE if present else None
+
+
+@pytest.fixture(scope="session")
+def lab_test_image():
+    """The CPU lab image for the browser and Dev Containers tests: $LAB_IMAGE, or classifier-lab:test-cpu built here.
+
+    Without a Docker engine: a skip with the reason, a failure in CI. The tag is
+    removed at the end of the session (LAB_TEST_KEEP_IMAGE=1 keeps it); its layers
+    stay while tests/test_docker.py's classifier-lab:cpu, the same image, exists.
+    """
+    if image := os.environ.get("LAB_IMAGE"):
+        yield image
+        return
+    if not docker_engine_answers():
+        reason = "no Docker engine is reachable (bash docker/ci-setup.sh starts one)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the container tests, but {reason}", pytrace=False)
+        pytest.skip(reason)
+    from classifier import container
+
+    uid, gid = container_user_ids()
+    command = container.build_command("cpu", tag=LAB_TEST_IMAGE, base_image=standin_base_image(), uid=uid, gid=gid,
+                                      network="host")
+    started = time.perf_counter()
+    build = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    seconds = time.perf_counter() - started
+    assert build.returncode == 0, f"the lab image did not build:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
+    # The classic builder says "Using cache" under each step it did not run again (ARG before FROM and FROM never do).
+    steps = [step for step in re.split(r"^Step \d+/\d+ : ", build.stdout, flags=re.MULTILINE)[1:]
+             if not step.startswith(("FROM ", "ARG BASE_IMAGE"))]
+    cached = sum("Using cache" in step for step in steps)
+    print(f"\n[timing] {LAB_TEST_IMAGE} build {seconds:.0f} s, {cached} of {len(steps)} steps from Docker's cache "
+          f"(uid {uid}, gid {gid})")
+    yield LAB_TEST_IMAGE
+    if os.environ.get("LAB_TEST_KEEP_IMAGE") != "1":
+        subprocess.run(["docker", "rmi", LAB_TEST_IMAGE], capture_output=True, timeout=300)

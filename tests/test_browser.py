@@ -2,16 +2,17 @@
 
     python -m pytest tests/test_browser.py -s          # prints the folder with the screenshots
 
-Against JupyterLab and TensorBoard started on this machine from the test's
-own Python environment (the default, and what CI runs), or with
-`BROWSER_LAB=compose` against the compose lab (`LAB_IMAGE`, default
-classifier-lab:test-cpu, the image tests/test_docker.py builds, built here
-if missing). The compose path is written but has not run to the end yet:
-the image build on this sandbox's vfs Docker outlasted the session. Either way:
-without the token JupyterLab refuses; with it, notebook 02 is opened and run
-top to bottom through JupyterLab's Run menu, no output cell is an error and
-the plots rendered; TensorBoard shows a run's scalars. Playwright's own
-browser download cannot work offline, so Debian's /usr/bin/chromium is used.
+Against the compose lab (docker-compose.cpu.yml) wherever a Docker engine
+answers, CI included: its image is $LAB_IMAGE, else classifier-lab:test-cpu,
+built with tests/test_docker.py's very build arguments (conftest.py's
+`lab_test_image`), so one of the two builds is only a tag from Docker's
+cache. Without an engine (outside CI), or with `BROWSER_LAB=host`, against
+JupyterLab and TensorBoard started from the test's own Python environment.
+Either way: without the token JupyterLab refuses; with it, notebook 02 is
+opened and run top to bottom through JupyterLab's Run menu, no output cell is
+an error and the plots rendered; TensorBoard shows a run's scalars.
+Playwright's own browser download cannot work offline, so Debian's
+/usr/bin/chromium is used.
 """
 
 from __future__ import annotations
@@ -29,8 +30,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from conftest import ROOT, run_invoke, train_fashion
+from conftest import (
+    ROOT,
+    container_user_ids,
+    docker_engine_answers,
+    run_invoke,
+    train_fashion,
+)
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("BROWSER_SCREENSHOTS", ROOT / "test-output" / "browser"))
@@ -156,7 +162,7 @@ def _compose_lab(root: Path, image: str):
     """The compose lab (docker-compose.cpu.yml) on the copy, with its own ports, token and project name."""
     from classifier import container
 
-    uid, gid = (os.getuid(), os.getgid()) if os.getuid() != 0 else (1234, 1234)
+    uid, gid = container_user_ids()
     if os.getuid() == 0:
         for path in [root, *root.rglob("*")]:
             os.chown(path, uid, gid, follow_symlinks=False)
@@ -164,51 +170,42 @@ def _compose_lab(root: Path, image: str):
     (root / ".env").write_text(f"JUPYTER_TOKEN={token}\nLAB_IMAGE={image}\nLAB_UID={uid}\nLAB_GID={gid}\n"
                                f"LAB_PORT={lab_port}\nTENSORBOARD_PORT={board_port}\n")
     compose = [*container.compose_command(), "-f", "docker-compose.cpu.yml", "-p", f"classifier-browser-{token[:8]}"]
-    up = subprocess.run([*compose, "up", "-d", "--no-build"], cwd=root, capture_output=True, text=True, timeout=900)
-    assert up.returncode == 0, up.stdout + up.stderr
+    # On vfs storage creating a container copies the whole image: more than docker-compose 1.x's 60 s read timeout.
+    environment = {**os.environ, "COMPOSE_HTTP_TIMEOUT": "600", "DOCKER_CLIENT_TIMEOUT": "600"}
 
     def stop():
-        subprocess.run([*compose, "down", "--timeout", "5"], cwd=root, capture_output=True, timeout=300)
+        subprocess.run([*compose, "down", "--timeout", "5"], cwd=root, env=environment, capture_output=True, timeout=300)
+
+    up = subprocess.run([*compose, "up", "-d", "--no-build"], cwd=root, env=environment, capture_output=True,
+                        text=True, timeout=900)
+    if up.returncode != 0:
+        stop()
+    assert up.returncode == 0, up.stdout + up.stderr
 
     return f"http://127.0.0.1:{lab_port}", token, f"http://127.0.0.1:{board_port}", stop
 
 
-def _lab_mode() -> tuple[str, str | None]:
-    """("compose", image) when a Docker engine answers, else ("host", None).
-
-    The image is $LAB_IMAGE, else tests/test_docker.py's test image, built
-    here with the same arguments (so whichever test builds it first pays, and
-    the other finds every layer cached).
-    """
-    # The compose lab only on request for now: on this sandbox's vfs Docker the image build
-    # outlasted the session, so that path has not run yet (see the module docstring).
-    if os.environ.get("BROWSER_LAB") != "compose" or shutil.which("docker") is None:
-        return "host", None
-    if subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode != 0:
-        return "host", None
-    if image := os.environ.get("LAB_IMAGE"):
-        return "compose", image
-    from classifier import container
-
-    image, standin = "classifier-lab:test-cpu", "classifier-lab-base:bookworm"
-    base = os.environ.get("LAB_BASE_IMAGE") or (
-        standin if subprocess.run(["docker", "image", "inspect", standin], capture_output=True).returncode == 0 else None)
-    uid, gid = (os.getuid(), os.getgid()) if os.getuid() != 0 else (1234, 1234)
-    build = subprocess.run(container.build_command("cpu", tag=image, base_image=base, uid=uid, gid=gid, network="host"),
-                           cwd=ROOT, capture_output=True, text=True, timeout=2400)
-    if build.returncode != 0:
-        if IN_CI:
-            pytest.fail(f"the lab image did not build:\n{build.stderr[-3000:]}")
-        print(f"\n[browser] lab image did not build, using the host's JupyterLab: {build.stderr.strip()[-300:]}")
-        return "host", None
-    return "compose", image
+def _lab_mode() -> str:
+    """"compose" where a Docker engine answers (CI starts one), "host" without one or with BROWSER_LAB=host."""
+    wanted = os.environ.get("BROWSER_LAB", "")
+    if wanted not in ("", "compose", "host"):
+        pytest.fail(f"BROWSER_LAB={wanted!r}: use compose or host", pytrace=False)
+    if wanted == "host":
+        return "host"
+    if docker_engine_answers():
+        return "compose"
+    if IN_CI or wanted == "compose":
+        _unavailable("no Docker engine answers for the compose lab (bash docker/ci-setup.sh starts one)")
+    print("\n[browser] no Docker engine: the host's JupyterLab and TensorBoard stand in for the compose lab")
+    return "host"
 
 
 @pytest.fixture(scope="module")
-def lab(workspace):
+def lab(workspace, request):
     """(JupyterLab URL, token, TensorBoard URL, mode, run folder), servers stopped afterwards."""
     root, run = workspace
-    mode, image = _lab_mode()
+    mode = _lab_mode()
+    image = request.getfixturevalue("lab_test_image") if mode == "compose" else None
     lab_url, token, board_url, stop = _compose_lab(root, image) if mode == "compose" else _host_lab(root)
     try:
         log = root / "servers.log" if mode == "host" else None
@@ -307,6 +304,12 @@ def test_tensorboard_shows_the_runs_scalars(lab, page):
     page.wait_for_selector(f"text={run.name}", timeout=60_000)
     # At least one scalar card drew its line chart.
     page.wait_for_selector("tb-metrics-scalar-card, scalar-card", timeout=60_000)
+    # For the screenshot: the curves only (the tag filter), and the settings pane that covers them closed.
+    close = page.get_by_label("Close side pane")
+    if close.count():
+        close.first.click()
+    page.locator("input[placeholder='Filter tags (regex)']").first.fill("epoch_")
+    page.keyboard.press("Escape")  # the filter's suggestions would cover the cards
     page.wait_for_timeout(3000)
     shot = _shot(page, "05-tensorboard-scalars")
     body = page.locator("body").inner_text()

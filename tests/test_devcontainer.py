@@ -3,6 +3,10 @@
 The CLI is `@devcontainers/cli` from npm: $DEVCONTAINER_CLI, else `devcontainer`
 on PATH, else the copy .ci/run installs into /opt/devcontainers-cli. Without
 it or a Docker engine the tests skip with the reason (in CI they fail).
+`up` runs the lab image conftest.py's `lab_test_image` builds with
+tests/test_docker.py's build arguments (a tag from Docker's cache when that
+image exists); the CLI's own compose build then adds only its metadata label.
+Opt out with `-m "not docker"`.
 """
 
 from __future__ import annotations
@@ -13,18 +17,20 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import pytest
+from conftest import container_user_ids, docker_engine_answers, standin_base_image
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"gpu": ROOT / ".devcontainer" / "devcontainer.json", "cpu": ROOT / ".devcontainer" / "cpu" / "devcontainer.json"}
-STANDIN_BASE = "classifier-lab-base:bookworm"
+# The CLI's own build: the lab image plus its devcontainer.metadata label.
 IMAGE = "classifier-lab:devcontainer-test"
 IN_CI = os.environ.get("CI") == "true"
-# The lab never runs as root: as root (CI) the test plays host user 1234, as test_docker.py does.
-TEST_UID, TEST_GID = (os.getuid(), os.getgid()) if os.getuid() != 0 else (1234, 1234)
+# The lab never runs as root: as root (CI) the test plays labuser, as test_docker.py does.
+TEST_UID, TEST_GID = container_user_ids()
 os.environ.setdefault("COMPOSE_HTTP_TIMEOUT", "600")
 os.environ.setdefault("DOCKER_CLIENT_TIMEOUT", "600")
 
@@ -121,14 +127,14 @@ def _free_port() -> int:
 
 
 @pytest.mark.docker
-def test_devcontainer_up_then_exec_runs_the_quick_tests(cli, tmp_path):
+def test_devcontainer_up_then_exec_runs_the_quick_tests(cli, tmp_path, request):
     """`devcontainer up` on the CPU configuration, then `devcontainer exec ... invoke test` as the host user."""
-    # Only on request for now: on this sandbox's vfs Docker the image build alone outlasted the
-    # session that wrote this test, so it has not run to the end yet.
-    if os.environ.get("DEVCONTAINER_UP") != "1":
-        pytest.skip("set DEVCONTAINER_UP=1 to build the image and run devcontainer up/exec (slow on vfs)")
-    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode:
+    if not docker_engine_answers():
         _unavailable("no Docker engine is reachable (bash docker/ci-setup.sh starts one)")
+    # The lab image first, as `invoke build` makes it (this sandbox's Docker has no bridge network,
+    # so only a build on the host network reaches Debian and PyPI): tests/test_docker.py's image.
+    # The CLI's own `compose build` of the copy below then finds every layer in the cache.
+    request.getfixturevalue("lab_test_image")
     # A copy of the repository with its own .env, so a lab the user runs is left alone.
     workspace = tmp_path / "lab"
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
@@ -137,29 +143,27 @@ def test_devcontainer_up_then_exec_runs_the_quick_tests(cli, tmp_path):
         if (ROOT / name).is_file():
             (workspace / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, workspace / name)
-    base = os.environ.get("LAB_BASE_IMAGE") or (
-        STANDIN_BASE if subprocess.run(["docker", "image", "inspect", STANDIN_BASE], capture_output=True).returncode == 0 else "")
+    base = standin_base_image()
     settings = {"LAB_IMAGE": IMAGE, "LAB_UID": TEST_UID, "LAB_GID": TEST_GID, "LAB_PORT": _free_port(),
-                "TENSORBOARD_PORT": _free_port(), "JUPYTER_TOKEN": uuid.uuid4().hex, **({"LAB_BASE_IMAGE": base} if base else {})}
+                "TENSORBOARD_PORT": _free_port(), "JUPYTER_TOKEN": uuid.uuid4().hex, "LAB_BUILD_NETWORK": "host",
+                **({"LAB_BASE_IMAGE": base} if base else {})}
     (workspace / ".env").write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
     if os.getuid() == 0:
         for path in [workspace, *workspace.rglob("*")]:
             os.chown(path, TEST_UID, TEST_GID)
-    # The image first, as `invoke build` makes it: this sandbox's Docker has no bridge network, so
-    # only a build on the host network reaches Debian and PyPI. The CLI's own `compose build`
-    # then finds every layer in the cache.
     from classifier import container
 
-    build = subprocess.run(container.build_command("cpu", tag=IMAGE, base_image=base or None, uid=TEST_UID,
-                                                   gid=TEST_GID, network="host"),
-                           cwd=workspace, capture_output=True, text=True, timeout=2400)
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    # docker-compose 1.x builds through the docker CLI, not its own client: the CLI packs the
+    # context as `docker build` does (owner 0:0), so the source layer's cache key matches.
+    environment = {**os.environ, "COMPOSE_DOCKER_CLI_BUILD": "1", "DOCKER_BUILDKIT": "0"}
     config = workspace / ".devcontainer" / "cpu" / "devcontainer.json"
     where = ["--workspace-folder", str(workspace), "--config", str(config)]
     project = None
     try:
-        up = subprocess.run([cli, "up", *where], capture_output=True, text=True, timeout=2400)
-        print("\n[devcontainer up] " + "\n".join(up.stdout.strip().splitlines()[-3:]))
+        started = time.perf_counter()
+        up = subprocess.run([cli, "up", *where], capture_output=True, text=True, timeout=2400, env=environment)
+        print(f"\n[timing] devcontainer up {time.perf_counter() - started:.0f} s")
+        print("[devcontainer up] " + "\n".join(up.stdout.strip().splitlines()[-3:]))
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         outcome = json.loads(up.stdout.strip().splitlines()[-1])
         assert outcome["outcome"] == "success" and outcome["remoteUser"] == "lab"
@@ -185,3 +189,4 @@ def test_devcontainer_up_then_exec_runs_the_quick_tests(cli, tmp_path):
         if project:
             subprocess.run([*container.compose_command(), "-f", str(workspace / "docker-compose.cpu.yml"), "-p", project,
                             "down", "--timeout", "5"], cwd=workspace, capture_output=True, timeout=300)
+        subprocess.run(["docker", "rmi", IMAGE], capture_output=True, timeout=300)

@@ -204,7 +204,9 @@ def built(user, clone) -> dict:
     result = user.invoke(*_build_arguments(), cwd=clone, timeout=3600)
     seconds = time.perf_counter() - started
     assert result.returncode == 0, f"invoke build failed:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}"
-    print(f"\n[timing] invoke build (first in this session) {seconds:.0f} s")
+    # tests/test_browser.py runs first and builds the same image (conftest.py's lab_test_image): then this is a tag.
+    print(f"\n[timing] invoke build (first in this session) {seconds:.0f} s, "
+          f"{result.stdout.count('Using cache')} steps from Docker's cache")
     yield {"seconds": seconds, "stdout": result.stdout}
     if os.environ.get("LAB_TEST_KEEP_IMAGE") != "1":
         _docker("rmi", "-f", IMAGE, check=False)
