@@ -153,7 +153,11 @@ def test_torch_tensorboard_leaves_the_weights_bit_identical_and_costs_little(tor
 def test_torch_run_without_the_tensorboard_package_says_so_and_goes_on(tmp_path, monkeypatch, capsys):
     from classifier.torch_run import _epoch_summaries
 
-    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard now raises ImportError
+    # Earlier tests may have imported TensorBoard's submodules, which Python would find without
+    # the package: take them all out, and make `import tensorboard` raise ImportError.
+    for name in [name for name in sys.modules if name.startswith("tensorboard.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
     monkeypatch.delitem(sys.modules, "classifier.tensorboard_events", raising=False)
     assert _epoch_summaries(tmp_path) is None
     warning = capsys.readouterr().out
