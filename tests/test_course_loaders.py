@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_cifar_archive, run_invoke, sha256_bytes
+from conftest import make_cifar_archive, run_invoke, sha256_bytes
 
 # Published SHA-256s that Keras 3.15 checks for CIFAR; a generated archive stands in under its own hash.
 _KERAS_CIFAR_HASHES = {
@@ -223,11 +223,11 @@ np.savez(sys.argv[1], x_train=np.array(trainset.data), y_train=np.array(trainset
 
 
 def _torchvision_python() -> str:
-    """A Python whose torchvision imports: this one, $LAB_TORCH_PYTHON, or setup.sh's .venv-torch; else skip."""
+    """A Python whose torchvision imports: this one, else $LAB_TORCH_PYTHON; else the test skips."""
     python = _find_torchvision_python()
     if not python:
         pytest.skip("no Python here imports torchvision (it is in requirements/torch-gpu.lock; "
-                    "set LAB_TORCH_PYTHON to such an environment's python)")
+                    "set LAB_TORCH_PYTHON to such an environment's python, e.g. .venv-torch/bin/python)")
     return python
 
 
@@ -238,13 +238,16 @@ def _find_torchvision_python() -> str:
     The CPU lab's torch (2.13.0+cpu) cannot load PyPI's torchvision, a CUDA
     build (its _C.so needs libtorch_cuda.so), and PyTorch's CPU build of
     torchvision is not reachable from here; torchvision is in the torch-gpu
-    lock, whose environment setup.sh describes as .venv-torch.
+    lock, whose environment (.venv-torch, see setup.sh) CI builds and names
+    in $LAB_TORCH_PYTHON. Not found by its path: inside the lab's containers
+    the checkout's .venv-torch points at the host's Python.
     """
-    candidates = [sys.executable, os.environ.get("LAB_TORCH_PYTHON", ""), str(ROOT / ".venv-torch" / "bin" / "python")]
-    for python in filter(None, candidates):
+    for python in filter(None, [sys.executable, os.environ.get("LAB_TORCH_PYTHON", "")]):
         if Path(python).exists() and subprocess.run([python, "-c", "import torchvision"],
                                                     capture_output=True, timeout=120).returncode == 0:
             return python
+    if os.environ.get("CI") == "true" and os.environ.get("LAB_TORCH_PYTHON"):
+        pytest.fail(f"LAB_TORCH_PYTHON={os.environ['LAB_TORCH_PYTHON']} does not import torchvision")
     return ""
 
 
