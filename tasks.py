@@ -63,12 +63,14 @@ def _config(**overrides):
     "data_dir": _CONFIG_HELP["data_dir"],
     "from_": "import from a file or folder on disk (a USB stick, a shared drive) instead of downloading",
     "mirror": "base URL to download from instead of the published one (or $CLASSIFIER_DATA_MIRROR)",
+    "torchvision_root": "the root= the course's torchvision script passes, where its files are laid out "
+                        "(default: the data folder, the course's './data' run from the project root)",
 })
-def data(c, dataset="cifar10", data_dir="", from_="", mirror=""):
+def data(c, dataset="cifar10", data_dir="", from_="", mirror="", torchvision_root=""):
     """Download (or import) a dataset into the cache and verify every file's SHA-256."""
     from classifier.commands import data_command
 
-    _run(data_command, dataset, data_dir=data_dir, mirror=mirror, source=from_)
+    _run(data_command, dataset, data_dir=data_dir, mirror=mirror, source=from_, torchvision_root=torchvision_root)
 
 
 @task(help={

@@ -13,6 +13,7 @@ The machinery around it:
     registry    -> the names a config may hold, TensorFlow-free
     config      -> one frozen Config and the one way to override it
     download    -> fetching and importing dataset files, verified by SHA-256
+    course_loaders -> the course's own Keras and torchvision loaders, served the verified files offline
     recipes     -> optimizers, schedules and the fast recipe's network
     distribute  -> several devices (MirroredStrategy) around the trainers
     checkpoints -> resume, with tf.train.CheckpointManager

@@ -96,8 +96,12 @@ def _python2_pickle(value) -> bytes:
     return buffer.getvalue()
 
 
-def make_cifar_archive(path: Path, kind="cifar10", per_batch=20, num_test=30, seed=0, compresslevel=9) -> bytes:
-    """A CIFAR python tarball as published: pickled dicts with bytes keys, (N, 3072) rows."""
+def make_cifar_archive(path: Path, kind="cifar10", per_batch=20, num_test=30, seed=0, compresslevel=9,
+                       meta=False) -> bytes:
+    """A CIFAR python tarball as published: pickled dicts with bytes keys, (N, 3072) rows.
+
+    meta=True adds the class names file (batches.meta, or meta for CIFAR-100), which torchvision reads.
+    """
     rng = np.random.default_rng(seed)
     num_classes = 10 if kind == "cifar10" else 100
     label_key = b"labels" if kind == "cifar10" else b"fine_labels"
@@ -122,6 +126,14 @@ def make_cifar_archive(path: Path, kind="cifar10", per_batch=20, num_test=30, se
                 batch[b"coarse_labels"] = (labels // 5).tolist()
             payload = _python2_pickle(batch)
             info = tarfile.TarInfo(f"{top}/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+        if meta:
+            names = {b"label_names": [f"class_{i}".encode() for i in range(num_classes)]} if kind == "cifar10" else {
+                b"fine_label_names": [f"fine_{i}".encode() for i in range(num_classes)],
+                b"coarse_label_names": [f"coarse_{i}".encode() for i in range(20)]}
+            payload = _python2_pickle(names)
+            info = tarfile.TarInfo(f"{top}/{'batches.meta' if kind == 'cifar10' else 'meta'}")
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
     path.write_bytes(buffer.getvalue())
