@@ -25,8 +25,8 @@ _KERAS_CIFAR_HASHES = {
     "cifar100": "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
 }
 
-# The child: no network (every connection attempt raises and is reported), then the lecture's lines.
-_CHILD = '''
+# Each child starts without network: every connection attempt raises and is reported.
+_NO_NETWORK = '''
 import socket, sys
 
 def _refuse(*args, **kwargs):
@@ -36,7 +36,12 @@ def _refuse(*args, **kwargs):
 socket.socket.connect = _refuse
 socket.create_connection = _refuse
 socket.getaddrinfo = _refuse
+'''
+# Proxies that lead nowhere, for a loader that would go through one.
+_NO_PROXY = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
 
+# The Keras child: the lecture's lines.
+_CHILD = _NO_NETWORK + '''
 import numpy as np
 import tensorflow as tf
 
@@ -60,8 +65,7 @@ np.savez(sys.argv[1], x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_
 def _load_offline(name: str, keras_home, output, substitute=None) -> subprocess.CompletedProcess:
     """Run the lecture's load_data() lines in a child process with the network disabled."""
     script = textwrap.dedent(_CHILD).format(name=name, substitute=substitute or {})
-    environment = {**os.environ, "KERAS_HOME": str(keras_home),
-                   "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    environment = {**os.environ, "KERAS_HOME": str(keras_home), **_NO_PROXY}
     return subprocess.run([sys.executable, "-c", script, str(output)], env=environment,
                           capture_output=True, text=True, timeout=300)
 
@@ -186,17 +190,7 @@ def test_mnist_says_why_keras_cannot_be_served():
 
 # The child: no network, then the course's lines from detlec's 01_classifiers/pt_classifier.py, as it writes
 # them (root='./data' relative to the folder the script runs in).
-_TORCHVISION_CHILD = '''
-import socket, sys
-
-def _refuse(*args, **kwargs):
-    print("NETWORK ATTEMPT", args[1:2], file=sys.stderr)
-    raise OSError("network disabled by the test")
-
-socket.socket.connect = _refuse
-socket.create_connection = _refuse
-socket.getaddrinfo = _refuse
-
+_TORCHVISION_CHILD = _NO_NETWORK + '''
 import numpy as np
 import torchvision
 
@@ -254,7 +248,7 @@ def _find_torchvision_python() -> str:
 def _torchvision_offline(python: str, name: str, course_folder, output, generated=None) -> subprocess.CompletedProcess:
     """Run the course's torchvision lines in `course_folder` (its ./data) in a child with the network disabled."""
     script = textwrap.dedent(_TORCHVISION_CHILD).format(name=name, generated=generated or {})
-    environment = {**os.environ, "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    environment = {**os.environ, **_NO_PROXY}
     return subprocess.run([python, "-c", script, str(output)], cwd=course_folder, env=environment,
                           capture_output=True, text=True, timeout=300)
 
