@@ -232,6 +232,18 @@ def versions() -> dict:
     return found
 
 
+def collect(runs: list[dict], skipped: list[str], start: float) -> dict:
+    """Everything a results file holds: the machine, the runs, what the budget skipped, the summary."""
+    return {"device": device_name(), "versions": versions(), "targets": TARGETS, "runs": runs, "skipped": skipped,
+            "summary": summarise(runs), "wall_seconds": time.perf_counter() - start}
+
+
+def write_results(output: Path, results: dict) -> None:
+    """results as JSON and its tables as Markdown, beside each other."""
+    output.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    output.with_suffix(".md").write_text(markdown(results))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, help="the lab's data folder holding verified Fashion-MNIST")
@@ -259,8 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         runs = [run for part in parts for run in part["runs"]]
         results = {"device": parts[0]["device"], "versions": parts[0]["versions"], "targets": TARGETS, "runs": runs,
                    "skipped": [], "summary": summarise(runs), "merged_from": [str(path) for path in args.merge]}
-        Path(args.output).with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-        Path(args.output).with_suffix(".md").write_text(markdown(results))
+        write_results(Path(args.output), results)
         print(markdown(results))
         return
     subjects = [s.strip() for s in args.subjects.split(",") if s.strip()]
@@ -292,14 +303,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{subject} seed {seed}: best test accuracy {max(runs[-1]['test_accuracy']):.4f}, "
                   f"{runs[-1]['train_seconds'][-1]:.1f} s", flush=True)
             # Written after every seed, so a run cut off by its time limit keeps what it measured.
-            results = {"device": device_name(), "versions": versions(), "targets": TARGETS, "runs": runs, "skipped": skipped,
-                       "summary": summarise(runs), "wall_seconds": time.perf_counter() - start}
-            output.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-            output.with_suffix(".md").write_text(markdown(results))
-    results = {"device": device_name(), "versions": versions(), "targets": TARGETS, "runs": runs, "skipped": skipped,
-               "summary": summarise(runs), "wall_seconds": time.perf_counter() - start}
-    output.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    output.with_suffix(".md").write_text(markdown(results))
+            write_results(output, collect(runs, skipped, start))
+    results = collect(runs, skipped, start)
+    write_results(output, results)
     print(markdown(results))
 
 
