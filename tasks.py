@@ -68,7 +68,7 @@ def _config(**overrides):
 })
 def data(c, dataset="cifar10", data_dir="", from_="", mirror="", torchvision_root=""):
     """Download (or import) a dataset into the cache and verify every file's SHA-256."""
-    from classifier.commands import data_command
+    from classifier.commands.train import data_command
 
     _run(data_command, dataset, data_dir=data_dir, mirror=mirror, source=from_, torchvision_root=torchvision_root)
 
@@ -97,8 +97,8 @@ def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=Non
           val_split=None, limit=None, runs_dir=None, data_dir=None, recipe=None, strategy=None, resume="",
           numerics=None, tensorboard=None, workers=None):
     """Train a classifier, evaluate it on the test set and write a run folder."""
-    from classifier import numerics as numerics_module
-    from classifier.commands import train_command
+    from classifier.machinery import numerics as numerics_module
+    from classifier.commands.train import train_command
 
     if not resume:
         numerics = _run(numerics_module.resolve, numerics)  # the flag, else $CLASSIFIER_NUMERICS, else fastest
@@ -112,7 +112,7 @@ def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=Non
         names = ", ".join(f"--{key.replace('_', '-')}" for key in flags)
         raise Exit(f"error: --resume continues with the run's own settings (its config.json); drop {names}", code=2)
     if workers is not None:
-        from classifier.workers import start_local_workers
+        from classifier.commands.workers import start_local_workers
 
         if strategy not in (None, "multiworker"):
             raise Exit(f"error: --workers trains with --strategy multiworker, not {strategy}", code=2)
@@ -140,7 +140,7 @@ def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=Non
 def bench(c, limit="12000", epochs="3", repeats="3", output="", data_dir="", subjects="", numerics="fastest",
           target="", seeds="3"):
     """Time the lecture's script against the lab's trainers, or (--target) each recipe's time to accuracy."""
-    from classifier.bench import run_benchmark, run_time_to_accuracy
+    from classifier.commands.bench import run_benchmark, run_time_to_accuracy
 
     if target:
         try:
@@ -164,7 +164,7 @@ def bench(c, limit="12000", epochs="3", repeats="3", output="", data_dir="", sub
 })
 def reproduce(c, run, runs_dir="", tolerance=""):
     """Re-run a finished run from its manifest and compare metrics and weights."""
-    from classifier.reproduce import reproduce as reproduce_run
+    from classifier.commands.reproduce import reproduce as reproduce_run
 
     limit = _float("tolerance", tolerance) if tolerance else None
     if not _run(reproduce_run, run, runs_dir=runs_dir, tolerance=limit):
@@ -178,7 +178,7 @@ def reproduce(c, run, runs_dir="", tolerance=""):
 def doctor(c, data_dir="", runs_dir=""):
     """Check Python, TensorFlow, GPUs, Conv2D, graphviz, data, disk and Docker; say how to fix."""
     from classifier import config as config_module
-    from classifier.doctor import diagnose, report
+    from classifier.commands.doctor import diagnose, report
 
     config = _config(data_dir=data_dir, runs_dir=runs_dir)
     checks = _run(diagnose, config_module.data_dir(config), config_module.runs_dir(config))
@@ -193,7 +193,7 @@ def doctor(c, data_dir="", runs_dir=""):
 })
 def plot(c, dataset=None, model=None, output=""):
     """Draw the model's picture with keras.utils.plot_model (needs graphviz)."""
-    from classifier.commands import plot_command
+    from classifier.commands.train import plot_command
 
     _run(plot_command, _config(dataset=dataset, model=model), output=output)
 
@@ -201,7 +201,7 @@ def plot(c, dataset=None, model=None, output=""):
 @task
 def tensors(c):
     """Walk through TensorFlow tensor basics (lecture 1.1)."""
-    from classifier.tensors import demonstrate
+    from classifier.lecture.tensors import demonstrate
 
     demonstrate()
 
@@ -218,7 +218,7 @@ def test(c, markers="", args=""):
         raise Exit(code=result.exited)
 
 
-# The container, from the host (classifier/container.py). Inside the
+# The container, from the host (classifier/commands/container.py). Inside the
 # container the tasks above train and test as they do on the host.
 _VARIANT_HELP = "gpu (CUDA TensorFlow, default) or cpu (hosts without an NVIDIA runtime)"
 
@@ -232,7 +232,7 @@ _VARIANT_HELP = "gpu (CUDA TensorFlow, default) or cpu (hosts without an NVIDIA 
 })
 def build(c, variant="gpu", base_image="", network="", cache_from="", torch=False):
     """Build the lab image (classifier-lab:VARIANT) as your user's UID/GID."""
-    from classifier import container
+    from classifier.commands.train import container
 
     _run(container.build, variant, base_image=base_image or None, network=network or None,
          cache_from=cache_from or None, torch=torch)
@@ -246,7 +246,7 @@ def build(c, variant="gpu", base_image="", network="", cache_from="", torch=Fals
 })
 def lab(c, variant="gpu", port="8888", tensorboard_port="6006", wait="300"):
     """Start JupyterLab and TensorBoard from the built (or LAB_IMAGE) image; print the URL with its token."""
-    from classifier import container
+    from classifier.commands.train import container
 
     _run(container.lab_up, variant, port=_int("port", port), tensorboard_port=_int("tensorboard-port", tensorboard_port),
          wait=_int("wait", wait))
@@ -258,7 +258,7 @@ def lab(c, variant="gpu", port="8888", tensorboard_port="6006", wait="300"):
 })
 def shell(c, variant="", command=""):
     """Open a shell (or run one command) in a fresh lab container."""
-    from classifier import container
+    from classifier.commands.train import container
 
     status = _run(container.shell, variant or None, command)
     if status:
@@ -268,7 +268,7 @@ def shell(c, variant="", command=""):
 @task(help={"variant": "the running lab's variant (default: the one `invoke lab` started)"})
 def down(c, variant=""):
     """Stop the lab's containers (data/ and runs/ stay on the host)."""
-    from classifier import container
+    from classifier.commands.train import container
 
     _run(container.down, variant or None)
 
@@ -276,7 +276,7 @@ def down(c, variant=""):
 @task(help={"upgrade": "move every pin to the newest release allowed by pyproject.toml"})
 def lock(c, upgrade=False):
     """Regenerate the hash-locked requirements/*.lock from pyproject.toml."""
-    from classifier import container
+    from classifier.commands.train import container
 
     for path in _run(container.lock, upgrade=upgrade):
         print(f"wrote {path}")
@@ -290,7 +290,7 @@ def lock(c, upgrade=False):
 })
 def export(c, run, format="savedmodel,tflite,onnx", int8=False, data_dir=""):
     """Export a run's model (SavedModel, TFLite, ONNX), check each on the test set, write export.md."""
-    from classifier.export import ExportMismatch, export_run, markdown_table
+    from classifier.commands.export import ExportMismatch, export_run, markdown_table
 
     try:
         result = _run(export_run, run, formats=format, int8=int8, data_dir=data_dir)

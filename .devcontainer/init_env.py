@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from classifier.container import _read_env_file, host_ids  # noqa: E402  (stdlib-only module)
+from classifier.commands.container import _read_env_file, host_ids  # noqa: E402  (stdlib-only module)
 
 
 def main() -> int:

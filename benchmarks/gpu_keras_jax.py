@@ -31,7 +31,7 @@ SHAPE = (32, 32, 3)
 
 
 def lecture_network(policy: str) -> keras.Model:
-    """The lecture's layers (classifier.models._layers), float32 or mixed precision."""
+    """The lecture's layers (classifier.lecture.models._layers), float32 or mixed precision."""
     inputs = keras.Input(SHAPE)
     x = layers.Conv2D(32, 3, padding="same", activation="relu", dtype=policy)(inputs)
     x = layers.MaxPool2D(2, dtype=policy)(x)
@@ -45,7 +45,7 @@ def lecture_network(policy: str) -> keras.Model:
 
 
 def fast_network(policy: str) -> keras.Model:
-    """classifier.models.fast_cnn's training graph (its test-time mirror layers do no work in training)."""
+    """classifier.lecture.models.fast_cnn's training graph (its test-time mirror layers do no work in training)."""
     inputs = keras.Input(SHAPE)
     x = layers.Conv2D(32, 3, padding="same", activation="relu", dtype=policy)(inputs)
     x = layers.MaxPool2D(2, dtype=policy)(x)

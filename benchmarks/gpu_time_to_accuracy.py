@@ -2,7 +2,7 @@
 
 The lent GPU machine has PyTorch and JAX but no TensorFlow (its wheels are
 too large to carry there). So the fast recipe runs in Keras 3 on JAX, with
-the layers, schedule, loss and test-time mirroring of classifier/recipes.py
+the layers, schedule, loss and test-time mirroring of classifier/machinery/recipes.py
 written here with Keras' own API (tests/test_gpu_time_to_accuracy.py checks
 that this network is the lab's `fast_cnn`, layer by layer), and the PyTorch
 half runs through the lab's own `TorchTrainer`. Both read real Fashion-MNIST
@@ -52,7 +52,7 @@ TORCH_MAX_EPOCHS = 8
 
 
 def fast_cnn(keras, input_shape, num_class: int, widths=(32, 64), dense: int = 256, double: bool = False):
-    """classifier.recipes.fast_cnn in Keras 3 (widths, dense and double=False give exactly it).
+    """classifier.machinery.recipes.fast_cnn in Keras 3 (widths, dense and double=False give exactly it).
 
     `double` puts two batch-normalized convolutions in each stage (the wide
     network); the lab's network normalizes only after the second convolution.
@@ -83,7 +83,7 @@ def fast_cnn(keras, input_shape, num_class: int, widths=(32, 64), dense: int = 2
 
 def load_splits(data_dir: str, val_split: float, seed: int, limit: int | None = None):
     """Real Fashion-MNIST through the lab's loader: the splits `invoke train` uses."""
-    from classifier.commands import load_dataset
+    from classifier.commands.train import load_dataset
     from classifier.config import make_config
 
     config = make_config(dataset="fashion_mnist", data_dir=data_dir, val_split=val_split, seed=seed, limit=limit)
@@ -143,8 +143,8 @@ def train_keras(subject: str, data_dir: str, seed: int, limit_epochs: int | None
 def train_torch(data_dir: str, seed: int, limit_epochs: int | None, limit: int | None = None) -> dict:
     """One seed of the lab's PyTorch trainer, testing after every epoch."""
     from classifier.config import make_config
-    from classifier.torch_models import build_torch_model
-    from classifier.torch_train import TorchTrainer, evaluate_torch, seed_torch
+    from classifier.lecture.torch_models import build_torch_model
+    from classifier.lecture.torch_train import TorchTrainer, evaluate_torch, seed_torch
 
     config = make_config(dataset="fashion_mnist", trainer="torch", data_dir=data_dir, seed=seed,
                          epochs=limit_epochs or TORCH_MAX_EPOCHS, limit=limit)

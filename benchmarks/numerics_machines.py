@@ -26,8 +26,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from classifier import numerics  # noqa: E402  (after the path fix above)
-from classifier.files import write_json, write_text  # noqa: E402
+from classifier.machinery import numerics  # noqa: E402  (after the path fix above)
+from classifier.machinery.files import write_json, write_text  # noqa: E402
 
 # (what differs, taskset CPUs, the environment that differs): the table, plus a newer CPU.
 MACHINES = (

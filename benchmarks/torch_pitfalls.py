@@ -23,10 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from classifier.config import make_config  # noqa: E402
-from classifier.data import get_dataset, load_arrays, prepare  # noqa: E402
-from classifier.download import dataset_folder, verified_files  # noqa: E402
-from classifier.torch_models import build_torch_model  # noqa: E402
-from classifier.torch_train import TorchTrainer, evaluate_torch, seed_torch, weights_sha256  # noqa: E402
+from classifier.machinery.datasets import get_dataset, load_arrays, prepare  # noqa: E402
+from classifier.machinery.download import dataset_folder, verified_files  # noqa: E402
+from classifier.lecture.torch_models import build_torch_model  # noqa: E402
+from classifier.lecture.torch_train import TorchTrainer, evaluate_torch, seed_torch, weights_sha256  # noqa: E402
 
 SUMMARY = ("loss", "accuracy", "argmax_accuracy", "cross_entropy")
 

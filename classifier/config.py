@@ -26,7 +26,7 @@ class UserError(Exception):
 
 @dataclass(frozen=True)
 class Config:
-    dataset: str = "cifar10"  # a name from classifier.data.DATASETS
+    dataset: str = "cifar10"  # a name from classifier.machinery.datasets.DATASETS
     model: str = "sequential_add"  # a name from registry.MODELS (registry.TORCH_MODELS for the torch trainer)
     trainer: str = "fit"  # registry.TRAINERS: "fit" (1.2), "tape" (1.3); or registry.TORCH_TRAINERS: "torch" (part 2)
     epochs: int = 5  # full passes over the training part
@@ -39,10 +39,10 @@ class Config:
     data_dir: str = ""  # dataset cache; "" means $CLASSIFIER_DATA_DIR or <project>/data
     runs_dir: str = ""  # where run folders go; "" means $CLASSIFIER_RUNS_DIR or <project>/runs
     eval_batch_size: int = 256  # images per evaluation step; does not change the numbers
-    recipe: str = "lecture"  # a name from registry.RECIPES: "lecture" or "fast" (classifier/recipes.py)
+    recipe: str = "lecture"  # a name from registry.RECIPES: "lecture" or "fast" (classifier/machinery/recipes.py)
     strategy: str = "default"  # a name from registry.STRATEGIES: "default" (one device) or "mirrored"
-    numerics: str = "fastest"  # a name from registry.NUMERICS: "fastest" or "portable" (classifier/numerics.py)
-    tensorboard: bool = True  # write TensorBoard event files into RUN/tensorboard (classifier/tensorboard.py)
+    numerics: str = "fastest"  # a name from registry.NUMERICS: "fastest" or "portable" (classifier/machinery/numerics.py)
+    tensorboard: bool = True  # write TensorBoard event files into RUN/tensorboard (classifier/machinery/tensorboard.py)
 
 
 def make_config(base: Config | None = None, **overrides) -> Config:
@@ -99,7 +99,7 @@ def validate(config: Config) -> None:
     # Imported here, not at the top: data.py imports config.py. Neither this
     # nor the registry imports TensorFlow, so a bad flag is answered at once.
     from classifier import registry
-    from classifier.data import DATASETS
+    from classifier.machinery.datasets import DATASETS
 
     _one_of("dataset", config.dataset, DATASETS)
     _one_of("trainer", config.trainer, registry.TRAINERS + registry.TORCH_TRAINERS)

@@ -20,11 +20,11 @@ import numpy as np
 
 from classifier import config as config_module
 from classifier.config import make_config, to_dict
-from classifier.data import get_dataset, load_arrays
-from classifier.download import dataset_folder, fetch, import_from, verified_files
-from classifier.files import write_json
-from classifier.runs import create_run_dir, environment_record, finish_run, save_keras_model
-from classifier.runtime import DurationTime, gpu_config, seed_everything  # noqa: F401 - for the notebooks
+from classifier.machinery.datasets import get_dataset, load_arrays
+from classifier.machinery.download import dataset_folder, fetch, import_from, verified_files
+from classifier.machinery.files import write_json
+from classifier.machinery.runs import create_run_dir, environment_record, finish_run, save_keras_model
+from classifier.lecture.runtime import DurationTime, gpu_config, seed_everything  # noqa: F401 - for the notebooks
 
 
 def load_data(dataset_name: str = "cifar10", limit: int | None = None):
@@ -57,14 +57,14 @@ def load_data(dataset_name: str = "cifar10", limit: int | None = None):
 
 def show_samples(images, labels, class_names, grid=(3, 4)) -> None:
     """The lecture's 3x4 grid of images with their class names, shown in the notebook."""
-    from classifier import report
+    from classifier.machinery import report
 
     _show(report.show_samples(np.asarray(images), np.asarray(labels), class_names, _scratch("samples.png"), grid))
 
 
 def plot_model(model, name: str = "model.png") -> None:
     """`keras.utils.plot_model`'s picture, shown in the notebook (needs graphviz)."""
-    from classifier import report
+    from classifier.machinery import report
 
     _show(report.plot_model(model, _scratch(name)))
 
@@ -90,8 +90,8 @@ def record_run(model, history: dict, test_data, *, dataset: str, trainer: str, m
     Returns:
         The run folder.
     """
-    from classifier.data import Split
-    from classifier.evaluate import evaluate
+    from classifier.machinery.datasets import Split
+    from classifier.lecture.evaluate import evaluate
 
     config = make_config(dataset=dataset, trainer=trainer, model=model_name, epochs=epochs, batch_size=batch_size,
                          seed=seed, limit=limit, val_split=val_split)
@@ -134,9 +134,9 @@ def record_torch_run(model, history: dict, test_data, *, dataset: str, model_nam
     Returns:
         The run folder.
     """
-    from classifier.data import Split
-    from classifier.torch_run import finish_torch_run, torch_environment
-    from classifier.torch_train import evaluate_torch
+    from classifier.machinery.datasets import Split
+    from classifier.commands.train_torch import finish_torch_run, torch_environment
+    from classifier.lecture.torch_train import evaluate_torch
 
     config = make_config(dataset=dataset, trainer="torch", model=model_name, epochs=epochs, batch_size=batch_size,
                          seed=seed, limit=limit, val_split=val_split)

@@ -12,25 +12,25 @@ MODELS = (*LECTURE_MODELS, "fast_cnn")
 # "fit": compile + fit (lecture 1.2); "tape": tf.data + GradientTape under tf.function (lecture 1.3).
 TRAINERS = ("fit", "tape")
 
-# The lecture's part 2, in PyTorch (classifier/torch_models.py, torch_train.py):
+# The lecture's part 2, in PyTorch (classifier/lecture/torch_models.py, torch_train.py):
 # "torch" is the DataLoader + zero_grad/backward/step loop; it trains these modules
 # (the lecture's class, nn.Sequential blocks, a mix of the two, and the lecture's
 # class as written, with both of its pitfalls).
 TORCH_TRAINERS = ("torch",)
 TORCH_MODELS = ("torch_module", "torch_sequential", "torch_mixed", "torch_lecture")
 
-# "lecture": the lecture's network and schedule; "fast": classifier/recipes.py.
+# "lecture": the lecture's network and schedule; "fast": classifier/machinery/recipes.py.
 RECIPES = ("lecture", "fast")
 
 # "default": one device; "mirrored": tf.distribute.MirroredStrategy; "multiworker":
-# tf.distribute.MultiWorkerMirroredStrategy across the processes TF_CONFIG names (classifier/distribute.py).
+# tf.distribute.MultiWorkerMirroredStrategy across the processes TF_CONFIG names (classifier/machinery/distribute.py).
 STRATEGIES = ("default", "mirrored", "multiworker")
 
 # "fastest": TensorFlow's own choices for the machine; "portable": the settings of
-# classifier/numerics.py that give the same weights on other machines (README, reproducibility).
+# classifier/machinery/numerics.py that give the same weights on other machines (README, reproducibility).
 NUMERICS = ("fastest", "portable")
 
-# What each recipe sets for the fields the person leaves out (classifier/recipes.py
+# What each recipe sets for the fields the person leaves out (classifier/machinery/recipes.py
 # says why; benchmarks/NOTES.md measured it). A flag the person gives always wins.
 RECIPE_SETTINGS = {
     "lecture": {},

@@ -176,7 +176,7 @@ def _keras_home(tmp_path_factory):
 
 def tiny_spec(source: Path, num_train=600, num_test=200):
     """Make an MNIST-style dataset's files in `source`; returns its registry entry, named 'tiny' (not registered)."""
-    from classifier import data
+    from classifier.machinery import datasets as data
 
     files = make_idx_files(source, num_train=num_train, num_test=num_test)
     return data.Dataset(
@@ -196,7 +196,7 @@ def tiny_spec(source: Path, num_train=600, num_test=200):
 @pytest.fixture
 def tiny_dataset(tmp_path, monkeypatch):
     """A registered MNIST-style dataset 'tiny' whose files the test made; yields (Dataset, source folder)."""
-    from classifier import data
+    from classifier.machinery import datasets as data
 
     source = tmp_path / "tiny-source"
     spec = tiny_spec(source)
@@ -339,7 +339,7 @@ def lab_test_image():
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI must run the container tests, but {reason}", pytrace=False)
         pytest.skip(reason)
-    from classifier import container
+    from classifier.commands.train import container
 
     uid, gid = container_user_ids()
     command = container.build_command("cpu", tag=LAB_TEST_IMAGE, base_image=standin_base_image(), uid=uid, gid=gid,

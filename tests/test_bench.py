@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from classifier.bench import (
+from classifier.commands.bench import (
     markdown_table,
     numerics_cost,
     numerics_cost_table,
@@ -164,8 +164,8 @@ def test_small_time_to_accuracy_stops_at_the_target(fashion_lab, tmp_path):
 
 
 def test_forward_flops_of_the_lecture_network():
-    from classifier.bench import forward_flops
-    from classifier.models import build_model
+    from classifier.commands.bench import forward_flops
+    from classifier.lecture.models import build_model
 
     model = build_model("functional", (28, 28, 1), 10)
     # conv1 28x28x32 outputs x 3x3x1, conv2 14x14x64 x 3x3x32, dense 3136x100 and 100x10; 2 FLOP per multiply-add.
@@ -180,7 +180,7 @@ def test_forward_flops_of_the_lecture_network():
     ("GenuineIntel", "sse2 avx", 16),
 ])
 def test_peak_from_cpu_flags_and_clock(vendor, flags, per_cycle):
-    from classifier.bench import peak_gflops
+    from classifier.commands.bench import peak_gflops
 
     cpuinfo = f"processor\t: 0\nvendor_id\t: {vendor}\ncpu MHz\t\t: 2500.000\nflags\t\t: {flags}\n"
     peak = peak_gflops(cpuinfo, cores=2)

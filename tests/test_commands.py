@@ -6,8 +6,8 @@ import matplotlib.image
 import pytest
 
 from classifier.config import make_config
-from classifier.download import import_from
-from classifier.commands import train_command
+from classifier.machinery.download import import_from
+from classifier.commands.train import train_command
 
 
 @pytest.mark.parametrize("trainer", ["fit", "tape"])
@@ -43,7 +43,7 @@ def test_training_writes_a_complete_run_folder(tiny_dataset, tmp_path, trainer):
 
 
 def test_each_data_file_is_hashed_once_per_run(tiny_dataset, tmp_path, monkeypatch):
-    from classifier import download
+    from classifier.machinery import download
 
     dataset, source = tiny_dataset
     import_from(dataset, tmp_path / "data", source)
@@ -70,7 +70,7 @@ def test_a_flag_the_person_gave_is_never_overridden_by_the_recipe(tiny_dataset, 
 def test_trainings_started_at_the_same_moment_get_separate_folders(tiny_dataset, tmp_path):
     import threading
 
-    from classifier.runs import create_run_dir
+    from classifier.machinery.runs import create_run_dir
 
     config = make_config(dataset="tiny")
     barrier = threading.Barrier(8)

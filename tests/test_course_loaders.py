@@ -71,8 +71,8 @@ def _load_offline(name: str, keras_home, output, substitute=None) -> subprocess.
 
 
 def _assert_same_as_lab(arrays_path, dataset, data_dir):
-    from classifier.data import load_arrays
-    from classifier.download import dataset_folder
+    from classifier.machinery.datasets import load_arrays
+    from classifier.machinery.download import dataset_folder
 
     (train_images, train_labels), (test_images, test_labels) = load_arrays(dataset, dataset_folder(dataset, data_dir))
     keras_arrays = np.load(arrays_path)
@@ -93,8 +93,8 @@ def _assert_same_as_lab(arrays_path, dataset, data_dir):
     ("cifar100", 12, 16),
 ])
 def test_lecture_load_data_reads_the_labs_cifar_offline(tmp_path, monkeypatch, capsys, name, per_batch, num_test):
-    from classifier import data
-    from classifier.commands import data_command
+    from classifier.machinery import datasets as data
+    from classifier.commands.train import data_command
 
     source = tmp_path / "usb"
     source.mkdir()
@@ -127,7 +127,7 @@ def test_without_the_lab_files_load_data_would_download(tmp_path):
 
 
 def test_lecture_load_data_reads_real_fashion_mnist_offline(tmp_path, fashion_source):
-    from classifier.data import DATASETS
+    from classifier.machinery.datasets import DATASETS
 
     keras_home = tmp_path / "keras"
     result = run_invoke("data", "--dataset", "fashion_mnist", "--from", str(fashion_source),
@@ -146,8 +146,8 @@ def test_lecture_load_data_reads_real_fashion_mnist_offline(tmp_path, fashion_so
 
 
 def test_a_stale_keras_entry_is_replaced_and_a_refill_changes_nothing(tiny_dataset, tmp_path, monkeypatch):
-    from classifier import course_loaders
-    from classifier.download import import_from
+    from classifier.machinery import course_loaders
+    from classifier.machinery.download import import_from
 
     dataset, source = tiny_dataset
     import_from(dataset, tmp_path / "data", source)
@@ -165,9 +165,9 @@ def test_a_stale_keras_entry_is_replaced_and_a_refill_changes_nothing(tiny_datas
 
 
 def test_unverified_lab_files_are_not_handed_to_keras(tiny_dataset, tmp_path, monkeypatch):
-    from classifier import course_loaders
+    from classifier.machinery import course_loaders
     from classifier.config import UserError
-    from classifier.download import import_from
+    from classifier.machinery.download import import_from
 
     dataset, source = tiny_dataset
     import_from(dataset, tmp_path / "data", source)
@@ -179,8 +179,8 @@ def test_unverified_lab_files_are_not_handed_to_keras(tiny_dataset, tmp_path, mo
 
 
 def test_mnist_says_why_keras_cannot_be_served():
-    from classifier import course_loaders
-    from classifier.data import DATASETS
+    from classifier.machinery import course_loaders
+    from classifier.machinery.datasets import DATASETS
 
     assert course_loaders.fill_keras_cache(DATASETS["mnist"], "/nonexistent") == []
     assert "mnist.npz" in course_loaders.keras_report(DATASETS["mnist"], [])
@@ -254,8 +254,8 @@ def _torchvision_offline(python: str, name: str, course_folder, output, generate
 
 
 def _assert_torchvision_same_as_lab(arrays_path, dataset, data_dir):
-    from classifier.data import load_arrays
-    from classifier.download import dataset_folder
+    from classifier.machinery.datasets import load_arrays
+    from classifier.machinery.download import dataset_folder
 
     (train_images, train_labels), (test_images, test_labels) = load_arrays(dataset, dataset_folder(dataset, data_dir))
     torch_arrays = np.load(arrays_path)
@@ -277,8 +277,8 @@ def _member_md5s(archive) -> dict[str, str]:
 
 @pytest.mark.parametrize("name, class_name", [("cifar10", "CIFAR10"), ("cifar100", "CIFAR100")])
 def test_course_torchvision_lines_read_the_labs_cifar_offline(tmp_path, monkeypatch, capsys, name, class_name):
-    from classifier import data
-    from classifier.commands import data_command
+    from classifier.machinery import datasets as data
+    from classifier.commands.train import data_command
 
     python = _torchvision_python()
     source = tmp_path / "usb"
@@ -308,7 +308,7 @@ def test_course_torchvision_lines_read_the_labs_cifar_offline(tmp_path, monkeypa
 
 
 def test_course_torchvision_line_reads_real_fashion_mnist_offline(tmp_path, fashion_source):
-    from classifier.data import DATASETS
+    from classifier.machinery.datasets import DATASETS
 
     python = _torchvision_python()
     course = tmp_path / "course"
@@ -339,8 +339,8 @@ def test_without_the_lab_files_torchvision_would_download(tmp_path):
 
 def _cifar_in_lab(tmp_path, monkeypatch, name="cifar10"):
     """A generated CIFAR archive imported into the lab's cache under the registry's name; returns (dataset, blob)."""
-    from classifier import data
-    from classifier.download import import_from
+    from classifier.machinery import datasets as data
+    from classifier.machinery.download import import_from
 
     source = tmp_path / "usb"
     source.mkdir()
@@ -354,7 +354,7 @@ def _cifar_in_lab(tmp_path, monkeypatch, name="cifar10"):
 
 
 def test_torchvision_layout_is_the_archive_extracted_and_a_second_call_leaves_it_alone(tmp_path, monkeypatch):
-    from classifier import course_loaders
+    from classifier.machinery import course_loaders
 
     dataset, blob = _cifar_in_lab(tmp_path, monkeypatch)
     root = tmp_path / "course" / "data"
@@ -376,8 +376,8 @@ def test_torchvision_layout_is_the_archive_extracted_and_a_second_call_leaves_it
 @pytest.mark.parametrize("damage", ["flip a byte", "delete a file", "old torchvision's processed cache",
                                     "killed mid-layout"])
 def test_a_damaged_or_interrupted_torchvision_layout_is_replaced(tiny_dataset, tmp_path, monkeypatch, damage):
-    from classifier import course_loaders
-    from classifier.download import import_from
+    from classifier.machinery import course_loaders
+    from classifier.machinery.download import import_from
 
     dataset, source = tiny_dataset
     import_from(dataset, tmp_path / "data", source)
@@ -412,8 +412,8 @@ def test_a_damaged_or_interrupted_torchvision_layout_is_replaced(tiny_dataset, t
 
 
 def test_an_exception_mid_layout_leaves_the_old_layout_and_no_staging(tiny_dataset, tmp_path, monkeypatch):
-    from classifier import course_loaders
-    from classifier.download import import_from
+    from classifier.machinery import course_loaders
+    from classifier.machinery.download import import_from
 
     dataset, source = tiny_dataset
     import_from(dataset, tmp_path / "data", source)
@@ -437,9 +437,9 @@ def test_an_exception_mid_layout_leaves_the_old_layout_and_no_staging(tiny_datas
 
 def test_torchvision_folder_that_is_the_labs_own_is_refused(tiny_dataset, tmp_path, monkeypatch):
     """On a case-insensitive disk root/MNIST is the lab's root/mnist: laying it out would replace the verified files."""
-    from classifier import course_loaders
+    from classifier.machinery import course_loaders
     from classifier.config import UserError
-    from classifier.download import import_from
+    from classifier.machinery.download import import_from
 
     dataset, source = tiny_dataset
     import_from(dataset, tmp_path / "data", source)

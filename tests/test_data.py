@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from classifier.config import UserError
-from classifier.data import DATASETS, get_dataset, load_arrays, prepare
+from classifier.machinery.datasets import DATASETS, get_dataset, load_arrays, prepare
 
 from conftest import make_cifar_archive, make_idx_files
 

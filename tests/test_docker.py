@@ -15,7 +15,7 @@ keeps the one the tests build, for a faster rerun).
 
 Without a reachable engine these tests skip with the reason; with CI=true
 they fail instead, so that CI cannot pass by skipping them. The helpers in
-classifier/container.py that need no engine are tested at the end.
+classifier/commands/container.py that need no engine are tested at the end.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from classifier import container as lab_container
+from classifier.commands.train import container as lab_container
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN_BASE = "classifier-lab-base:bookworm"
@@ -725,7 +725,7 @@ def test_env_file_gets_a_token_once_and_keeps_other_settings(tmp_path):
 
 def test_env_file_is_private_from_the_moment_it_is_created(tmp_path, monkeypatch):
     # The temporary file's mode as soon as it exists, and again when it is renamed: 0600, whatever the umask.
-    from classifier import files
+    from classifier.machinery import files
 
     seen = []
     real_mkstemp, real_replace = files.tempfile.mkstemp, files.os.replace
@@ -775,7 +775,7 @@ echo "| NVIDIA-SMI {driver}     Driver Version: {driver}     CUDA Version: {cuda
 ])
 def test_doctor_in_the_container_reports_the_nvidia_runtime_driver_and_cuda(variant, smi, expected, tmp_path,
                                                                             monkeypatch):
-    from classifier import doctor
+    from classifier.commands.train import doctor
 
     if smi:
         script = tmp_path / "nvidia-smi"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from classifier.doctor import FAIL, OK, WARN, Check, check_datasets, check_graphviz, check_versions, locked_versions, python_check
+from classifier.commands.doctor import FAIL, OK, WARN, Check, check_datasets, check_graphviz, check_versions, locked_versions, python_check
 from conftest import FASHION_MNIST_DEBIAN, run_invoke
 
 
@@ -35,7 +35,7 @@ def test_version_mismatch_is_a_failure_with_its_fix(tmp_path):
 
 
 def test_corrupted_data_file_fails_with_the_fix(tiny_dataset, tmp_path):
-    from classifier.download import import_from
+    from classifier.machinery.download import import_from
 
     dataset, source = tiny_dataset
     import_from(dataset, tmp_path, source)

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from classifier.config import UserError
-from classifier.download import check_file, fetch, import_from, problems, verified_files
+from classifier.machinery.download import check_file, fetch, import_from, problems, verified_files
 
 
 def _serve(dataset, source, served):
@@ -98,7 +98,7 @@ def test_a_damaged_recompressed_copy_is_a_checksum_mismatch_not_truncated(tiny_d
 
 
 def test_damaged_real_fashion_mnist_copy_is_a_checksum_mismatch(fashion_source, tmp_path):
-    from classifier.data import get_dataset
+    from classifier.machinery.datasets import get_dataset
 
     expected = get_dataset("fashion_mnist").files[1]
     data = bytearray((fashion_source / expected.name).read_bytes())

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from tensorflow import keras
 
-from classifier.data import Split
-from classifier.evaluate import confusion_matrix, evaluate
+from classifier.machinery.datasets import Split
+from classifier.lecture.evaluate import confusion_matrix, evaluate
 
 
 def test_confusion_matrix_counts_true_rows_and_predicted_columns():

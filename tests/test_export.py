@@ -21,10 +21,10 @@ pytestmark = pytest.mark.skipif(bool(_missing), reason=f"{', '.join(_missing)} n
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A finished `fit` run (1 epoch) on a small learnable dataset the test made, registered as 'tiny'."""
-    from classifier import data
-    from classifier.commands import train_command
+    from classifier.machinery import datasets as data
+    from classifier.commands.train import train_command
     from classifier.config import make_config
-    from classifier.download import import_from
+    from classifier.machinery.download import import_from
     from conftest import tiny_spec
 
     root = tmp_path_factory.mktemp("export")
@@ -37,7 +37,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_every_format_gives_the_runs_test_accuracy(tiny_run):
-    from classifier.export import TOLERANCE, export_run
+    from classifier.commands.export import TOLERANCE, export_run
 
     result = export_run(tiny_run, int8=True)
     metrics = json.loads((tiny_run / "metrics.json").read_text())
@@ -65,7 +65,7 @@ def test_every_format_gives_the_runs_test_accuracy(tiny_run):
 
 
 def test_a_second_export_keeps_the_other_formats_rows(tiny_run):
-    from classifier.export import export_run
+    from classifier.commands.export import export_run
 
     export_run(tiny_run, formats="savedmodel,tflite")
     result = export_run(tiny_run, formats="onnx")
@@ -95,7 +95,7 @@ def _odd_layer_run(tiny_run, tmp_path):
 @pytest.mark.parametrize("name", ["tflite", "onnx"])
 def test_a_layer_the_format_cannot_hold_is_named(tiny_run, tmp_path, name):
     from classifier.config import UserError
-    from classifier.export import export_run
+    from classifier.commands.export import export_run
 
     run = _odd_layer_run(tiny_run, tmp_path)
     with pytest.raises(UserError) as raised:
@@ -107,7 +107,7 @@ def test_a_layer_the_format_cannot_hold_is_named(tiny_run, tmp_path, name):
 
 
 def test_an_export_that_misses_the_accuracy_is_a_mismatch(tiny_run, tmp_path):
-    from classifier.export import ExportMismatch, export_run
+    from classifier.commands.export import ExportMismatch, export_run
 
     # The SavedModel holds the untrained odd model fine, but it cannot give the run's accuracy.
     run = _odd_layer_run(tiny_run, tmp_path)

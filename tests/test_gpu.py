@@ -25,7 +25,7 @@ tf = pytest.importorskip("tensorflow")
 @pytest.fixture(scope="module")
 def gpus():
     """The GPUs TensorFlow sees, with memory growth turned on by the lab's gpu_config()."""
-    from classifier.runtime import gpu_config
+    from classifier.lecture.runtime import gpu_config
 
     found = tf.config.list_physical_devices("GPU")
     if not found:

@@ -2,7 +2,7 @@
 
 The script's figures come from the lent GPU machine (Keras on JAX, no
 TensorFlow there). These tests keep them about the lab's recipe: the Keras 3
-network it builds is `classifier.recipes.fast_cnn` layer for layer, and the
+network it builds is `classifier.machinery.recipes.fast_cnn` layer for layer, and the
 whole script runs on this CPU (Keras on TensorFlow, torch's CPU build) on
 real Fashion-MNIST.
 """
@@ -34,7 +34,7 @@ def bench():
 def test_network_is_the_lab_fast_cnn(bench):
     from tensorflow import keras
 
-    from classifier.recipes import fast_cnn
+    from classifier.machinery.recipes import fast_cnn
 
     keras.utils.set_random_seed(1)
     lab = fast_cnn((28, 28, 1), 10)

@@ -5,7 +5,7 @@ import pytest
 
 from classifier.config import UserError
 from classifier import registry
-from classifier.models import _builders, build_model
+from classifier.lecture.models import _builders, build_model
 
 LECTURE_MODELS = registry.LECTURE_MODELS
 

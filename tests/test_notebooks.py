@@ -57,7 +57,7 @@ def test_the_lecture_code_is_written_out_in_the_cells(name, snippets):
     source = "\n".join(cell.source for cell in nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells)
     missing = [snippet for snippet in snippets if snippet not in source]
     assert not missing
-    assert "make_trainer" not in source and "classifier.models" not in source and "classifier.train" not in source
+    assert "make_trainer" not in source and "classifier.lecture.models" not in source and "classifier.lecture.train" not in source
     assert "classifier.torch" not in source
 
 

@@ -20,7 +20,8 @@ import types
 
 import pytest
 
-from classifier import numerics, registry
+from classifier import registry
+from classifier.machinery import numerics
 from classifier.config import Config, UserError, make_config
 from conftest import ROOT, run_folder_from
 

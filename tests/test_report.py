@@ -6,9 +6,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from classifier import report
+from classifier.machinery import report
 from classifier.config import UserError
-from classifier.models import build_model
+from classifier.lecture.models import build_model
 
 
 def _read_png(path):

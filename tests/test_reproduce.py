@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from classifier import numerics
+from classifier.machinery import numerics
 from classifier.config import UserError, make_config
-from classifier.download import import_from
-from classifier.commands import train_command
-from classifier.reproduce import environment_differences, load_finished_run, reproduce
+from classifier.machinery.download import import_from
+from classifier.commands.train import train_command
+from classifier.commands.reproduce import environment_differences, load_finished_run, reproduce
 
 
 def test_rerun_of_a_run_is_identical(tiny_dataset, tmp_path, capsys):

@@ -33,10 +33,10 @@ _CHILD = textwrap.dedent("""
     sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
     from conftest import pattern_images
     from classifier.config import make_config
-    from classifier.distribute import make_strategy, make_trainer
-    from classifier.models import build_model
-    from classifier.recipes import make_optimizer
-    from classifier.runtime import seed_everything
+    from classifier.machinery.distribute import make_strategy, make_trainer
+    from classifier.lecture.models import build_model
+    from classifier.machinery.recipes import make_optimizer
+    from classifier.lecture.runtime import seed_everything
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, size=600).astype(np.int32)

@@ -30,10 +30,10 @@ def _events(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     """For each trainer, the same tiny run with TensorBoard on and off: {(trainer, on): run folder}."""
-    from classifier import data
-    from classifier.commands import train_command
+    from classifier.machinery import datasets as data
+    from classifier.commands.train import train_command
     from classifier.config import make_config
-    from classifier.download import import_from
+    from classifier.machinery.download import import_from
     from conftest import tiny_spec
 
     root = tmp_path_factory.mktemp("tensorboard")

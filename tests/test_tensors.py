@@ -1,6 +1,6 @@
 """Lecture 1.1's facts, as the demonstration shows them."""
 
-from classifier.tensors import demonstrate
+from classifier.lecture.tensors import demonstrate
 
 
 def test_demonstration_shows_the_lecture_facts(capsys):

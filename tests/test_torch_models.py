@@ -6,7 +6,7 @@ from conftest import require_torch
 
 torch = require_torch()
 
-from classifier.torch_models import TORCH_MODELS, build_torch_model, count_parameters  # noqa: E402
+from classifier.lecture.torch_models import TORCH_MODELS, build_torch_model, count_parameters  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -16,7 +16,7 @@ SHAPES = [((28, 28, 1), 10, 333_526), ((32, 32, 3), 10, 430_102), ((32, 32, 3), 
 @pytest.mark.parametrize("name", TORCH_MODELS)
 @pytest.mark.parametrize(("image_shape", "num_classes", "expected"), SHAPES)
 def test_parameter_count_equals_the_keras_network(name, image_shape, num_classes, expected):
-    from classifier.models import build_model
+    from classifier.lecture.models import build_model
 
     keras_model = build_model("sequential_add", image_shape, num_classes)
     assert keras_model.count_params() == expected

@@ -18,8 +18,8 @@ from conftest import ROOT, require_torch, run_folder_from, run_invoke
 
 torch = require_torch()
 
-from classifier.torch_models import build_torch_model  # noqa: E402
-from classifier.torch_train import weights_sha256  # noqa: E402
+from classifier.lecture.torch_models import build_torch_model  # noqa: E402
+from classifier.lecture.torch_train import weights_sha256  # noqa: E402
 
 # One OpenMP thread in the child processes too (see conftest.one_torch_thread).
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -151,14 +151,14 @@ def test_torch_tensorboard_leaves_the_weights_bit_identical_and_costs_little(tor
 
 
 def test_torch_run_without_the_tensorboard_package_says_so_and_goes_on(tmp_path, monkeypatch, capsys):
-    from classifier.torch_run import _epoch_summaries
+    from classifier.commands.train_torch import _epoch_summaries
 
     # Earlier tests may have imported TensorBoard's submodules, which Python would find without
     # the package: take them all out, and make `import tensorboard` raise ImportError.
     for name in [name for name in sys.modules if name.startswith("tensorboard.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "tensorboard", None)
-    monkeypatch.delitem(sys.modules, "classifier.tensorboard_events", raising=False)
+    monkeypatch.delitem(sys.modules, "classifier.machinery.tensorboard_events", raising=False)
     assert _epoch_summaries(tmp_path) is None
     warning = capsys.readouterr().out
     assert warning.startswith("warning: TensorBoard event files skipped: ") and "tensorboard" in warning[40:]
@@ -248,7 +248,7 @@ def test_torch_missing_says_how_to_install_it(tmp_path):
 
 
 def test_doctor_checks_torch_and_a_conv2d_pass(monkeypatch):
-    from classifier.doctor import FAIL, OK, WARN, check_torch
+    from classifier.commands.doctor import FAIL, OK, WARN, check_torch
 
     checks = {check.name: check for check in check_torch()}
     assert checks["torch"].status == OK and torch.__version__ in checks["torch"].detail
@@ -262,7 +262,7 @@ def test_doctor_checks_torch_and_a_conv2d_pass(monkeypatch):
 
 
 def test_doctor_names_a_torch_version_that_is_not_the_locked_one(tmp_path):
-    from classifier.doctor import FAIL, check_torch
+    from classifier.commands.doctor import FAIL, check_torch
 
     (tmp_path / "torch-cpu.lock").write_text("torch==0.0.1+cpu \\\n    --hash=sha256:00\n")
     check = check_torch(tmp_path)[0]
@@ -271,7 +271,7 @@ def test_doctor_names_a_torch_version_that_is_not_the_locked_one(tmp_path):
 
 @pytest.mark.slow
 def test_bench_measures_the_torch_trainer(fashion_lab, tmp_path, monkeypatch):
-    from classifier.bench import run_benchmark
+    from classifier.commands.bench import run_benchmark
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     results = run_benchmark(limit=600, epochs=2, repeats=1, output=str(tmp_path / "bench"),
@@ -282,7 +282,7 @@ def test_bench_measures_the_torch_trainer(fashion_lab, tmp_path, monkeypatch):
 
 
 def test_the_image_gets_pytorch_only_when_asked_and_only_on_the_cpu_variant():
-    from classifier import container
+    from classifier.commands.train import container
     from classifier.config import UserError
 
     assert "WITH_TORCH=1" in container.build_command("cpu", torch=True)

@@ -8,9 +8,9 @@ from conftest import pattern_images, require_torch
 torch = require_torch()
 
 from classifier.config import make_config  # noqa: E402
-from classifier.data import Split  # noqa: E402
-from classifier.torch_models import build_torch_model  # noqa: E402
-from classifier.torch_train import (  # noqa: E402
+from classifier.machinery.datasets import Split  # noqa: E402
+from classifier.lecture.torch_models import build_torch_model  # noqa: E402
+from classifier.lecture.torch_train import (  # noqa: E402
     HISTORY_KEYS, TorchTrainer, evaluate_torch, load_checkpoint, save_checkpoint, seed_torch, to_tensors,
     weights_sha256,
 )

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 from tensorflow import keras
 
-from classifier.checkpoints import HISTORY_KEYS, Checkpoints
+from classifier.machinery.checkpoints import HISTORY_KEYS, Checkpoints
 from classifier.config import make_config
-from classifier.distribute import make_trainer
-from classifier.models import build_model
-from classifier.recipes import make_optimizer
-from classifier.runs import weights_hash
-from classifier.runtime import seed_everything
-from classifier.train import FitTrainer, TapeTrainer
+from classifier.machinery.distribute import make_trainer
+from classifier.lecture.models import build_model
+from classifier.machinery.recipes import make_optimizer
+from classifier.machinery.runs import weights_hash
+from classifier.lecture.runtime import seed_everything
+from classifier.lecture.train import FitTrainer, TapeTrainer
 
 from conftest import pattern_images
 
@@ -63,7 +63,7 @@ class _StopAfter(keras.callbacks.Callback):
 
 def test_the_registry_names_the_trainers():
     from classifier import registry
-    from classifier.train import TRAINERS
+    from classifier.lecture.train import TRAINERS
 
     assert tuple(TRAINERS) == registry.TRAINERS
     assert TRAINERS == {"fit": FitTrainer, "tape": TapeTrainer}

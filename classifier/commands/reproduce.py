@@ -7,7 +7,7 @@ final weights are bit-identical. Where the environment differs from the one
 the manifest recorded, the differences are listed before the rerun starts,
 since any of them may change the numbers. The rerun uses the run's numerics
 mode; on another kind of machine (another L1 cache size, an older CPU, under
-"fastest" another core count: see classifier/numerics.py) it says so and
+"fastest" another core count: see classifier/machinery/numerics.py) it says so and
 compares the metrics within a tolerance instead of the weights hash:
 
     invoke reproduce runs/20261126-231502-fashion_mnist-sequential_add-fit --tolerance 0.01
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from classifier import numerics
+from classifier.machinery import numerics
 from classifier.config import UserError, make_config
-from classifier.files import read_json
-from classifier.runs import environment_record
+from classifier.machinery.files import read_json
+from classifier.machinery.runs import environment_record
 
 # Keys of environment_record() whose change can change the numbers, in the order shown.
 _COMPARED = ("python", "tensorflow", "tensorflow_build", "torch", "torch_build", "torch_devices", "torch_threads",
@@ -84,7 +84,7 @@ def reproduce(run_dir: str, runs_dir: str = "", tolerance: float | None = None) 
         Same kind: whether every compared metric and the weights hash are
         bit-identical. Another kind: whether every metric is within the tolerance.
     """
-    from classifier.commands import train_command
+    from classifier.commands.train import train_command
 
     tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
     if not tolerance >= 0:
@@ -95,7 +95,7 @@ def reproduce(run_dir: str, runs_dir: str = "", tolerance: float | None = None) 
     # The run's own numerics mode, before TensorFlow starts (environment_record loads it).
     numerics.apply(config.numerics)
     if config.trainer == "torch":
-        from classifier.torch_run import torch_environment
+        from classifier.commands.train_torch import torch_environment
 
         current = {**environment_record(tensorflow=False), **torch_environment()}
     else:

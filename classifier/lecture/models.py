@@ -64,7 +64,7 @@ def functional(input_shape, num_class: int) -> keras.Model:
 
 
 def _builders() -> dict:
-    from classifier.recipes import fast_cnn  # recipes builds on this module
+    from classifier.machinery.recipes import fast_cnn  # recipes builds on this module
 
     return {"sequential_add": sequential_add, "sequential_list": sequential_list,
             "functional": functional, "fast_cnn": fast_cnn}

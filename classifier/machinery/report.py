@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from classifier.config import UserError
-from classifier.files import atomic_write
+from classifier.machinery.files import atomic_write
 
 
 def _save(figure: Figure, path: Path) -> Path:

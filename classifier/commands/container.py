@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 from classifier.config import UserError
-from classifier.files import write_text
+from classifier.machinery.files import write_text
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = ("gpu", "cpu")
 IMAGE_NAME = "classifier-lab"
 ENV_FILE = REPO_ROOT / ".env"

@@ -30,7 +30,7 @@ from pathlib import Path
 import tensorflow as tf
 from tensorflow import keras
 
-from classifier.files import read_json, write_json
+from classifier.machinery.files import read_json, write_json
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 

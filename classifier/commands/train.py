@@ -15,12 +15,12 @@ import tempfile
 from pathlib import Path
 
 from classifier import config as config_module
-from classifier import numerics
+from classifier.machinery import numerics
 from classifier.config import Config, UserError, make_config, resolve_recipe, to_dict
-from classifier.data import get_dataset, load_arrays, prepare
-from classifier.download import dataset_folder, fetch, import_from, problems, verified_files
-from classifier.files import read_json, write_json
-from classifier.runs import create_run_dir, environment_record, finish_run, running_manifest, save_keras_model
+from classifier.machinery.datasets import get_dataset, load_arrays, prepare
+from classifier.machinery.download import dataset_folder, fetch, import_from, problems, verified_files
+from classifier.machinery.files import read_json, write_json
+from classifier.machinery.runs import create_run_dir, environment_record, finish_run, running_manifest, save_keras_model
 
 
 class Interrupted(UserError):
@@ -45,7 +45,7 @@ def data_command(dataset_name: str, data_dir: str = "", mirror: str = "", source
         print(f"{dataset.title}: {len(dataset.files)} file(s) verified in {folder}")
         # The course's scripts call keras.datasets.<name>.load_data() and torchvision.datasets.<Class>(root=...,
         # download=True): let them find these files offline.
-        from classifier import course_loaders
+        from classifier.machinery import course_loaders
 
         print(course_loaders.keras_report(dataset, course_loaders.fill_keras_cache(dataset, root)))
         try:
@@ -101,7 +101,7 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
         run_dir, config = _resume_target(Path(resume))
     if config.trainer == "torch":
         # The lecture's part 2: PyTorch's loop, the same run folder, no TensorFlow imported.
-        from classifier.torch_run import train_torch
+        from classifier.commands.train_torch import train_torch
 
         return train_torch(config, run_dir if resume else None)
     if not resume:
@@ -109,7 +109,7 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
         if chosen:
             print(f"recipe {config.recipe} chose: " + ", ".join(f"{key}={value}" for key, value in chosen.items()))
     if config.strategy == "multiworker":
-        from classifier.workers import worker_role
+        from classifier.commands.workers import worker_role
 
         worker_role()  # a missing or bad TF_CONFIG is one line, before TensorFlow loads
     # Before TensorFlow starts: it reads these settings once, when it is loaded.
@@ -118,13 +118,13 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
     # Imported here: after the numerics settings, and so that bad input above is reported without loading TensorFlow.
     import tensorflow as tf
 
-    from classifier.checkpoints import Checkpoints
-    from classifier.distribute import check_same_data, is_chief, make_multiworker_strategy, make_strategy, make_trainer
-    from classifier.evaluate import evaluate
-    from classifier.models import build_model
-    from classifier.recipes import inference_model, make_optimizer, steps_per_epoch, use_mixed_precision
-    from classifier.runtime import DurationTime, devices, gpu_config, seed_everything
-    from classifier.tensorboard import EpochSummaries, write_run_summaries
+    from classifier.machinery.checkpoints import Checkpoints
+    from classifier.machinery.distribute import check_same_data, is_chief, make_multiworker_strategy, make_strategy, make_trainer
+    from classifier.lecture.evaluate import evaluate
+    from classifier.lecture.models import build_model
+    from classifier.machinery.recipes import inference_model, make_optimizer, steps_per_epoch, use_mixed_precision
+    from classifier.lecture.runtime import DurationTime, devices, gpu_config, seed_everything
+    from classifier.machinery.tensorboard import EpochSummaries, write_run_summaries
 
     # Several machines: MultiWorkerMirroredStrategy configures TensorFlow's
     # runtime for the cluster, which is possible only before the first op, so
@@ -156,7 +156,7 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
         numerics=numerics_record,
     )
     write_json(run_dir / "manifest.json", manifest)
-    from classifier import report
+    from classifier.machinery import report
 
     report.show_samples(train.images, train.labels, dataset.class_names, run_dir / "samples.png")
 
@@ -258,8 +258,8 @@ def _resume_target(run_dir: Path) -> tuple[Path, Config]:
 
 def plot_command(config: Config, output: str = "") -> Path:
     """Write the model picture for `config`'s model and dataset with plot_model."""
-    from classifier import report
-    from classifier.models import build_model
+    from classifier.machinery import report
+    from classifier.lecture.models import build_model
 
     dataset = get_dataset(config.dataset)
     target = Path(output or f"{config.model}-{dataset.name}.png")

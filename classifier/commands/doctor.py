@@ -80,7 +80,7 @@ def check_tensorflow() -> list[Check]:
     """GPUs, CUDA/cuDNN build, memory growth, and a Conv2D forward and backward pass per device."""
     import tensorflow as tf
 
-    from classifier.runtime import gpu_config
+    from classifier.lecture.runtime import gpu_config
 
     checks = []
     build = tf.sysconfig.get_build_info()
@@ -168,7 +168,7 @@ def _torch_conv2d_check(torch, device: str) -> Check:
 
 
 def check_graphviz() -> Check:
-    from classifier.report import graphviz_missing
+    from classifier.machinery.report import graphviz_missing
 
     why = graphviz_missing()
     if why:
@@ -178,8 +178,8 @@ def check_graphviz() -> Check:
 
 def check_datasets(data_dir: Path) -> list[Check]:
     """Each registered dataset: absent (fine), verified, or damaged (with the fix)."""
-    from classifier.data import DATASETS
-    from classifier.download import dataset_folder, problems
+    from classifier.machinery.datasets import DATASETS
+    from classifier.machinery.download import dataset_folder, problems
 
     checks = []
     for dataset in DATASETS.values():

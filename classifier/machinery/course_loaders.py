@@ -54,8 +54,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from classifier.config import UserError
-from classifier.data import Dataset
-from classifier.download import dataset_folder, sha256_of, verified_files
+from classifier.machinery.datasets import Dataset
+from classifier.machinery.download import dataset_folder, sha256_of, verified_files
 
 _CHUNK = 1 << 20  # bytes per read when decompressing
 

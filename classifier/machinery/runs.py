@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier import numerics
+from classifier.machinery import numerics
 from classifier.config import PROJECT_ROOT, Config, UserError, to_dict
-from classifier.files import atomic_write, write_json
+from classifier.machinery.files import atomic_write, write_json
 
-# Environment variables that change what TensorFlow computes or where (classifier/numerics.py).
+# Environment variables that change what TensorFlow computes or where (classifier/machinery/numerics.py).
 NUMERICS_ENV = numerics.RECORDED
 
 
@@ -137,7 +137,7 @@ def finish_run(run_dir: Path, history: dict, metrics: dict, timings: dict, manif
         class_names: the dataset's class names, in label order.
         weights_sha256: the final weights' hash (weights_hash for Keras).
     """
-    from classifier import report
+    from classifier.machinery import report
 
     write_json(run_dir / "history.json", history)
     write_json(run_dir / "metrics.json", {**metrics, "class_names": list(class_names)})

@@ -7,9 +7,9 @@ throughput; each figure is the median over the repeats; ratios are against
 the reference measured in the same run.
 
     invoke bench --limit 12000 --epochs 3 --repeats 3     # about 4 minutes on 2 cores
-    python -m classifier.bench --limit 12000 --epochs 3 --repeats 3 --output benchmarks/results/latest
+    python -m classifier.commands.bench --limit 12000 --epochs 3 --repeats 3 --output benchmarks/results/latest
 
-The cost of the portable numerics mode (classifier/numerics.py): every subject
+The cost of the portable numerics mode (classifier/machinery/numerics.py): every subject
 under each mode, in the same run, with a table of portable / fastest ratios
 and accuracy differences ("fast" is the fast recipe with the `tape` trainer):
 
@@ -36,13 +36,14 @@ import time
 from pathlib import Path
 
 from classifier import config as config_module
-from classifier import numerics, registry
+from classifier import registry
+from classifier.machinery import numerics
 from classifier.config import PROJECT_ROOT, UserError, make_config, resolve_recipe
-from classifier.files import write_json, write_text
+from classifier.machinery.files import write_json, write_text
 
 REFERENCE_SCRIPT = PROJECT_ROOT / "benchmarks" / "lecture_reference.py"
 SUBJECTS = ("reference", "fit", "tape", "fast", "torch", "fit+tensorboard", "tape+tensorboard")
-# "fast" is the fast recipe (classifier/recipes.py) with the `tape` trainer, as the README runs it;
+# "fast" is the fast recipe (classifier/machinery/recipes.py) with the `tape` trainer, as the README runs it;
 # "+tensorboard": the same trainer writing `invoke train`'s per-epoch TensorBoard summaries, to show their cost.
 DEFAULT_SUBJECTS = ("reference", "fit", "tape", "torch")
 DEFAULT_OUTPUT = "benchmarks/results/latest"
@@ -100,8 +101,8 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
     # Validates limit and data_dir the way `invoke train` does, and checks the files before minutes of work.
     config = make_config(dataset="fashion_mnist", limit=limit or None, epochs=epochs, seed=seed, data_dir=data_dir)
     root = config_module.data_dir(config)
-    from classifier.data import get_dataset
-    from classifier.download import problems
+    from classifier.machinery.datasets import get_dataset
+    from classifier.machinery.download import problems
 
     if found := problems(get_dataset("fashion_mnist"), root):
         raise UserError(f"Fashion-MNIST is not ready in {root}: {found[0]}; run: invoke data --dataset fashion_mnist")
@@ -174,8 +175,8 @@ def run_time_to_accuracy(target: float | tuple[float, ...] = 0.91, seeds: int = 
             raise UserError(f"unknown recipe {recipe!r}; accepted: {', '.join(registry.RECIPES)}")
     config = make_config(dataset="fashion_mnist", limit=limit or None, data_dir=data_dir)
     root = config_module.data_dir(config)
-    from classifier.data import get_dataset
-    from classifier.download import problems
+    from classifier.machinery.datasets import get_dataset
+    from classifier.machinery.download import problems
 
     if found := problems(get_dataset("fashion_mnist"), root):
         raise UserError(f"Fashion-MNIST is not ready in {root}: {found[0]}; run: invoke data --dataset fashion_mnist")
@@ -207,7 +208,7 @@ def run_time_to_accuracy(target: float | tuple[float, ...] = 0.91, seeds: int = 
 def _recipe_in_child(recipe: str, target: float, limit: int, max_epochs: int, data_root: str, seed: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
         result_path = Path(folder) / "result.json"
-        command = [sys.executable, "-m", "classifier.bench", "--child-recipe", recipe, "--target", str(target),
+        command = [sys.executable, "-m", "classifier.commands.bench", "--child-recipe", recipe, "--target", str(target),
                    "--limit", str(limit), "--epochs", str(max_epochs), "--seed", str(seed), "--data-dir", data_root,
                    "--json", str(result_path)]
         completed = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
@@ -227,14 +228,14 @@ def measure_time_to_accuracy(recipe: str, target: float, limit: int, max_epochs:
     """
     from tensorflow import keras
 
-    from classifier.commands import load_dataset
+    from classifier.commands.train import load_dataset
     from classifier.config import resolve_recipe
-    from classifier.distribute import make_trainer
-    from classifier.evaluate import predict_direct
-    from classifier.models import build_model
-    from classifier.recipes import inference_model, make_optimizer, steps_per_epoch
+    from classifier.machinery.distribute import make_trainer
+    from classifier.lecture.evaluate import predict_direct
+    from classifier.lecture.models import build_model
+    from classifier.machinery.recipes import inference_model, make_optimizer, steps_per_epoch
     from classifier.registry import RECIPE_SETTINGS
-    from classifier.runtime import gpu_config, seed_everything
+    from classifier.lecture.runtime import gpu_config, seed_everything
 
     config = make_config(dataset="fashion_mnist", recipe=recipe, limit=limit or None, seed=seed, data_dir=data_dir)
     config, _ = resolve_recipe(config, frozenset({"dataset", "recipe", "limit", "seed", "data_dir"}))
@@ -339,7 +340,7 @@ def _measure_in_child(subject: str, limit: int, epochs: int, data_root: str, see
         if subject == "reference":
             command = [sys.executable, str(REFERENCE_SCRIPT), "--data-dir", data_root, *common]
         else:
-            command = [sys.executable, "-m", "classifier.bench", "--child", subject, "--data-dir", data_root, *common]
+            command = [sys.executable, "-m", "classifier.commands.bench", "--child", subject, "--data-dir", data_root, *common]
         completed = subprocess.run(command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True)
         if completed.returncode != 0 or not result_path.exists():
             raise UserError(f"benchmark of {subject} failed (exit {completed.returncode}): "
@@ -360,13 +361,13 @@ def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: st
         {"train_images", "epoch_seconds", "train_seconds", "eval_images", "eval_seconds",
          "test_accuracy", "val_accuracy", "peak_rss_mib"}.
     """
-    from classifier.commands import load_dataset
-    from classifier.distribute import make_trainer
-    from classifier.evaluate import evaluate
-    from classifier.models import build_model
-    from classifier.recipes import inference_model, make_optimizer, steps_per_epoch, use_mixed_precision
-    from classifier.runtime import EpochTimer, gpu_config, seed_everything
-    from classifier.tensorboard import EpochSummaries
+    from classifier.commands.train import load_dataset
+    from classifier.machinery.distribute import make_trainer
+    from classifier.lecture.evaluate import evaluate
+    from classifier.lecture.models import build_model
+    from classifier.machinery.recipes import inference_model, make_optimizer, steps_per_epoch, use_mixed_precision
+    from classifier.lecture.runtime import EpochTimer, gpu_config, seed_everything
+    from classifier.machinery.tensorboard import EpochSummaries
 
     given = {"dataset": "fashion_mnist", "trainer": trainer_name, "limit": limit or None, "epochs": epochs,
              "seed": seed, "data_dir": data_dir, "recipe": recipe}
@@ -415,9 +416,9 @@ def measure_torch_trainer(limit: int, epochs: int, data_dir: str, seed: int = 42
     Returns:
         The keys of `measure_lab_trainer`. TensorFlow is not imported.
     """
-    from classifier.commands import load_dataset
-    from classifier.torch_models import build_torch_model
-    from classifier.torch_train import TorchTrainer, evaluate_torch, seed_torch
+    from classifier.commands.train import load_dataset
+    from classifier.lecture.torch_models import build_torch_model
+    from classifier.lecture.torch_train import TorchTrainer, evaluate_torch, seed_torch
 
     config = make_config(dataset="fashion_mnist", trainer="torch", limit=limit or None, epochs=epochs,
                          seed=seed, data_dir=data_dir)
@@ -609,7 +610,7 @@ def markdown_report(results: dict) -> str:
         f"repeat(s), batch {settings['batch_size']}, seed {settings['seed']}. "
         "Images/s counts the training images per steady epoch (training plus validation); "
         "eval images/s is the whole test-set evaluation (the reference: `evaluate` and `predict` at batch 32; "
-        f"the lab: `classifier.evaluate.evaluate` at batch {settings['eval_batch_size_lab']}). "
+        f"the lab: `classifier.lecture.evaluate.evaluate` at batch {settings['eval_batch_size_lab']}). "
         "Ratios are lab / reference, measured in the same run. GFLOP/s: training images/s x "
         "3 x the network's forward FLOPs (Conv2D and Dense multiply-adds, `forward_flops`); "
         f"peak {results['peak']['gflops']:.0f} GFLOP/s = {results['peak']['how']}.\n\n"
@@ -619,7 +620,7 @@ def markdown_report(results: dict) -> str:
         + f"\nMachine: {machine['cpu']}, {machine['cores']} cores, TensorFlow {machine['tensorflow']} "
         f"({machine['tensorflow_build']}), Keras {machine['keras']}, PyTorch {machine.get('torch') or 'not installed'}, "
         f"Python {machine['python']}, devices {', '.join(machine['devices'])}. The torch subject is the lab's "
-        "`--trainer torch` (classifier.torch_train, `evaluate_torch` at the same batch).\n"
+        "`--trainer torch` (classifier.lecture.torch_train, `evaluate_torch` at the same batch).\n"
     )
 
 
@@ -628,7 +629,7 @@ def machine_description() -> dict:
     import keras
     import tensorflow as tf
 
-    from classifier.runs import _cpu_model
+    from classifier.machinery.runs import _cpu_model
 
     build = tf.sysconfig.get_build_info()
     cuda = build.get("cuda_version") if build.get("is_cuda_build") else None
@@ -656,7 +657,7 @@ def _torch_version() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m classifier.bench`: the whole benchmark, or (with --child) one measurement."""
+    """`python -m classifier.commands.bench`: the whole benchmark, or (with --child) one measurement."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Benchmark the lecture's script against the lab's trainers.")

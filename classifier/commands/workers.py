@@ -3,7 +3,7 @@
     invoke train --dataset fashion_mnist --workers 2 --limit 6000 --epochs 2
 
 starts two training processes on 127.0.0.1, each with its own free port and
-TF_CONFIG, running `--strategy multiworker` (classifier/distribute.py) as
+TF_CONFIG, running `--strategy multiworker` (classifier/machinery/distribute.py) as
 separate machines would. Worker 0, the chief, writes the run folder; its
 output is shown as is, the other workers' lines start with "[worker N]".
 
@@ -95,7 +95,7 @@ def start_local_workers(config: Config, workers: int, resume: str = "", given: f
     if not 2 <= workers <= MAX_LOCAL_WORKERS:
         raise UserError(f"--workers must be between 2 and {MAX_LOCAL_WORKERS}, got {workers}")
     if resume:
-        from classifier.commands import _resume_target
+        from classifier.commands.train import _resume_target
 
         _, saved = _resume_target(Path(resume))
         if saved.strategy != "multiworker":
@@ -108,7 +108,7 @@ def start_local_workers(config: Config, workers: int, resume: str = "", given: f
     processes = []
     lines: list[str] = []
     for index in range(workers):
-        command = [sys.executable, "-m", "classifier.workers", "--config", settings, "--given", keys,
+        command = [sys.executable, "-m", "classifier.commands.workers", "--config", settings, "--given", keys,
                    "--resume", resume]
         environment = {**os.environ, "TF_CONFIG": tf_config(ports, index), "PYTHONUNBUFFERED": "1"}
         process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=environment, stdout=subprocess.PIPE,
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     """One worker of `start_local_workers` (TF_CONFIG in its environment): train_command, errors as one line."""
     import argparse
 
-    from classifier.commands import train_command
+    from classifier.commands.train import train_command
     from classifier.config import make_config
 
     parser = argparse.ArgumentParser(description="One worker of a local multi-worker run.")

@@ -31,9 +31,9 @@ import numpy as np
 
 from classifier import config as config_module
 from classifier.config import UserError, make_config
-from classifier.data import get_dataset, load_arrays, prepare
-from classifier.download import dataset_folder, verified_files
-from classifier.files import read_json, write_json, write_text
+from classifier.machinery.datasets import get_dataset, load_arrays, prepare
+from classifier.machinery.download import dataset_folder, verified_files
+from classifier.machinery.files import read_json, write_json, write_text
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 TOLERANCE = 0.001  # largest accepted |export accuracy - metrics.json accuracy|
@@ -431,6 +431,6 @@ def _human(size: int) -> str:
 
 
 def _cpu() -> str:
-    from classifier.runs import _cpu_model
+    from classifier.machinery.runs import _cpu_model
 
     return f"{_cpu_model()} ({os.cpu_count()} cores)"

@@ -9,7 +9,7 @@ Each run writes `RUN/tensorboard/`:
 |---|---|---|
 | `train/` | `epoch_loss`, `epoch_accuracy`, `epoch_learning_rate` per epoch; the model's forward-pass graph | `EpochSummaries`, a Keras callback that `fit` calls and the tape loop calls too |
 | `validation/` | `epoch_loss`, `epoch_accuracy` per epoch | the same |
-| `.` (the folder itself) | the run's hyperparameters (HParams dashboard), `test/loss` and `test/accuracy`, the sample grid, learning curves and confusion matrix as images | `write_run_summaries` (classifier/tensorboard_events.py) once the run is evaluated |
+| `.` (the folder itself) | the run's hyperparameters (HParams dashboard), `test/loss` and `test/accuracy`, the sample grid, learning curves and confusion matrix as images | `write_run_summaries` (classifier/machinery/tensorboard_events.py) once the run is evaluated |
 
 Both trainers use Keras' tag names, and so does `--trainer torch`
 (`tensorboard_events.EpochScalars`, written without TensorFlow), so fit,
@@ -28,7 +28,7 @@ import tensorflow as tf
 from tensorflow import keras
 
 # The layout and the run-level summaries are TensorFlow-free, shared with the PyTorch trainer.
-from classifier.tensorboard_events import HPARAMS, LOG_DIR, log_dir, write_run_summaries  # noqa: F401
+from classifier.machinery.tensorboard_events import HPARAMS, LOG_DIR, log_dir, write_run_summaries  # noqa: F401
 
 
 class EpochSummaries(keras.callbacks.Callback):

@@ -10,7 +10,7 @@ format (model.pt, a state_dict), samples.png, learning_curves.png,
 confusion_matrix.png, model.txt (the module as torch prints it),
 checkpoint/last.pt (one dict, rewritten atomically after every epoch) and
 tensorboard/ (the fit and tape runs' tags and folders, no model graph:
-classifier/tensorboard_events.py says why).
+classifier/machinery/tensorboard_events.py says why).
 TensorFlow is never imported on this path: a machine with only PyTorch runs it.
 """
 
@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 from classifier import config as config_module
-from classifier import numerics
+from classifier.machinery import numerics
 from classifier.config import Config, UserError, to_dict
-from classifier.files import atomic_write, write_json, write_text
-from classifier.runs import create_run_dir, environment_record, finish_run, running_manifest
+from classifier.machinery.files import atomic_write, write_json, write_text
+from classifier.machinery.runs import create_run_dir, environment_record, finish_run, running_manifest
 
 CHECKPOINT = Path("checkpoint") / "last.pt"
 
@@ -41,7 +41,7 @@ def import_torch():
 def torch_environment() -> dict:
     """torch's version, CUDA/cuDNN build, devices and threads (for the manifest and `invoke reproduce`)."""
     torch = import_torch()
-    import classifier.torch_train  # noqa: F401 - sets CUBLAS_WORKSPACE_CONFIG, recorded in numerics_env
+    import classifier.lecture.torch_train  # noqa: F401 - sets CUBLAS_WORKSPACE_CONFIG, recorded in numerics_env
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return {
         "torch": torch.__version__,
@@ -67,10 +67,10 @@ def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
     # CPU kernels too, once, when it starts: set them first.
     numerics_record = numerics.apply(config.numerics)
     import_torch()
-    from classifier import report
-    from classifier.commands import Interrupted, load_dataset
-    from classifier.torch_models import build_torch_model, count_parameters
-    from classifier.torch_train import TorchTrainer, evaluate_torch, load_checkpoint, save_checkpoint, seed_torch
+    from classifier.machinery import report
+    from classifier.commands.train import Interrupted, load_dataset
+    from classifier.lecture.torch_models import build_torch_model, count_parameters
+    from classifier.lecture.torch_train import TorchTrainer, evaluate_torch, load_checkpoint, save_checkpoint, seed_torch
 
     seed_torch(config.seed, config.deterministic)
     start = time.perf_counter()
@@ -138,7 +138,7 @@ def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
     finish_torch_run(run_dir, model, {**history, "epoch_seconds": trainer.epoch_seconds}, metrics, timings,
                      manifest, dataset.class_names)
     if summaries is not None:
-        from classifier.tensorboard_events import write_run_summaries
+        from classifier.machinery.tensorboard_events import write_run_summaries
 
         write_run_summaries(run_dir, to_dict(config), metrics, config.epochs)
         print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
@@ -154,7 +154,7 @@ def _epoch_summaries(run_dir: Path):
     without model.png where Graphviz is missing.
     """
     try:
-        from classifier.tensorboard_events import EpochScalars
+        from classifier.machinery.tensorboard_events import EpochScalars
     except ImportError as error:
         print(f"warning: TensorBoard event files skipped: {error} "
               "(the tensorboard package comes with requirements/lab.lock)")
@@ -170,7 +170,7 @@ def finish_torch_run(run_dir: Path, model, history: dict, metrics: dict, timings
     SHA-256 the manifest holds.
     """
     torch = import_torch()
-    from classifier.torch_train import weights_sha256
+    from classifier.lecture.torch_train import weights_sha256
 
     with atomic_write(run_dir / "model.pt") as temporary:
         torch.save(model.state_dict(), temporary)

@@ -20,7 +20,7 @@ import tensorflow as tf
 from tensorflow import keras
 
 from classifier.config import Config
-from classifier.recipes import make_loss
+from classifier.machinery.recipes import make_loss
 
 
 class FitTrainer:

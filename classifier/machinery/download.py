@@ -25,8 +25,8 @@ import zlib
 from pathlib import Path
 
 from classifier.config import UserError
-from classifier.data import DataFile, Dataset
-from classifier.files import atomic_write
+from classifier.machinery.datasets import DataFile, Dataset
+from classifier.machinery.files import atomic_write
 
 _CHUNK = 1 << 20
 

@@ -3,7 +3,7 @@
     invoke train --trainer torch --dataset fashion_mnist --epochs 3
     tensorboard --logdir runs
 
-`classifier/tensorboard.py` (the Keras callback) and the PyTorch trainer
+`classifier/machinery/tensorboard.py` (the Keras callback) and the PyTorch trainer
 write the same folders and tags, so fit, tape and torch runs overlay in the
 Scalars dashboard and line up in the HParams table:
 

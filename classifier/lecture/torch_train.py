@@ -40,9 +40,9 @@ from torch import nn, optim
 from torch.utils.data import DataLoader, TensorDataset
 
 from classifier.config import Config
-from classifier.data import Split
-from classifier.files import atomic_write
-from classifier.torch_models import outputs_probabilities
+from classifier.machinery.datasets import Split
+from classifier.machinery.files import atomic_write
+from classifier.lecture.torch_models import outputs_probabilities
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -89,7 +89,7 @@ def to_tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
     """A split as the lecture feeds PyTorch: (N, C, H, W) float32 in [-1, 1], int64 labels.
 
     Args:
-        split: NHWC float32 images in [0, 1] and int labels, from `classifier.data.prepare`.
+        split: NHWC float32 images in [0, 1] and int labels, from `classifier.machinery.datasets.prepare`.
 
     Returns:
         (images, labels) tensors.
@@ -104,7 +104,7 @@ class TorchTrainer:
     """The lecture's TorchClassifier: model, loss, optimizer, batch size; train and evaluate.
 
     Args:
-        model: a module from `classifier.torch_models`.
+        model: a module from `classifier.lecture.torch_models`.
         config: batch_size, learning_rate, epochs, seed and eval_batch_size are used.
         device: where to train (default: `pick_device()`).
         num_workers: DataLoader worker processes. 0 (default) loads in the
@@ -208,7 +208,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: tor
 
 
 def evaluate_torch(model: nn.Module, split: Split, num_classes: int, batch_size: int = 256) -> dict:
-    """Test metrics with the lecture's cross-checks, in the same keys as `classifier.evaluate`.
+    """Test metrics with the lecture's cross-checks, in the same keys as `classifier.lecture.evaluate`.
 
     The model is called twice, as the Keras path calls evaluate() and then
     predict(): the first call gives the loss (the lecture's CrossEntropyLoss on

@@ -32,9 +32,9 @@ import tensorflow as tf
 from tensorflow import keras
 
 from classifier.config import Config, UserError
-from classifier.recipes import make_loss
-from classifier.train import TRAINERS, TapeTrainer
-from classifier.workers import worker_role
+from classifier.machinery.recipes import make_loss
+from classifier.lecture.train import TRAINERS, TapeTrainer
+from classifier.commands.workers import worker_role
 
 # Seconds a collective operation (adding the workers' gradients) may wait for
 # the others before it fails. A lost worker then stops the others with an
