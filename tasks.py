@@ -10,7 +10,7 @@ import sys
 
 from invoke import Exit, task
 
-from classifier.config import UserError
+from classifier.config import Interrupted, UserError
 
 _CONFIG_HELP = {
     "dataset": "cifar10 (default), cifar100, mnist or fashion_mnist",
@@ -25,7 +25,7 @@ def _run(function, *args, **kwargs):
     try:
         return function(*args, **kwargs)
     except UserError as error:
-        code = 130 if type(error).__name__ == "Interrupted" else 2
+        code = 130 if isinstance(error, Interrupted) else 2
         raise Exit(f"error: {error}", code=code) from None
     except KeyboardInterrupt:
         raise Exit("interrupted", code=130) from None
@@ -68,7 +68,7 @@ def _config(**overrides):
 })
 def data(c, dataset="cifar10", data_dir="", from_="", mirror="", torchvision_root=""):
     """Download (or import) a dataset into the cache and verify every file's SHA-256."""
-    from classifier.commands.train import data_command
+    from classifier.commands.data import data_command
 
     _run(data_command, dataset, data_dir=data_dir, mirror=mirror, source=from_, torchvision_root=torchvision_root)
 
@@ -89,7 +89,7 @@ def data(c, dataset="cifar10", data_dir="", from_="", mirror="", torchvision_roo
     "strategy": "default (one device), mirrored (all visible GPUs) or multiworker (the machines TF_CONFIG names)",
     "resume": "continue the stopped run in this run folder from its last finished epoch",
     "numerics": "fastest (TensorFlow's choices for this machine) or portable (the same weights on other "
-                "machines, see README; the lab image's default); default: $CLASSIFIER_NUMERICS or fastest",
+                "machines, see docs/reproducibility.md; the lab image's default); default: $CLASSIFIER_NUMERICS or fastest",
     "tensorboard": "true (default): write TensorBoard event files into RUN/tensorboard; false: none",
     "workers": "start this many multiworker processes on this machine (127.0.0.1), e.g. 2 for a class demo",
 })
@@ -193,7 +193,7 @@ def doctor(c, data_dir="", runs_dir=""):
 })
 def plot(c, dataset=None, model=None, output=""):
     """Draw the model's picture with keras.utils.plot_model (needs graphviz)."""
-    from classifier.commands.train import plot_command
+    from classifier.commands.plot import plot_command
 
     _run(plot_command, _config(dataset=dataset, model=model), output=output)
 
@@ -232,7 +232,7 @@ _VARIANT_HELP = "gpu (CUDA TensorFlow, default) or cpu (hosts without an NVIDIA 
 })
 def build(c, variant="gpu", base_image="", network="", cache_from="", torch=False):
     """Build the lab image (classifier-lab:VARIANT) as your user's UID/GID."""
-    from classifier.commands.train import container
+    from classifier.commands import container
 
     _run(container.build, variant, base_image=base_image or None, network=network or None,
          cache_from=cache_from or None, torch=torch)
@@ -246,7 +246,7 @@ def build(c, variant="gpu", base_image="", network="", cache_from="", torch=Fals
 })
 def lab(c, variant="gpu", port="8888", tensorboard_port="6006", wait="300"):
     """Start JupyterLab and TensorBoard from the built (or LAB_IMAGE) image; print the URL with its token."""
-    from classifier.commands.train import container
+    from classifier.commands import container
 
     _run(container.lab_up, variant, port=_int("port", port), tensorboard_port=_int("tensorboard-port", tensorboard_port),
          wait=_int("wait", wait))
@@ -258,7 +258,7 @@ def lab(c, variant="gpu", port="8888", tensorboard_port="6006", wait="300"):
 })
 def shell(c, variant="", command=""):
     """Open a shell (or run one command) in a fresh lab container."""
-    from classifier.commands.train import container
+    from classifier.commands import container
 
     status = _run(container.shell, variant or None, command)
     if status:
@@ -268,7 +268,7 @@ def shell(c, variant="", command=""):
 @task(help={"variant": "the running lab's variant (default: the one `invoke lab` started)"})
 def down(c, variant=""):
     """Stop the lab's containers (data/ and runs/ stay on the host)."""
-    from classifier.commands.train import container
+    from classifier.commands import container
 
     _run(container.down, variant or None)
 
@@ -276,7 +276,7 @@ def down(c, variant=""):
 @task(help={"upgrade": "move every pin to the newest release allowed by pyproject.toml"})
 def lock(c, upgrade=False):
     """Regenerate the hash-locked requirements/*.lock from pyproject.toml."""
-    from classifier.commands.train import container
+    from classifier.commands import container
 
     for path in _run(container.lock, upgrade=upgrade):
         print(f"wrote {path}")

@@ -18,13 +18,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from classifier.commands.container import _read_env_file, host_ids  # noqa: E402  (stdlib-only module)
+from classifier.commands.container import read_env_file, host_ids  # noqa: E402  (stdlib-only module)
 
 
 def main() -> int:
     """Add JUPYTER_TOKEN, LAB_UID and LAB_GID to .env where missing; 0 on success."""
     path = ROOT / ".env"
-    values = _read_env_file(path)
+    values = read_env_file(path)
     uid, gid = host_ids()
     wanted = {"JUPYTER_TOKEN": secrets.token_urlsafe(32), "LAB_UID": str(uid), "LAB_GID": str(gid)}
     added = {key: value for key, value in wanted.items() if not values.get(key)}

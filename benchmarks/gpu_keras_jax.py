@@ -45,7 +45,7 @@ def lecture_network(policy: str) -> keras.Model:
 
 
 def fast_network(policy: str) -> keras.Model:
-    """classifier.lecture.models.fast_cnn's training graph (its test-time mirror layers do no work in training)."""
+    """classifier.machinery.recipes.fast_cnn's training graph (its test-time mirror layers do no work in training)."""
     inputs = keras.Input(SHAPE)
     x = layers.Conv2D(32, 3, padding="same", activation="relu", dtype=policy)(inputs)
     x = layers.MaxPool2D(2, dtype=policy)(x)

@@ -4,7 +4,7 @@ Each row is one kind of machine, emulated on this one: the instruction set
 oneDNN may use (ONEDNN_MAX_CPU_ISA), the cores the process may run on
 (taskset), oneDNN's switches and TensorFlow's thread counts. Each cell is
 the weights SHA-256 (first 8 hex digits), test loss and accuracy of the
-README's run (Fashion-MNIST, first 12,000 images, 2 epochs, seed 42, `fit`),
+reference run of docs/reproducibility.md (Fashion-MNIST, first 12,000 images, 2 epochs, seed 42, `fit`),
 once per numerics mode.
 
     python benchmarks/numerics_machines.py --data-dir /tmp/lab-data --output benchmarks/results/numerics_machines

@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from classifier.config import make_config  # noqa: E402
-from classifier.machinery.datasets import get_dataset, load_arrays, prepare  # noqa: E402
+from classifier.lecture.split import prepare  # noqa: E402
+from classifier.machinery.datasets import get_dataset, load_arrays  # noqa: E402
 from classifier.machinery.download import dataset_folder, verified_files  # noqa: E402
 from classifier.lecture.torch_models import build_torch_model  # noqa: E402
 from classifier.lecture.torch_train import TorchTrainer, evaluate_torch, seed_torch, weights_sha256  # noqa: E402

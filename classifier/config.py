@@ -24,9 +24,13 @@ class UserError(Exception):
     """Bad input from a person: shown as one line, never as a traceback."""
 
 
+class Interrupted(UserError):
+    """Ctrl-C during training: the run folder keeps its last finished epoch (tasks.py exits with 130)."""
+
+
 @dataclass(frozen=True)
 class Config:
-    dataset: str = "cifar10"  # a name from classifier.machinery.datasets.DATASETS
+    dataset: str = "cifar10"  # a name from registry.DATASETS (machinery/datasets.py holds their files)
     model: str = "sequential_add"  # a name from registry.MODELS (registry.TORCH_MODELS for the torch trainer)
     trainer: str = "fit"  # registry.TRAINERS: "fit" (1.2), "tape" (1.3); or registry.TORCH_TRAINERS: "torch" (part 2)
     epochs: int = 5  # full passes over the training part
@@ -96,12 +100,10 @@ def _coerce(key: str, value, kind):
 
 def validate(config: Config) -> None:
     """Raise UserError for the first field that is out of range."""
-    # Imported here, not at the top: data.py imports config.py. Neither this
-    # nor the registry imports TensorFlow, so a bad flag is answered at once.
+    # The registry is plain data, without TensorFlow, so a bad flag is answered at once.
     from classifier import registry
-    from classifier.machinery.datasets import DATASETS
 
-    _one_of("dataset", config.dataset, DATASETS)
+    _one_of("dataset", config.dataset, registry.DATASETS)
     _one_of("trainer", config.trainer, registry.TRAINERS + registry.TORCH_TRAINERS)
     if config.trainer in registry.TORCH_TRAINERS:
         if config.model not in registry.TORCH_MODELS:
@@ -153,7 +155,7 @@ def to_dict(config: Config) -> dict:
 
 
 def resolve_recipe(config: Config, given: frozenset[str] | None = None) -> tuple[Config, dict]:
-    """Fill in the recipe's settings (registry.RECIPE_SETTINGS) for every field the person did not set.
+    """Fill in the recipe's settings (registry.HYP[recipe]["config"]) for every field the person did not set.
 
     Args:
         config: the config as made from the person's flags.
@@ -165,7 +167,7 @@ def resolve_recipe(config: Config, given: frozenset[str] | None = None) -> tuple
     """
     from classifier import registry
 
-    settings = registry.RECIPE_SETTINGS[config.recipe]
+    settings = registry.HYP[config.recipe]["config"]
     chosen = {key: value for key, value in settings.items()
               if given is not None and key not in given and getattr(config, key) != value}
     return dataclasses.replace(config, **chosen), chosen

@@ -5,6 +5,8 @@
     ... the lecture's own code: create, compile, fit, evaluate ...
     lab.record_run(model, history, (x_test, y_test), dataset="fashion_mnist", trainer="fit", ...)
 
+A notebook imports this module and nothing else from the package (tests/test_layers.py checks).
+
 Everything the class types stays in the notebook; this module only supplies
 the verified data, pictures shown inline, the seed, and the run record, so
 that a notebook's run lands in runs/ with the same evidence as `invoke train`.
@@ -20,11 +22,36 @@ import numpy as np
 
 from classifier import config as config_module
 from classifier.config import make_config, to_dict
-from classifier.machinery.datasets import get_dataset, load_arrays
-from classifier.machinery.download import dataset_folder, fetch, import_from, verified_files
+from classifier.machinery import numerics
+from classifier.machinery.datasets import get_dataset
 from classifier.machinery.files import write_json
+from classifier.machinery.loading import read_verified
 from classifier.machinery.runs import create_run_dir, environment_record, finish_run, save_keras_model
-from classifier.lecture.runtime import DurationTime, gpu_config, seed_everything  # noqa: F401 - for the notebooks
+
+# The lecture's runtime helpers, for `from classifier.lab import DurationTime, gpu_config`. They live in
+# classifier/lecture/runtime.py, which imports TensorFlow: loaded on first use (__getattr__ below), so that
+# `lab.apply_numerics()` runs before TensorFlow starts.
+_RUNTIME = ("DurationTime", "gpu_config", "seed_everything")
+
+
+def __getattr__(name: str):
+    if name in _RUNTIME:
+        from classifier.lecture import runtime
+
+        return getattr(runtime, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def apply_numerics(mode: str | None = None) -> dict:
+    """Apply the numerics mode `invoke train` would use here, before TensorFlow or PyTorch starts.
+
+    Args:
+        mode: "fastest" or "portable"; None: $CLASSIFIER_NUMERICS (the lab image sets "portable"), else fastest.
+
+    Returns:
+        What was set, as a run's manifest records it (classifier/machinery/numerics.py).
+    """
+    return numerics.apply(numerics.resolve(mode))
 
 
 def load_data(dataset_name: str = "cifar10", limit: int | None = None):
@@ -42,14 +69,9 @@ def load_data(dataset_name: str = "cifar10", limit: int | None = None):
         ((x_train, y_train), (x_test, y_test), class_names).
     """
     dataset = get_dataset(dataset_name)
-    root = config_module.data_dir(make_config(dataset=dataset_name))
     source = os.environ.get("NOTEBOOK_DATA_SOURCE")
-    if source:
-        import_from(dataset, root, Path(source))
-    else:
-        fetch(dataset, root, progress=True)
-    verified_files(dataset, root)
-    (x_train, y_train), test = load_arrays(dataset, dataset_folder(dataset, root))
+    ((x_train, y_train), test), _ = read_verified(dataset, config_module.data_dir(make_config(dataset=dataset_name)),
+                                                  source=Path(source) if source else None)
     if limit:
         x_train, y_train = x_train[:limit], y_train[:limit]
     return (x_train, y_train), test, dataset.class_names
@@ -90,7 +112,7 @@ def record_run(model, history: dict, test_data, *, dataset: str, trainer: str, m
     Returns:
         The run folder.
     """
-    from classifier.machinery.datasets import Split
+    from classifier.lecture.split import Split
     from classifier.lecture.evaluate import evaluate
 
     config = make_config(dataset=dataset, trainer=trainer, model=model_name, epochs=epochs, batch_size=batch_size,
@@ -134,8 +156,8 @@ def record_torch_run(model, history: dict, test_data, *, dataset: str, model_nam
     Returns:
         The run folder.
     """
-    from classifier.machinery.datasets import Split
-    from classifier.commands.train_torch import finish_torch_run, torch_environment
+    from classifier.lecture.split import Split
+    from classifier.machinery.torch_runs import save_torch_model, torch_environment
     from classifier.lecture.torch_train import evaluate_torch
 
     config = make_config(dataset=dataset, trainer="torch", model=model_name, epochs=epochs, batch_size=batch_size,
@@ -150,8 +172,8 @@ def record_torch_run(model, history: dict, test_data, *, dataset: str, model_nam
     manifest = {"status": "running", "seed": seed, "config": to_dict(config), "source": "notebook",
                 "environment": {**environment_record(tensorflow=False), **torch_environment()}}
     timings = {"train_seconds": train_seconds, "evaluate_seconds": time.perf_counter() - started}
-    finish_torch_run(run_dir, model, {key: [float(value) for value in values] for key, values in history.items()},
-                     metrics, timings, manifest, info.class_names)
+    history = {key: [float(value) for value in values] for key, values in history.items()}
+    finish_run(run_dir, history, metrics, timings, manifest, info.class_names, save_torch_model(run_dir, model))
     _show(run_dir / "learning_curves.png")
     _show(run_dir / "confusion_matrix.png")
     print(f"test loss {metrics['loss']:.4f}, test accuracy {metrics['accuracy']:.4f}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.server
@@ -196,12 +197,30 @@ def tiny_spec(source: Path, num_train=600, num_test=200):
 @pytest.fixture
 def tiny_dataset(tmp_path, monkeypatch):
     """A registered MNIST-style dataset 'tiny' whose files the test made; yields (Dataset, source folder)."""
+    from classifier import registry
     from classifier.machinery import datasets as data
 
     source = tmp_path / "tiny-source"
     spec = tiny_spec(source)
     monkeypatch.setitem(data.DATASETS, "tiny", spec)
+    monkeypatch.setattr(registry, "DATASETS", (*registry.DATASETS, "tiny"))
     return spec, source
+
+
+@contextlib.contextmanager
+def registered(spec):
+    """Register a made-up dataset for a module's fixtures: its files in datasets.DATASETS, its name in registry."""
+    from classifier import registry
+    from classifier.machinery import datasets as data
+
+    names = registry.DATASETS
+    data.DATASETS[spec.name] = spec
+    registry.DATASETS = (*names, spec.name)
+    try:
+        yield spec
+    finally:
+        del data.DATASETS[spec.name]
+        registry.DATASETS = names
 
 
 @pytest.fixture(scope="session")
@@ -339,7 +358,7 @@ def lab_test_image():
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI must run the container tests, but {reason}", pytrace=False)
         pytest.skip(reason)
-    from classifier.commands.train import container
+    from classifier.commands import container
 
     uid, gid = container_user_ids()
     command = container.build_command("cpu", tag=LAB_TEST_IMAGE, base_image=standin_base_image(), uid=uid, gid=gid,

@@ -165,7 +165,7 @@ def test_small_time_to_accuracy_stops_at_the_target(fashion_lab, tmp_path):
 
 def test_forward_flops_of_the_lecture_network():
     from classifier.commands.bench import forward_flops
-    from classifier.lecture.models import build_model
+    from classifier.machinery.recipes import build_model
 
     model = build_model("functional", (28, 28, 1), 10)
     # conv1 28x28x32 outputs x 3x3x1, conv2 14x14x64 x 3x3x32, dense 3136x100 and 100x10; 2 FLOP per multiply-add.

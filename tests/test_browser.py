@@ -161,7 +161,7 @@ def _host_lab(root: Path):
 
 def _compose_lab(root: Path, image: str):
     """The compose lab (docker-compose.cpu.yml) on the copy, with its own ports, token and project name."""
-    from classifier.commands.train import container
+    from classifier.commands import container
 
     uid, gid = container_user_ids()
     if os.getuid() == 0:

@@ -94,7 +94,7 @@ def _assert_same_as_lab(arrays_path, dataset, data_dir):
 ])
 def test_lecture_load_data_reads_the_labs_cifar_offline(tmp_path, monkeypatch, capsys, name, per_batch, num_test):
     from classifier.machinery import datasets as data
-    from classifier.commands.train import data_command
+    from classifier.commands.data import data_command
 
     source = tmp_path / "usb"
     source.mkdir()
@@ -278,7 +278,7 @@ def _member_md5s(archive) -> dict[str, str]:
 @pytest.mark.parametrize("name, class_name", [("cifar10", "CIFAR10"), ("cifar100", "CIFAR100")])
 def test_course_torchvision_lines_read_the_labs_cifar_offline(tmp_path, monkeypatch, capsys, name, class_name):
     from classifier.machinery import datasets as data
-    from classifier.commands.train import data_command
+    from classifier.commands.data import data_command
 
     python = _torchvision_python()
     source = tmp_path / "usb"

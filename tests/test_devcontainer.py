@@ -151,7 +151,7 @@ def test_devcontainer_up_then_exec_runs_the_quick_tests(cli, tmp_path, request):
     if os.getuid() == 0:
         for path in [workspace, *workspace.rglob("*")]:
             os.chown(path, TEST_UID, TEST_GID)
-    from classifier.commands.train import container
+    from classifier.commands import container
 
     # docker-compose 1.x builds through the docker CLI, not its own client: the CLI packs the
     # context as `docker build` does (owner 0:0), so the source layer's cache key matches.

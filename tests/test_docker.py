@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from classifier.commands.train import container as lab_container
+from classifier.commands import container as lab_container
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN_BASE = "classifier-lab-base:bookworm"
@@ -775,7 +775,7 @@ echo "| NVIDIA-SMI {driver}     Driver Version: {driver}     CUDA Version: {cuda
 ])
 def test_doctor_in_the_container_reports_the_nvidia_runtime_driver_and_cuda(variant, smi, expected, tmp_path,
                                                                             monkeypatch):
-    from classifier.commands.train import doctor
+    from classifier.commands import doctor
 
     if smi:
         script = tmp_path / "nvidia-smi"

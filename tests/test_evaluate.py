@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from tensorflow import keras
 
-from classifier.machinery.datasets import Split
+from classifier.lecture.split import Split
 from classifier.lecture.evaluate import confusion_matrix, evaluate
 
 

@@ -21,19 +21,16 @@ pytestmark = pytest.mark.skipif(bool(_missing), reason=f"{', '.join(_missing)} n
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A finished `fit` run (1 epoch) on a small learnable dataset the test made, registered as 'tiny'."""
-    from classifier.machinery import datasets as data
     from classifier.commands.train import train_command
     from classifier.config import make_config
     from classifier.machinery.download import import_from
-    from conftest import tiny_spec
+    from conftest import registered, tiny_spec
 
     root = tmp_path_factory.mktemp("export")
-    spec = tiny_spec(root / "source", num_train=300, num_test=200)
-    data.DATASETS["tiny"] = spec
-    import_from(spec, root / "data", root / "source")
-    config = make_config(dataset="tiny", epochs=1, data_dir=str(root / "data"), runs_dir=str(root / "runs"))
-    yield train_command(config, verbose=0)
-    del data.DATASETS["tiny"]
+    with registered(tiny_spec(root / "source", num_train=300, num_test=200)) as spec:
+        import_from(spec, root / "data", root / "source")
+        config = make_config(dataset="tiny", epochs=1, data_dir=str(root / "data"), runs_dir=str(root / "runs"))
+        yield train_command(config, verbose=0)
 
 
 def test_every_format_gives_the_runs_test_accuracy(tiny_run):

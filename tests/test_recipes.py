@@ -9,12 +9,12 @@ import pytest
 
 from classifier import registry
 from classifier.config import make_config, resolve_recipe
-from classifier.lecture.models import build_model
+from classifier.machinery.recipes import build_model
 from classifier.machinery.recipes import inference_model, make_optimizer
 
 
 def test_fast_recipe_fills_in_only_what_the_person_left_out():
-    fast = registry.RECIPE_SETTINGS["fast"]
+    fast = registry.HYP["fast"]["config"]
     resolved, chosen = resolve_recipe(make_config(recipe="fast"), given=frozenset({"recipe"}))
     assert {key: getattr(resolved, key) for key in fast} == fast
     assert chosen == fast
@@ -78,7 +78,10 @@ def test_fast_recipe_model_loads_with_plain_keras_in_a_fresh_python(tmp_path):
 def test_fast_recipe_loss_smooths_the_labels_and_the_lecture_loss_does_not():
     from tensorflow import keras
 
-    from classifier.machinery.recipes import LABEL_SMOOTHING, make_loss
+    from classifier.machinery.recipes import make_loss
+    from classifier.registry import HYP
+
+    LABEL_SMOOTHING = HYP["fast"]["label_smoothing"]
 
     probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype="float32")
     labels = np.array([0, 2])

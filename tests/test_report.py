@@ -8,7 +8,7 @@ import pytest
 
 from classifier.machinery import report
 from classifier.config import UserError
-from classifier.lecture.models import build_model
+from classifier.machinery.recipes import build_model
 
 
 def _read_png(path):

@@ -34,7 +34,7 @@ _CHILD = textwrap.dedent("""
     from conftest import pattern_images
     from classifier.config import make_config
     from classifier.machinery.distribute import make_strategy, make_trainer
-    from classifier.lecture.models import build_model
+    from classifier.machinery.recipes import build_model
     from classifier.machinery.recipes import make_optimizer
     from classifier.lecture.runtime import seed_everything
 

@@ -30,16 +30,13 @@ def _events(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     """For each trainer, the same tiny run with TensorBoard on and off: {(trainer, on): run folder}."""
-    from classifier.machinery import datasets as data
     from classifier.commands.train import train_command
     from classifier.config import make_config
     from classifier.machinery.download import import_from
-    from conftest import tiny_spec
+    from conftest import registered, tiny_spec
 
     root = tmp_path_factory.mktemp("tensorboard")
-    spec = tiny_spec(root / "source", num_train=300, num_test=100)
-    data.DATASETS["tiny"] = spec
-    try:
+    with registered(tiny_spec(root / "source", num_train=300, num_test=100)) as spec:
         import_from(spec, root / "data", root / "source")
         runs = {}
         for trainer in ("fit", "tape"):
@@ -48,8 +45,6 @@ def tiny_runs(tmp_path_factory):
                                      data_dir=str(root / "data"), runs_dir=str(root / f"runs-{trainer}-{on}"))
                 runs[trainer, on] = train_command(config, verbose=0)
         yield runs
-    finally:
-        del data.DATASETS["tiny"]
 
 
 @pytest.mark.parametrize("trainer", ["fit", "tape"])

@@ -16,7 +16,7 @@ SHAPES = [((28, 28, 1), 10, 333_526), ((32, 32, 3), 10, 430_102), ((32, 32, 3), 
 @pytest.mark.parametrize("name", TORCH_MODELS)
 @pytest.mark.parametrize(("image_shape", "num_classes", "expected"), SHAPES)
 def test_parameter_count_equals_the_keras_network(name, image_shape, num_classes, expected):
-    from classifier.lecture.models import build_model
+    from classifier.machinery.recipes import build_model
 
     keras_model = build_model("sequential_add", image_shape, num_classes)
     assert keras_model.count_params() == expected

@@ -282,7 +282,7 @@ def test_bench_measures_the_torch_trainer(fashion_lab, tmp_path, monkeypatch):
 
 
 def test_the_image_gets_pytorch_only_when_asked_and_only_on_the_cpu_variant():
-    from classifier.commands.train import container
+    from classifier.commands import container
     from classifier.config import UserError
 
     assert "WITH_TORCH=1" in container.build_command("cpu", torch=True)

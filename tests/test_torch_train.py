@@ -8,12 +8,12 @@ from conftest import pattern_images, require_torch
 torch = require_torch()
 
 from classifier.config import make_config  # noqa: E402
-from classifier.machinery.datasets import Split  # noqa: E402
+from classifier.lecture.split import Split  # noqa: E402
 from classifier.lecture.torch_models import build_torch_model  # noqa: E402
 from classifier.lecture.torch_train import (  # noqa: E402
-    HISTORY_KEYS, TorchTrainer, evaluate_torch, load_checkpoint, save_checkpoint, seed_torch, to_tensors,
-    weights_sha256,
+    HISTORY_KEYS, TorchTrainer, evaluate_torch, seed_torch, to_tensors, weights_sha256,
 )
+from classifier.machinery.torch_runs import load_checkpoint, save_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -7,7 +7,7 @@ from tensorflow import keras
 from classifier.machinery.checkpoints import HISTORY_KEYS, Checkpoints
 from classifier.config import make_config
 from classifier.machinery.distribute import make_trainer
-from classifier.lecture.models import build_model
+from classifier.machinery.recipes import build_model
 from classifier.machinery.recipes import make_optimizer
 from classifier.machinery.runs import weights_hash
 from classifier.lecture.runtime import seed_everything

@@ -53,7 +53,7 @@ def test_multiworker_without_a_good_tf_config_is_one_line(invoke_cli, tmp_path, 
 
 
 def test_tf_config_and_free_ports():
-    from classifier.commands.workers import free_ports, tf_config
+    from classifier.machinery.cluster import free_ports, tf_config
 
     ports = free_ports(3)
     assert len(set(ports)) == 3

@@ -228,20 +228,20 @@ def measure_time_to_accuracy(recipe: str, target: float, limit: int, max_epochs:
     """
     from tensorflow import keras
 
-    from classifier.commands.train import load_dataset
+    from classifier.machinery.loading import load_dataset
     from classifier.config import resolve_recipe
     from classifier.machinery.distribute import make_trainer
     from classifier.lecture.evaluate import predict_direct
-    from classifier.lecture.models import build_model
+    from classifier.machinery.recipes import build_model
     from classifier.machinery.recipes import inference_model, make_optimizer, steps_per_epoch
-    from classifier.registry import RECIPE_SETTINGS
+    from classifier.registry import HYP
     from classifier.lecture.runtime import gpu_config, seed_everything
 
     config = make_config(dataset="fashion_mnist", recipe=recipe, limit=limit or None, seed=seed, data_dir=data_dir)
     config, _ = resolve_recipe(config, frozenset({"dataset", "recipe", "limit", "seed", "data_dir"}))
     # The lecture's constant step does not depend on the run's length, so it may run longer to
     # reach the target; a scheduled recipe keeps its own epochs (its schedule ends with them).
-    if "epochs" not in RECIPE_SETTINGS[recipe]:
+    if "epochs" not in HYP[recipe]["config"]:
         config = make_config(config, epochs=max_epochs)
     gpu_config()
     seed_everything(config.seed, config.deterministic)
@@ -361,10 +361,10 @@ def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: st
         {"train_images", "epoch_seconds", "train_seconds", "eval_images", "eval_seconds",
          "test_accuracy", "val_accuracy", "peak_rss_mib"}.
     """
-    from classifier.commands.train import load_dataset
+    from classifier.machinery.loading import load_dataset
     from classifier.machinery.distribute import make_trainer
     from classifier.lecture.evaluate import evaluate
-    from classifier.lecture.models import build_model
+    from classifier.machinery.recipes import build_model
     from classifier.machinery.recipes import inference_model, make_optimizer, steps_per_epoch, use_mixed_precision
     from classifier.lecture.runtime import EpochTimer, gpu_config, seed_everything
     from classifier.machinery.tensorboard import EpochSummaries
@@ -416,7 +416,7 @@ def measure_torch_trainer(limit: int, epochs: int, data_dir: str, seed: int = 42
     Returns:
         The keys of `measure_lab_trainer`. TensorFlow is not imported.
     """
-    from classifier.commands.train import load_dataset
+    from classifier.machinery.loading import load_dataset
     from classifier.lecture.torch_models import build_torch_model
     from classifier.lecture.torch_train import TorchTrainer, evaluate_torch, seed_torch
 
@@ -629,12 +629,12 @@ def machine_description() -> dict:
     import keras
     import tensorflow as tf
 
-    from classifier.machinery.runs import _cpu_model
+    from classifier.machinery.runs import cpu_model
 
     build = tf.sysconfig.get_build_info()
     cuda = build.get("cuda_version") if build.get("is_cuda_build") else None
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

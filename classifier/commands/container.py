@@ -286,7 +286,8 @@ def build(
     return built
 
 
-def _read_env_file(path: Path) -> dict[str, str]:
+def read_env_file(path: Path) -> dict[str, str]:
+    """The KEY=value lines of an env file (docker/.env, compose's --env-file); {} when it does not exist."""
     values: dict[str, str] = {}
     if path.exists():
         for line in path.read_text().splitlines():
@@ -315,7 +316,7 @@ def write_env_file(variant: str = "gpu", *, port: int | None = None, tensorboard
     Returns:
         All settings in the file after writing.
     """
-    values = _read_env_file(path)
+    values = read_env_file(path)
     uid, gid = host_ids()
     if not values.get("JUPYTER_TOKEN"):
         values["JUPYTER_TOKEN"] = secrets.token_urlsafe(32)
@@ -460,7 +461,7 @@ def lab_up(variant: str = "gpu", *, port: int = 8888, tensorboard_port: int = 60
     for number, flag in ports.items():
         if not 1 <= number <= 65535:
             raise ContainerError(f"{flag} must be between 1 and 65535, got {number}")
-    reference = _prepare(variant, _requested_image(_read_env_file(ENV_FILE)))
+    reference = _prepare(variant, _requested_image(read_env_file(ENV_FILE)))
     compose = _compose(variant)
     # A lab that is already up holds its own ports; `up -d` leaves it running.
     if not _service_container(variant, "lab"):
@@ -495,7 +496,7 @@ def shell(variant: str | None = None, command: str = "") -> int:
     Returns:
         The exit status of the shell or command.
     """
-    values = _read_env_file(ENV_FILE)
+    values = read_env_file(ENV_FILE)
     variant = _check_variant(variant or values.get("LAB_VARIANT", "gpu"))
     reference = _prepare(variant, _requested_image(values))
     # The lab's own variant stays in .env (`invoke down` stops that one); the ids and image are refreshed.
@@ -508,7 +509,7 @@ def shell(variant: str | None = None, command: str = "") -> int:
 
 def down(variant: str | None = None) -> None:
     """Stop and remove the lab's containers; data/ and runs/ stay on the host."""
-    variant = _check_variant(variant or _read_env_file(ENV_FILE).get("LAB_VARIANT", "gpu"))
+    variant = _check_variant(variant or read_env_file(ENV_FILE).get("LAB_VARIANT", "gpu"))
     check_engine()
     _capture(_compose(variant) + ["down", "--timeout", "10"], "docker-compose down")
     print("the lab is stopped; data/ and runs/ stay on your disk")

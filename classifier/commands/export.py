@@ -31,8 +31,9 @@ import numpy as np
 
 from classifier import config as config_module
 from classifier.config import UserError, make_config
-from classifier.machinery.datasets import get_dataset, load_arrays, prepare
-from classifier.machinery.download import dataset_folder, verified_files
+from classifier.lecture.split import prepare
+from classifier.machinery.datasets import get_dataset
+from classifier.machinery.loading import read_verified
 from classifier.machinery.files import read_json, write_json, write_text
 
 FORMATS = ("savedmodel", "tflite", "onnx")
@@ -139,6 +140,25 @@ def export_run(run: str | Path, formats: str = ",".join(FORMATS), int8: bool = F
     rows = [Row("keras", f"keras {keras.__version__}", "model.keras", (run_dir / "model.keras").stat().st_size,
                 reference, 0.0, _latency_ms(lambda x: keras_call(x).numpy(), test.images), True)]
 
+    rows += _export_formats(model, chosen, int8, out, (train, test), reference)
+
+    for row in rows[1:]:
+        row.path = f"{EXPORT_DIR}/{Path(row.path).name}"
+    result = _write_table(run_dir, reference, rows, len(test))
+    off = [row for row in rows if row.within_tolerance is False]
+    if off:
+        raise ExportMismatch(
+            "; ".join(f"{row.format} accuracy {row.accuracy:.4f} differs from metrics.json's {reference:.4f} by more than {TOLERANCE}" for row in off)
+        )
+    return result
+
+
+def _export_formats(model, chosen, int8: bool, out: Path, splits, reference: float) -> list[Row]:
+    """Convert `model` to each chosen format in a scratch folder, measure each in its runtime, publish it in `out`."""
+    import tensorflow as tf
+
+    train, test = splits
+    rows = []
     with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-") as scratch:
         saved_model = Path(scratch) / "savedmodel"
         if {"savedmodel", "tflite"} & set(chosen) or int8:
@@ -170,24 +190,13 @@ def export_run(run: str | Path, formats: str = ",".join(FORMATS), int8: bool = F
         # Last: the TFLite conversions above read it from the scratch folder.
         if "savedmodel" in chosen:
             _publish(saved_model, out / _FILE_NAMES["savedmodel"])
-
-    for row in rows[1:]:
-        row.path = f"{EXPORT_DIR}/{Path(row.path).name}"
-    result = _write_table(run_dir, reference, rows, len(test))
-    off = [row for row in rows if row.within_tolerance is False]
-    if off:
-        raise ExportMismatch(
-            "; ".join(f"{row.format} accuracy {row.accuracy:.4f} differs from metrics.json's {reference:.4f} by more than {TOLERANCE}" for row in off)
-        )
-    return result
+    return rows
 
 
 def _test_split(config):
     """The run's training and test images, loaded as training loaded them."""
-    dataset = get_dataset(config.dataset)
-    root = config_module.data_dir(config)
-    verified_files(dataset, root)
-    train, _, test = prepare(load_arrays(dataset, dataset_folder(dataset, root)), limit=config.limit, val_split=config.val_split)
+    arrays, _ = read_verified(get_dataset(config.dataset), config_module.data_dir(config), download=False)
+    train, _, test = prepare(arrays, limit=config.limit, val_split=config.val_split)
     return train, test
 
 
@@ -431,6 +440,6 @@ def _human(size: int) -> str:
 
 
 def _cpu() -> str:
-    from classifier.machinery.runs import _cpu_model
+    from classifier.machinery.runs import cpu_model
 
-    return f"{_cpu_model()} ({os.cpu_count()} cores)"
+    return f"{cpu_model()} ({os.cpu_count()} cores)"

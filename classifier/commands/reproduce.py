@@ -95,7 +95,7 @@ def reproduce(run_dir: str, runs_dir: str = "", tolerance: float | None = None) 
     # The run's own numerics mode, before TensorFlow starts (environment_record loads it).
     numerics.apply(config.numerics)
     if config.trainer == "torch":
-        from classifier.commands.train_torch import torch_environment
+        from classifier.machinery.torch_runs import torch_environment
 
         current = {**environment_record(tensorflow=False), **torch_environment()}
     else:

@@ -1,86 +1,26 @@
-"""The commands behind `invoke data`, `invoke train` and `invoke plot`, in the lecture's order.
+"""`invoke train`: the lecture's chain, with the lab's run folder around it.
 
-    gpu_config() -> load_dataset() -> create_model() -> train_model() -> test_model()
+    gpu_config() -> load_dataset() -> create_model() -> train_model() -> test_model() -> record()
 
-`train_command` is that chain with the lab's evidence around it: the run
-folder, checkpoints for --resume, the manifest. Each command raises UserError
-for bad input, which tasks.py prints as one line with exit code 2.
+`train_command` is that chain for the TensorFlow trainers (fit, tape);
+`--trainer torch` goes to train_torch.py, `--workers N` to workers.py. The run
+folder's lifecycle (claim, manifest, Ctrl-C, finish) is one helper both
+frameworks use (classifier/machinery/lifecycle.py); several machines come in
+through classifier/machinery/distribute.py. Each step raises UserError for bad
+input, which tasks.py prints as one line with exit code 2.
 """
 
 from __future__ import annotations
 
 import pprint
-import shutil
-import tempfile
 from pathlib import Path
 
-from classifier import config as config_module
-from classifier.machinery import numerics
-from classifier.config import Config, UserError, make_config, resolve_recipe, to_dict
-from classifier.machinery.datasets import get_dataset, load_arrays, prepare
-from classifier.machinery.download import dataset_folder, fetch, import_from, problems, verified_files
-from classifier.machinery.files import read_json, write_json
-from classifier.machinery.runs import create_run_dir, environment_record, finish_run, running_manifest, save_keras_model
-
-
-class Interrupted(UserError):
-    """Ctrl-C during training: the run folder keeps its last finished epoch."""
-
-
-def data_command(dataset_name: str, data_dir: str = "", mirror: str = "", source: str = "",
-                 torchvision_root: str = "") -> Path:
-    """Download (or import with `source`) one dataset into the cache and verify it.
-
-    The course's own scripts then find the verified files offline: Keras'
-    cache is filled, and torchvision's root (`torchvision_root`, default the
-    data folder) is laid out.
-    """
-    dataset = get_dataset(dataset_name)
-    root = config_module.data_dir(make_config(dataset=dataset_name, data_dir=data_dir))
-    if torchvision_root and Path(torchvision_root).expanduser().is_file():
-        # Said before a download of several minutes, not after it.
-        raise UserError(f"--torchvision-root {torchvision_root} is a file; give a folder (torchvision's root=)")
-    folder = import_from(dataset, root, Path(source)) if source else fetch(dataset, root, mirror=mirror)
-    if not problems(dataset, root):
-        print(f"{dataset.title}: {len(dataset.files)} file(s) verified in {folder}")
-        # The course's scripts call keras.datasets.<name>.load_data() and torchvision.datasets.<Class>(root=...,
-        # download=True): let them find these files offline.
-        from classifier.machinery import course_loaders
-
-        print(course_loaders.keras_report(dataset, course_loaders.fill_keras_cache(dataset, root)))
-        try:
-            laid_out = course_loaders.fill_torchvision_root(dataset, root, Path(torchvision_root or root))
-        except UserError as error:
-            if torchvision_root:
-                raise
-            # The data folder was not asked for, and the dataset itself is verified: say why, do not fail.
-            print(f"torchvision root not laid out: {error}")
-        else:
-            print(course_loaders.torchvision_report(dataset, laid_out))
-    return folder
-
-
-def load_dataset(config: Config):
-    """The lecture's load_dataset: verified files -> scaled, split arrays.
-
-    Like the lecture's keras.datasets loaders, a missing dataset is downloaded
-    first. Each file is hashed once.
-
-    Returns:
-        (dataset, (train, val, test) splits, {file name: SHA-256}).
-    """
-    dataset = get_dataset(config.dataset)
-    root = config_module.data_dir(config)
-    try:
-        hashes = verified_files(dataset, root)
-    except UserError:
-        fetch(dataset, root)
-        hashes = verified_files(dataset, root)
-    arrays = load_arrays(dataset, dataset_folder(dataset, root))
-    train, val, test = prepare(arrays, limit=config.limit, val_split=config.val_split)
-    print(f"Load {dataset.name} dataset: train {train.images.shape}, validation {val.images.shape}, "
-          f"test {test.images.shape}")
-    return dataset, (train, val, test), hashes
+from classifier.config import Config, resolve_recipe
+from classifier.machinery import numerics, report
+from classifier.machinery.cluster import worker_role
+from classifier.machinery.lifecycle import Run, print_metrics, timings
+from classifier.machinery.loading import load_dataset
+from classifier.machinery.runs import environment_record, resume_target, running_manifest, save_keras_model
 
 
 def train_command(config: Config, resume: str = "", given: frozenset[str] | None = None,
@@ -97,178 +37,137 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
     Returns:
         The run folder.
     """
-    if resume:
-        run_dir, config = _resume_target(Path(resume))
+    resume_dir, config = settle_config(config, resume, given)
     if config.trainer == "torch":
         # The lecture's part 2: PyTorch's loop, the same run folder, no TensorFlow imported.
         from classifier.commands.train_torch import train_torch
 
-        return train_torch(config, run_dir if resume else None)
-    if not resume:
-        config, chosen = resolve_recipe(config, given)
-        if chosen:
-            print(f"recipe {config.recipe} chose: " + ", ".join(f"{key}={value}" for key, value in chosen.items()))
+        return train_torch(config, resume_dir)
     if config.strategy == "multiworker":
-        from classifier.commands.workers import worker_role
-
         worker_role()  # a missing or bad TF_CONFIG is one line, before TensorFlow loads
     # Before TensorFlow starts: it reads these settings once, when it is loaded.
     numerics_record = numerics.apply(config.numerics)
-
     # Imported here: after the numerics settings, and so that bad input above is reported without loading TensorFlow.
-    import tensorflow as tf
+    from classifier.lecture.runtime import DurationTime, devices
+    from classifier.machinery.distribute import check_same_data, is_chief, make_strategy, start_devices
 
-    from classifier.machinery.checkpoints import Checkpoints
-    from classifier.machinery.distribute import check_same_data, is_chief, make_multiworker_strategy, make_strategy, make_trainer
-    from classifier.lecture.evaluate import evaluate
-    from classifier.lecture.models import build_model
-    from classifier.machinery.recipes import inference_model, make_optimizer, steps_per_epoch, use_mixed_precision
-    from classifier.lecture.runtime import DurationTime, devices, gpu_config, seed_everything
-    from classifier.machinery.tensorboard import EpochSummaries, write_run_summaries
-
-    # Several machines: MultiWorkerMirroredStrategy configures TensorFlow's
-    # runtime for the cluster, which is possible only before the first op, so
-    # it comes before gpu_config() and the seeds (distribute.py).
-    strategy = make_multiworker_strategy() if config.strategy == "multiworker" else None
-    gpus = gpu_config()
-    seed_everything(config.seed, config.deterministic)
+    strategy, gpus = start_devices(config)
     with DurationTime("load data") as load_timer:
-        dataset, (train, val, test), hashes = load_dataset(config)
+        dataset, splits, hashes = load_dataset(config)
     strategy = strategy or make_strategy(config)
     check_same_data(strategy, hashes)
     # Only the chief writes the run folder; the other workers of a multi-worker
     # run write the same files into a scratch folder that is deleted at the end.
-    chief = is_chief(strategy)
-    checkpoint_folder = run_dir / "checkpoint" if resume else None
-    if not chief:
-        run_dir = Path(tempfile.mkdtemp(prefix="worker-run-"))
-    elif not resume:
-        # Claimed only now: a failed download, or a --limit that does not fit the data, leaves no run folder.
-        run_dir = create_run_dir(config_module.runs_dir(config), config)
-        write_json(run_dir / "config.json", to_dict(config))
-    checkpoint_folder = checkpoint_folder or run_dir / "checkpoint"
-    print(f"Run folder: {run_dir}" if chief else f"Scratch folder of this worker: {run_dir}")
-    manifest = running_manifest(
-        config, dataset, (train, val, test), hashes,
-        gpus=gpus,
-        devices_used=devices(),
-        environment=environment_record(),
-        numerics=numerics_record,
-    )
-    write_json(run_dir / "manifest.json", manifest)
-    from classifier.machinery import report
+    run = Run.claim(config, resume_dir, chief=is_chief(strategy))
+    run.start(running_manifest(config, dataset, splits, hashes, gpus=gpus, devices_used=devices(),
+                               environment=environment_record(), numerics=numerics_record))
+    report.show_samples(splits[0].images, splits[0].labels, dataset.class_names, run.folder / "samples.png")
+    model, optimizer = create_model(config, dataset, strategy, run, len(splits[0]))
+    trained = train_model(config, run, (model, optimizer), strategy, splits, dataset.image_shape, verbose)
+    final_model, metrics, eval_seconds = test_model(config, model, strategy, dataset, splits[2])
+    seconds = {"load": load_timer.seconds, "train": trained["seconds"], "evaluate": eval_seconds}
+    return record(run, trained, final_model, metrics, seconds, dataset.class_names, len(splits[0]))
 
-    report.show_samples(train.images, train.labels, dataset.class_names, run_dir / "samples.png")
 
-    # create_model(): under the strategy's scope, so that its variables live on every replica.
-    manifest["replicas"] = strategy.num_replicas_in_sync
+def settle_config(config: Config, resume: str, given: frozenset[str] | None) -> tuple[Path | None, Config]:
+    """(the run folder to continue or None, the config to train with): a resumed run's own, or the recipe's."""
+    if resume:
+        return resume_target(Path(resume))
+    if config.trainer == "torch":
+        return None, config
+    config, chosen = resolve_recipe(config, given)
+    if chosen:
+        print(f"recipe {config.recipe} chose: " + ", ".join(f"{key}={value}" for key, value in chosen.items()))
+    return None, config
+
+
+def create_model(config: Config, dataset, strategy, run: Run, num_train: int):
+    """create_model(): under the strategy's scope, so that its variables live on every replica."""
+    from tensorflow import keras
+
+    from classifier.machinery.recipes import build_model, make_optimizer, steps_per_epoch, use_mixed_precision
+
+    run.manifest["replicas"] = strategy.num_replicas_in_sync
     if use_mixed_precision(config):
-        from tensorflow import keras
-
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     with strategy.scope():
         model = build_model(config.model, dataset.image_shape, len(dataset.class_names))
-        optimizer = make_optimizer(config, steps_per_epoch(len(train), config.batch_size))
+        optimizer = make_optimizer(config, steps_per_epoch(num_train, config.batch_size))
     model.summary()
     if why := report.graphviz_missing():
         print(f"warning: model.png skipped: {why}")
     else:
-        report.plot_model(model, run_dir / "model.png")
+        report.plot_model(model, run.folder / "model.png")
+    return model, optimizer
 
-    # train_model(): the lecture's trainer, checkpointed after every epoch.
-    checkpoints = Checkpoints(checkpoint_folder, model, optimizer, chief=chief)
+
+def train_model(config: Config, run: Run, built, strategy, splits, image_shape, verbose: int | None) -> dict:
+    """train_model(): the lecture's trainer, checkpointed after every epoch; returns what record() needs.
+
+    Args:
+        built: (model, optimizer) from create_model.
+    """
+    from classifier.lecture.runtime import DurationTime
+    from classifier.machinery.checkpoints import Checkpoints
+    from classifier.machinery.distribute import collective_failures, make_trainer
+    from classifier.machinery.tensorboard import EpochSummaries
+
+    model, optimizer = built
+    train, val, _ = splits
+    checkpoints = Checkpoints(run.checkpoint_folder, model, optimizer, chief=run.chief)
     # TensorBoard's per-epoch scalars and graph come first, so the epoch timer in checkpoints leaves them out.
     # Only the chief writes them, as it writes the run folder.
-    summaries = [EpochSummaries(run_dir, optimizer, dataset.image_shape)] if config.tensorboard and chief else []
+    summaries = [EpochSummaries(run.folder, optimizer, image_shape)] if config.tensorboard and run.chief else []
     with strategy.scope():
-        initial_epoch = checkpoints.restore() if resume else 0
+        initial_epoch = checkpoints.restore() if run.resumed else 0
         trainer = make_trainer(config, model, optimizer, strategy, callbacks=[*summaries, checkpoints], verbose=verbose)
     if initial_epoch:
-        print(f"Resuming {run_dir.name} after epoch {initial_epoch}/{config.epochs}")
-    try:
-        with DurationTime("training") as train_timer:
-            trainer.train((train.images, train.labels), (val.images, val.labels), initial_epoch=initial_epoch)
-    except KeyboardInterrupt:
-        manifest["status"] = "interrupted"
-        write_json(run_dir / "manifest.json", manifest)
-        done = len(checkpoints.history["loss"])
-        raise Interrupted(f"stopped after {done}/{config.epochs} epoch(s); "
-                          f"continue with: invoke train --resume {run_dir}") from None
-    except tf.errors.OpError as error:
-        if config.strategy != "multiworker":
-            raise
-        # A worker died or cannot be reached: the collective ops time out
-        # (distribute.COLLECTIVE_TIMEOUT_SECONDS) rather than wait for ever.
-        manifest["status"] = "interrupted"
-        write_json(run_dir / "manifest.json", manifest)
-        done = len(checkpoints.history["loss"])
-        raise UserError(f"a worker stopped or cannot be reached ({type(error).__name__}) after "
-                        f"{done}/{config.epochs} epoch(s); continue with: invoke train --resume "
-                        f"{checkpoint_folder.parent} on every worker") from None
+        print(f"Resuming {run.folder.name} after epoch {initial_epoch}/{config.epochs}")
+
+    def epochs_done() -> int:
+        return len(checkpoints.history["loss"])
+
+    with run.training(epochs_done), collective_failures(config, run, epochs_done), \
+            DurationTime("training") as train_timer:
+        trainer.train((train.images, train.labels), (val.images, val.labels), initial_epoch=initial_epoch)
     for summary in summaries:
         summary.close()
     history = checkpoints.history
     pprint.pprint({key: [round(value, 4) for value in values] for key, values in history.items()}, width=120)
+    return {"checkpoints": checkpoints, "initial_epoch": initial_epoch, "seconds": train_timer.seconds,
+            "tensorboard_seconds": summaries[0].seconds if summaries else None}
 
-    # test_model(): evaluate() and predict() for `fit`, calling the model for `tape` (lecture 1.3).
-    # Several workers call the model too: each evaluates the whole test set on
-    # its own, where Keras 3.15's evaluate() under the multi-worker strategy
-    # would report each worker's share of it.
+
+def test_model(config: Config, model, strategy, dataset, test):
+    """test_model(): evaluate() and predict() for `fit`, calling the model for `tape` (lecture 1.3).
+
+    Several workers call the model too: each evaluates the whole test set on
+    its own, where Keras 3.15's evaluate() under the multi-worker strategy
+    would report each worker's share of it.
+
+    Returns:
+        (the model that is evaluated and saved, the metrics, the seconds it took).
+    """
+    from classifier.lecture.evaluate import evaluate
+    from classifier.lecture.runtime import DurationTime
+    from classifier.machinery.recipes import inference_model
+
     with strategy.scope():
         final_model = inference_model(model, config)
     with DurationTime("evaluation") as eval_timer:
         metrics = evaluate(final_model, test, len(dataset.class_names), config.eval_batch_size,
                            direct=config.trainer == "tape" or final_model is not model
                            or config.strategy == "multiworker")
-    print(f"test loss {metrics['loss']:.4f}, test accuracy {metrics['accuracy']:.4f}, "
-          f"argmax accuracy {metrics['argmax_accuracy']:.4f}, "
-          f"probabilities sum to 1: {metrics['probabilities_sum_to_one']}")
+    print_metrics(metrics)
+    return final_model, metrics, eval_timer.seconds
 
-    ran = checkpoints.epoch_seconds[initial_epoch:]
-    timings = {
-        "load_seconds": load_timer.seconds,
-        "train_seconds": train_timer.seconds,
-        "evaluate_seconds": eval_timer.seconds,
-        "epoch_seconds": checkpoints.epoch_seconds,
-        "train_images_per_second": len(train) * len(ran) / sum(ran) if ran else None,
-        # Seconds of train_seconds spent writing TensorBoard summaries (None: --tensorboard false).
-        "tensorboard_seconds": summaries[0].seconds if summaries else None,
-    }
+
+def record(run: Run, trained: dict, final_model, metrics: dict, seconds: dict, class_names,
+           num_train: int) -> Path:
+    """The run's evidence: model.keras, history, metrics, timings, pictures, the manifest (last)."""
+    checkpoints = trained["checkpoints"]
+    run_timings = timings(seconds, checkpoints.epoch_seconds, trained["initial_epoch"], num_train,
+                          trained["tensorboard_seconds"])
     checkpoints.close()
-    finish_run(run_dir, {**history, "epoch_seconds": checkpoints.epoch_seconds}, metrics, timings, manifest,
-               dataset.class_names, save_keras_model(run_dir, final_model))
-    if not chief:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return checkpoint_folder.parent if resume else run_dir
-    if config.tensorboard:
-        write_run_summaries(run_dir, to_dict(config), metrics, config.epochs)
-        print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
-    print(f"Run folder: {run_dir}")
-    return run_dir
-
-
-def _resume_target(run_dir: Path) -> tuple[Path, Config]:
-    if not (run_dir / "config.json").is_file():
-        raise UserError(f"--resume {run_dir} is not a run folder (no config.json in it)")
-    manifest = run_dir / "manifest.json"
-    if manifest.is_file() and read_json(manifest).get("status") == "complete":
-        raise UserError(f"--resume {run_dir} has already finished; start a new run instead")
-    return run_dir, make_config(**read_json(run_dir / "config.json"))
-
-
-def plot_command(config: Config, output: str = "") -> Path:
-    """Write the model picture for `config`'s model and dataset with plot_model."""
-    from classifier.machinery import report
-    from classifier.lecture.models import build_model
-
-    dataset = get_dataset(config.dataset)
-    target = Path(output or f"{config.model}-{dataset.name}.png")
-    if target.suffix.lower() not in (".png", ".svg", ".pdf", ".dot"):
-        raise UserError(f"--output {target} must end in .png, .svg, .pdf or .dot")
-    if not target.parent.exists():
-        raise UserError(f"--output folder {target.parent} does not exist")
-    model = build_model(config.model, dataset.image_shape, len(dataset.class_names))
-    model.summary()
-    report.plot_model(model, target)
-    print(f"Model picture: {target}")
-    return target
+    return run.finish({**checkpoints.history, "epoch_seconds": checkpoints.epoch_seconds}, metrics, run_timings,
+                      class_names, save_keras_model(run.folder, final_model), tensorboard=run.config.tensorboard)

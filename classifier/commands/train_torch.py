@@ -19,38 +19,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from classifier import config as config_module
-from classifier.machinery import numerics
-from classifier.config import Config, UserError, to_dict
-from classifier.machinery.files import atomic_write, write_json, write_text
-from classifier.machinery.runs import create_run_dir, environment_record, finish_run, running_manifest
-
-CHECKPOINT = Path("checkpoint") / "last.pt"
-
-
-def import_torch():
-    """torch, or one line saying how to install it."""
-    try:
-        import torch
-    except ImportError:
-        raise UserError("--trainer torch needs PyTorch, which is not installed in this environment; install it "
-                        "with ./setup.sh, or: pip install --require-hashes -r requirements/torch-cpu.lock") from None
-    return torch
-
-
-def torch_environment() -> dict:
-    """torch's version, CUDA/cuDNN build, devices and threads (for the manifest and `invoke reproduce`)."""
-    torch = import_torch()
-    import classifier.lecture.torch_train  # noqa: F401 - sets CUBLAS_WORKSPACE_CONFIG, recorded in numerics_env
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return {
-        "torch": torch.__version__,
-        "torch_build": {"cuda": torch.version.cuda, "cudnn": cudnn, "debug": torch.version.debug,
-                        "parallel": next((line.split(":", 1)[1].strip() for line in torch.__config__.parallel_info().splitlines()
-                                          if "parallel backend" in line), None)},
-        "torch_devices": ["cpu"] + [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        "torch_threads": torch.get_num_threads(),
-    }
+from classifier.config import Config
+from classifier.machinery import numerics, report
+from classifier.machinery.files import write_text
+from classifier.machinery.lifecycle import Run, print_metrics, timings
+from classifier.machinery.loading import load_dataset
+from classifier.machinery.runs import environment_record, running_manifest
+from classifier.machinery.torch_runs import (CHECKPOINT, import_torch, load_checkpoint, save_checkpoint,
+                                             save_torch_model, torch_environment)
 
 
 def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
@@ -67,83 +43,69 @@ def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
     # CPU kernels too, once, when it starts: set them first.
     numerics_record = numerics.apply(config.numerics)
     import_torch()
-    from classifier.machinery import report
-    from classifier.commands.train import Interrupted, load_dataset
-    from classifier.lecture.torch_models import build_torch_model, count_parameters
-    from classifier.lecture.torch_train import TorchTrainer, evaluate_torch, load_checkpoint, save_checkpoint, seed_torch
+    from classifier.lecture.torch_train import evaluate_torch, seed_torch
 
     seed_torch(config.seed, config.deterministic)
     start = time.perf_counter()
-    dataset, (train, val, test), hashes = load_dataset(config)
+    dataset, splits, hashes = load_dataset(config)
     load_seconds = time.perf_counter() - start
-    # Claimed only now: a failed download, or a --limit that does not fit the data, leaves no run folder.
-    run_dir = resume_dir or create_run_dir(config_module.runs_dir(config), config)
-    if not resume_dir:
-        write_json(run_dir / "config.json", to_dict(config))
-    print(f"Run folder: {run_dir}")
-    manifest = running_manifest(config, dataset, (train, val, test), hashes,
-                                environment={**environment_record(tensorflow=False), **torch_environment()},
-                                numerics=numerics_record)
-    write_json(run_dir / "manifest.json", manifest)
-    report.show_samples(train.images, train.labels, dataset.class_names, run_dir / "samples.png")
+    run = Run.claim(config, resume_dir)
+    run.start(running_manifest(config, dataset, splits, hashes,
+                               environment={**environment_record(tensorflow=False), **torch_environment()},
+                               numerics=numerics_record))
+    train, _, test = splits
+    report.show_samples(train.images, train.labels, dataset.class_names, run.folder / "samples.png")
+    model, trainer = create_torch_model(config, dataset, run)
+    history, start_epoch, train_seconds, summaries = train_torch_model(config, run, trainer, splits)
+
+    start = time.perf_counter()
+    metrics = evaluate_torch(model, test, len(dataset.class_names), config.eval_batch_size)
+    seconds = {"load": load_seconds, "train": train_seconds, "evaluate": time.perf_counter() - start}
+    print_metrics(metrics)
+    # Seconds of train_seconds spent writing TensorBoard summaries (None: --tensorboard false, or no tensorboard).
+    run_timings = timings(seconds, trainer.epoch_seconds, start_epoch, len(train),
+                          summaries.seconds if summaries is not None else None)
+    return run.finish({**history, "epoch_seconds": trainer.epoch_seconds}, metrics, run_timings,
+                      dataset.class_names, save_torch_model(run.folder, model), tensorboard=summaries is not None)
+
+
+def create_torch_model(config: Config, dataset, run: Run):
+    """The config's nn.Module, printed and kept as model.txt, and its TorchTrainer; returns (model, trainer)."""
+    from classifier.lecture.torch_models import build_torch_model, count_parameters
+    from classifier.lecture.torch_train import TorchTrainer
 
     model = build_torch_model(config.model, dataset.image_shape, len(dataset.class_names))
     summary = f"{model}\n\nparameters: {count_parameters(model):,}\n"
     print(summary)
-    write_text(run_dir / "model.txt", summary)
+    write_text(run.folder / "model.txt", summary)
     trainer = TorchTrainer(model, config)
-    manifest["devices_used"] = [str(trainer.device)]
-    start_epoch = load_checkpoint(run_dir / CHECKPOINT, trainer) if resume_dir else 0
-    if start_epoch:
-        print(f"Resuming {run_dir.name} after epoch {start_epoch}/{config.epochs}")
-    summaries = _epoch_summaries(run_dir) if config.tensorboard else None
+    run.manifest["devices_used"] = [str(trainer.device)]
+    return model, trainer
 
-    def end_epoch(epoch: int, trainer: TorchTrainer) -> None:
+
+def train_torch_model(config: Config, run: Run, trainer, splits):
+    """The lecture's loop, checkpointed after every epoch; returns (history, start epoch, seconds, summaries)."""
+    start_epoch = load_checkpoint(run.folder / CHECKPOINT, trainer) if run.resumed else 0
+    if start_epoch:
+        print(f"Resuming {run.folder.name} after epoch {start_epoch}/{config.epochs}")
+    summaries = _epoch_summaries(run.folder) if config.tensorboard else None
+
+    def end_epoch(epoch: int, trainer) -> None:
         # TensorBoard first, as the TensorFlow trainers do: a run killed between
         # the two writes the epoch's scalars again when it resumes.
         if summaries is not None:
             summaries.write(epoch, {key: values[-1] for key, values in trainer.history.items()},
                             trainer.optimizer.param_groups[0]["lr"])
-        save_checkpoint(run_dir / CHECKPOINT, trainer)
+        save_checkpoint(run.folder / CHECKPOINT, trainer)
 
-    try:
+    train, val, _ = splits
+    with run.training(lambda: len(trainer.history["loss"])):
         start = time.perf_counter()
         history = trainer.train(train, val, start_epoch=start_epoch, on_epoch_end=end_epoch)
         train_seconds = time.perf_counter() - start
-    except KeyboardInterrupt:
-        manifest["status"] = "interrupted"
-        write_json(run_dir / "manifest.json", manifest)
-        done = len(trainer.history["loss"])
-        raise Interrupted(f"stopped after {done}/{config.epochs} epoch(s); "
-                          f"continue with: invoke train --resume {run_dir}") from None
     if summaries is not None:
         summaries.close()
-
-    start = time.perf_counter()
-    metrics = evaluate_torch(model, test, len(dataset.class_names), config.eval_batch_size)
-    eval_seconds = time.perf_counter() - start
-    print(f"test loss {metrics['loss']:.4f}, test accuracy {metrics['accuracy']:.4f}, "
-          f"argmax accuracy {metrics['argmax_accuracy']:.4f}, "
-          f"probabilities sum to 1: {metrics['probabilities_sum_to_one']}")
-    ran = trainer.epoch_seconds[start_epoch:]
-    timings = {
-        "load_seconds": load_seconds,
-        "train_seconds": train_seconds,
-        "evaluate_seconds": eval_seconds,
-        "epoch_seconds": trainer.epoch_seconds,
-        "train_images_per_second": len(train) * len(ran) / sum(ran) if ran else None,
-        # Seconds of train_seconds spent writing TensorBoard summaries (None: --tensorboard false, or no tensorboard).
-        "tensorboard_seconds": summaries.seconds if summaries is not None else None,
-    }
-    finish_torch_run(run_dir, model, {**history, "epoch_seconds": trainer.epoch_seconds}, metrics, timings,
-                     manifest, dataset.class_names)
-    if summaries is not None:
-        from classifier.machinery.tensorboard_events import write_run_summaries
-
-        write_run_summaries(run_dir, to_dict(config), metrics, config.epochs)
-        print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
-    print(f"Run folder: {run_dir}")
-    return run_dir
+    return history, start_epoch, train_seconds, summaries
 
 
 def _epoch_summaries(run_dir: Path):
@@ -160,18 +122,3 @@ def _epoch_summaries(run_dir: Path):
               "(the tensorboard package comes with requirements/lab.lock)")
         return None
     return EpochScalars(run_dir)
-
-
-def finish_torch_run(run_dir: Path, model, history: dict, metrics: dict, timings: dict, manifest: dict,
-                     class_names) -> None:
-    """`runs.finish_run` for a torch model: the weights as a state_dict (model.pt), then the same files.
-
-    `model.load_state_dict(torch.load("model.pt"))` restores the weights whose
-    SHA-256 the manifest holds.
-    """
-    torch = import_torch()
-    from classifier.lecture.torch_train import weights_sha256
-
-    with atomic_write(run_dir / "model.pt") as temporary:
-        torch.save(model.state_dict(), temporary)
-    finish_run(run_dir, history, metrics, timings, manifest, class_names, weights_sha256(model))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,55 +26,14 @@ import time
 from pathlib import Path
 
 from classifier.config import PROJECT_ROOT, Config, UserError, make_config, to_dict
+from classifier.machinery.cluster import free_ports, tf_config
+from classifier.machinery.runs import resume_target
 
 # After one worker has failed, how long the others get to stop by themselves
 # (their collective ops time out after distribute.COLLECTIVE_TIMEOUT_SECONDS)
 # before the watchdog kills them.
 GRACE_SECONDS = 150
 MAX_LOCAL_WORKERS = 8
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` TCP ports on 127.0.0.1 that nothing listens on now (the OS picks them)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def tf_config(ports: list[int], index: int) -> str:
-    """TF_CONFIG for worker `index` of a cluster on 127.0.0.1 at `ports`."""
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
-                       "task": {"type": "worker", "index": index}})
-
-
-def worker_role() -> tuple[int, int]:
-    """(number of workers, this worker's index) from TF_CONFIG, without TensorFlow.
-
-    Raises:
-        UserError: TF_CONFIG is missing, not JSON, or lacks the cluster's worker list or this task.
-    """
-    text = os.environ.get("TF_CONFIG", "")
-    example = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}')
-    if not text:
-        raise UserError(f"--strategy multiworker needs TF_CONFIG, e.g. TF_CONFIG='{example}' "
-                        "(or start local workers with: invoke train --workers 2)")
-    try:
-        tf_config = json.loads(text)
-        workers = list(tf_config["cluster"]["worker"])
-        task = tf_config["task"]
-        index = int(task["index"])
-    except (ValueError, KeyError, TypeError):
-        raise UserError(f"TF_CONFIG {text!r} is not of the form {example}") from None
-    if task.get("type") != "worker" or not 0 <= index < len(workers):
-        raise UserError(f"TF_CONFIG's task {task!r} must be a worker with an index below {len(workers)}")
-    return len(workers), index
 
 
 def start_local_workers(config: Config, workers: int, resume: str = "", given: frozenset[str] | None = None,
@@ -95,9 +53,7 @@ def start_local_workers(config: Config, workers: int, resume: str = "", given: f
     if not 2 <= workers <= MAX_LOCAL_WORKERS:
         raise UserError(f"--workers must be between 2 and {MAX_LOCAL_WORKERS}, got {workers}")
     if resume:
-        from classifier.commands.train import _resume_target
-
-        _, saved = _resume_target(Path(resume))
+        _, saved = resume_target(Path(resume))
         if saved.strategy != "multiworker":
             raise UserError(f"--resume {resume} was trained with --strategy {saved.strategy}; "
                             "continue it without --workers")
@@ -192,7 +148,6 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from classifier.commands.train import train_command
-    from classifier.config import make_config
 
     parser = argparse.ArgumentParser(description="One worker of a local multi-worker run.")
     parser.add_argument("--config", required=True, help="the run's config as JSON")

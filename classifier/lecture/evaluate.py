@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow import keras
 
-from classifier.machinery.datasets import Split
+from classifier.lecture.split import Split
 
 
 def predict_keras(model: keras.Model, split: Split, batch_size: int) -> tuple[float, float, np.ndarray]:

@@ -1,19 +1,18 @@
-"""The lecture's network, written the three ways the lecture writes it, behind one registry.
+"""The lecture's network, written the three ways the lecture writes it.
 
-    model = build_model("functional", input_shape=(32, 32, 3), num_classes=10)
+    model = functional(input_shape=(32, 32, 3), num_class=10)    # or BUILDS["functional"]
 
 All three give the same layers, names and parameter count (333,526 on 28x28x1
 images, 10 classes): Conv2D 32 -> MaxPool -> Conv2D 64 -> MaxPool -> Flatten ->
 Dense 100 -> Dropout 0.2 -> Dense num_classes softmax, named "tf-classifier".
-The fast recipe's network lives in recipes.py.
+The fast recipe's network, and `build_model` that builds any registered one
+by name, live in classifier/machinery/recipes.py.
 """
 
 from __future__ import annotations
 
 from tensorflow import keras
 from tensorflow.keras import layers
-
-from classifier.config import UserError
 
 MODEL_NAME = "tf-classifier"
 
@@ -63,25 +62,5 @@ def functional(input_shape, num_class: int) -> keras.Model:
     return keras.Model(inputs=input_tensor, outputs=output_tensor, name=MODEL_NAME)
 
 
-def _builders() -> dict:
-    from classifier.machinery.recipes import fast_cnn  # recipes builds on this module
-
-    return {"sequential_add": sequential_add, "sequential_list": sequential_list,
-            "functional": functional, "fast_cnn": fast_cnn}
-
-
-def build_model(name: str, input_shape, num_classes: int) -> keras.Model:
-    """Build a registered model for images of `input_shape` and `num_classes` classes.
-
-    Args:
-        name: one of registry.MODELS.
-        input_shape: (height, width, channels) of one image.
-        num_classes: size of the softmax output.
-
-    Returns:
-        An uncompiled keras.Model.
-    """
-    builders = _builders()
-    if name not in builders:
-        raise UserError(f"unknown model {name!r}; accepted: {', '.join(builders)}")
-    return builders[name](tuple(input_shape), int(num_classes))
+# The lecture's three builds by name (registry.LECTURE_MODELS); recipes.build_model adds the fast recipe's.
+BUILDS = {"sequential_add": sequential_add, "sequential_list": sequential_list, "functional": functional}

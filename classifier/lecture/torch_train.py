@@ -17,9 +17,9 @@ Deterministic by default (`seed_torch`): Python, NumPy and torch are seeded,
 in another order, `CUBLAS_WORKSPACE_CONFIG` makes cuBLAS repeat on a GPU, the
 DataLoader shuffles with its own seeded `torch.Generator` (worker processes,
 if any, are seeded from it), and validation never draws from the random
-stream that training's dropout uses. A checkpoint is one dict (weights,
-optimizer, every RNG state, epochs done, history) written atomically after
-every epoch, so a run killed at any moment continues bit-identically:
+stream that training's dropout uses. `on_epoch_end` is where the lab saves
+its checkpoint (classifier/machinery/torch_runs.py), so that a run killed at
+any moment continues bit-identically:
 
     trainer = TorchTrainer(model, config)
     trainer.train(train, val, on_epoch_end=lambda epoch, t: save_checkpoint(path, t))
@@ -40,8 +40,7 @@ from torch import nn, optim
 from torch.utils.data import DataLoader, TensorDataset
 
 from classifier.config import Config
-from classifier.machinery.datasets import Split
-from classifier.machinery.files import atomic_write
+from classifier.lecture.split import Split
 from classifier.lecture.torch_models import outputs_probabilities
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -256,51 +255,3 @@ def weights_sha256(model: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def checkpoint_dict(trainer: TorchTrainer) -> dict:
-    """Everything the next epoch needs, in one dict (nanoGPT's checkpoint shape)."""
-    return {
-        "model": trainer.model.state_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
-        "rng": {
-            "loader": trainer.generator.get_state(),
-            "torch": torch.get_rng_state(),  # dropout masks on the CPU
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
-        },
-        "epochs_done": len(trainer.history["loss"]),
-        "history": trainer.history,
-        "epoch_seconds": trainer.epoch_seconds,
-    }
-
-
-def save_checkpoint(path: Path, trainer: TorchTrainer) -> Path:
-    """Write `checkpoint_dict(trainer)` to `path` atomically (files.atomic_write: temporary name, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as temporary:
-        torch.save(checkpoint_dict(trainer), temporary)
-    return path
-
-
-def load_checkpoint(path: Path, trainer: TorchTrainer) -> int:
-    """Restore a checkpoint into `trainer`; returns the number of epochs it had finished (0 if none)."""
-    path = Path(path)
-    if not path.exists():
-        return 0  # killed before the first epoch ended: start again from the seed
-    # weights_only=False: the dict holds NumPy's and Python's RNG states, and
-    # it is a file this lab wrote into its own run folder.
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    trainer.model.load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.generator.set_state(state["rng"]["loader"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    np.random.set_state(state["rng"]["numpy"])
-    random.setstate(state["rng"]["python"])
-    trainer.history = state["history"]
-    trainer.epoch_seconds = state["epoch_seconds"]
-    return int(state["epochs_done"])

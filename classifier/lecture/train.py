@@ -8,8 +8,8 @@ Both take the lecture's loss (sparse categorical cross-entropy) and metric
 {"loss", "accuracy", "val_loss", "val_accuracy"}. What the lab adds around
 them comes in through `callbacks` (Keras callbacks; the tape loop calls their
 `on_epoch_begin`/`on_epoch_end` itself): saving checkpoints, timing epochs.
-The optimizer and, for the fast recipe, its schedule come from recipes.py;
-several devices from distribute.py.
+The optimizer and, for the fast recipe, its schedule and smoothed loss come
+from classifier/machinery/recipes.py; several devices from distribute.py.
 """
 
 from __future__ import annotations
@@ -20,21 +20,20 @@ import tensorflow as tf
 from tensorflow import keras
 
 from classifier.config import Config
-from classifier.machinery.recipes import make_loss
 
 
 class FitTrainer:
     """Lecture 1.2: `model.compile`, then `model.fit` with the last part of the training set validating."""
 
     def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, config: Config,
-                 callbacks=(), verbose: int | None = None):
+                 callbacks=(), verbose: int | None = None, loss: keras.losses.Loss | None = None):
         self.model = model
         self.optimizer = optimizer
         self.batch_size = config.batch_size
         self.epochs = config.epochs
         self.eval_batch_size = config.eval_batch_size
-        # The lecture's SparseCategoricalCrossentropy (the fast recipe smooths its labels).
-        self.loss = make_loss(config)
+        # The lecture's SparseCategoricalCrossentropy, unless the recipe gives another (recipes.make_loss).
+        self.loss = loss or keras.losses.SparseCategoricalCrossentropy()
         self.callbacks = list(callbacks)
         self.verbose = _verbosity(verbose)
 
@@ -58,10 +57,10 @@ class TapeTrainer:
     """Lecture 1.3: a shuffled, batched `tf.data.Dataset` and a `@tf.function` step with `tf.GradientTape`."""
 
     def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, config: Config,
-                 callbacks=(), verbose: int | None = None):
+                 callbacks=(), verbose: int | None = None, loss: keras.losses.Loss | None = None):
         self.model = model
-        # The lecture's SparseCategoricalCrossentropy (the fast recipe smooths its labels).
-        self.loss_object = make_loss(config)
+        # The lecture's SparseCategoricalCrossentropy, unless the recipe gives another (recipes.make_loss).
+        self.loss_object = loss or keras.losses.SparseCategoricalCrossentropy()
         self.optimizer = optimizer
         self.batch_size = config.batch_size
         self.epochs = config.epochs

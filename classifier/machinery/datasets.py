@@ -1,9 +1,10 @@
-"""Datasets: the registry, loading into arrays, and the train/validation split.
+"""Datasets: the registry and the readers of the published formats.
 
 The registry says where each dataset is published, the SHA-256 of every file
-and what the images are. `download.py` fetches and verifies the files;
-this module reads the verified files into what the lecture's `load_dataset`
-gives: float32 images in [0, 1], NHWC, and labels as a 1-D integer array.
+and what the images are. `download.py` fetches and verifies the files; this
+module reads the verified files into uint8 NHWC images and 1-D int32 labels;
+classifier/lecture/split.py scales and splits them as the lecture's
+`load_dataset` does (float32 images in [0, 1]), and loading.py joins the two.
 
     invoke data --dataset cifar10        # fetch once, verify
     invoke train --dataset cifar10       # loads through load_dataset()
@@ -170,17 +171,6 @@ def get_dataset(name: str) -> Dataset:
     return DATASETS[name]
 
 
-@dataclass(frozen=True)
-class Split:
-    """Images (float32, NHWC, [0, 1]) and their 1-D int32 labels."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
 def load_arrays(dataset: Dataset, folder: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Read the verified files in `folder` into uint8 NHWC images and int32 labels.
 
@@ -227,37 +217,3 @@ def _read_idx(path: Path) -> np.ndarray:
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def prepare(arrays, limit: int | None = None, val_split: float = 0.2) -> tuple[Split, Split, Split]:
-    """Scale to [0, 1] and split as the lecture does: first part trains, last part validates.
-
-    Args:
-        arrays: what `load_arrays` returns.
-        limit: keep only the first `limit` training images (None keeps all).
-        val_split: the fraction at the end of the (limited) training set that validates.
-
-    Returns:
-        (train, validation, test) splits.
-    """
-    (train_images, train_labels), (test_images, test_labels) = arrays
-    if limit:
-        if limit > len(train_labels):
-            raise UserError(f"limit {limit} is larger than the {len(train_labels)} training images; use 1 to {len(train_labels)}, or leave --limit out for all")
-        train_images, train_labels = train_images[:limit], train_labels[:limit]
-    cut = int(round(len(train_labels) * (1.0 - val_split)))
-    if cut < 1 or cut >= len(train_labels):
-        raise UserError(
-            f"val_split {val_split} leaves {cut} training and {len(train_labels) - cut} validation images "
-            f"of {len(train_labels)}; both need at least 1"
-        )
-    return (
-        Split(_scale(train_images[:cut]), train_labels[:cut]),
-        Split(_scale(train_images[cut:]), train_labels[cut:]),
-        Split(_scale(test_images), test_labels),
-    )
-
-
-def _scale(images: np.ndarray) -> np.ndarray:
-    # Dividing in float32 halves the memory of the lecture's `x / 255.0` (float64).
-    return images.astype(np.float32) / np.float32(255.0)

@@ -20,11 +20,13 @@ Every worker runs the same command on the same data; each takes its share of
 every global batch, and the gradients are added over the network. Worker 0 is
 the chief: only it writes the run folder. The strategy must exist before
 TensorFlow runs any op, so train_command makes it first of all
-(`make_multiworker_strategy`).
+(`start_devices`). A worker that dies or cannot be reached stops the others
+with one line (`collective_failures`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 
@@ -32,9 +34,10 @@ import tensorflow as tf
 from tensorflow import keras
 
 from classifier.config import Config, UserError
-from classifier.machinery.recipes import make_loss
+from classifier.lecture.runtime import gpu_config, seed_everything
 from classifier.lecture.train import TRAINERS, TapeTrainer
-from classifier.commands.workers import worker_role
+from classifier.machinery.cluster import worker_role
+from classifier.machinery.recipes import make_loss
 
 # Seconds a collective operation (adding the workers' gradients) may wait for
 # the others before it fails. A lost worker then stops the others with an
@@ -42,6 +45,40 @@ from classifier.commands.workers import worker_role
 # waits while every worker traces its graph, which takes a few seconds on 2
 # busy cores, hence the margin (a dead worker is usually noticed at once: its connection is refused).
 COLLECTIVE_TIMEOUT_SECONDS = 120
+
+
+def start_devices(config: Config) -> tuple[tf.distribute.Strategy | None, list]:
+    """The lecture's gpu_config() and the seeds, after the multi-worker strategy where there is one.
+
+    MultiWorkerMirroredStrategy configures TensorFlow's runtime for the
+    cluster, which is possible only before the first op, so it comes first.
+
+    Returns:
+        (the multi-worker strategy, or None for make_strategy to choose later; gpu_config()'s GPUs).
+    """
+    strategy = make_multiworker_strategy() if config.strategy == "multiworker" else None
+    gpus = gpu_config()
+    seed_everything(config.seed, config.deterministic)
+    return strategy, gpus
+
+
+@contextlib.contextmanager
+def collective_failures(config: Config, run, epochs_done):
+    """Around training: a worker that stopped or cannot be reached becomes one line saying how to resume.
+
+    The collective ops time out (COLLECTIVE_TIMEOUT_SECONDS) rather than wait
+    for ever; the run (a lifecycle.Run) is marked interrupted. Other
+    strategies' errors pass through unchanged.
+    """
+    try:
+        yield
+    except tf.errors.OpError as error:
+        if config.strategy != "multiworker":
+            raise
+        run.stopped()
+        raise UserError(f"a worker stopped or cannot be reached ({type(error).__name__}) after "
+                        f"{epochs_done()}/{config.epochs} epoch(s); continue with: invoke train --resume "
+                        f"{run.checkpoint_folder.parent} on every worker") from None
 
 
 def make_strategy(config: Config) -> tf.distribute.Strategy:
@@ -141,7 +178,8 @@ def make_trainer(config: Config, model: keras.Model, optimizer, strategy: tf.dis
     strategy = strategy or tf.distribute.get_strategy()
     if config.trainer == "tape" and strategy.num_replicas_in_sync > 1:
         return MirroredTapeTrainer(model, optimizer, config, strategy, callbacks=callbacks, verbose=verbose)
-    return TRAINERS[config.trainer](model, optimizer, config, callbacks=callbacks, verbose=verbose)
+    return TRAINERS[config.trainer](model, optimizer, config, callbacks=callbacks, verbose=verbose,
+                                    loss=make_loss(config))
 
 
 class MirroredTapeTrainer(TapeTrainer):
@@ -156,7 +194,7 @@ class MirroredTapeTrainer(TapeTrainer):
                  verbose: int | None = None):
         self.strategy = strategy
         with strategy.scope():
-            super().__init__(model, optimizer, config, callbacks=callbacks, verbose=verbose)
+            super().__init__(model, optimizer, config, callbacks=callbacks, verbose=verbose, loss=make_loss(config))
             optimizer.build(model.trainable_variables)
             # Accuracy arrives as each batch's fraction of correct answers, so it is averaged like the loss.
             self.train_accuracy = keras.metrics.Mean(name="accuracy")

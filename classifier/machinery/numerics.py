@@ -9,8 +9,8 @@ first `import tensorflow` in the process: `tasks.py` calls it first thing,
 and it refuses (UserError) when TensorFlow is already loaded with other
 values, since the settings could no longer take effect.
 
-Why each portable setting is needed (measured on Fashion-MNIST, see README's
-reproducibility section):
+Why each portable setting is needed (measured on Fashion-MNIST, see docs/reproducibility.md,
+the table of portable settings):
 
 - oneDNN's JIT kernels, which TensorFlow uses for every float32 matrix
   product (Dense and Conv2D through Eigen's contraction, `dnnl_sgemm`), are
@@ -32,7 +32,7 @@ reproducibility section):
 - TensorFlow's deterministic ops; on a GPU also TF32 off, deterministic cuDNN
   and cuBLAS (workspace config) and no cuDNN autotuning.
 
-What no setting fixes (the README's promise table): Eigen derives the
+What no setting fixes (docs/reproducibility.md's promise table): Eigen derives the
 length of the slices in which it sums long dot products from the L1 cache
 size the CPU reports (288 numbers with 32 KiB, 320 with 48 KiB or more); a
 CPU below AVX2 cannot run AVX2 kernels; ARM machines (Apple silicon) run

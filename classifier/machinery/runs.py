@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from classifier.machinery import numerics
-from classifier.config import PROJECT_ROOT, Config, UserError, to_dict
-from classifier.machinery.files import atomic_write, write_json
+from classifier.config import PROJECT_ROOT, Config, UserError, make_config, to_dict
+from classifier.machinery.files import atomic_write, read_json, write_json
 
 # Environment variables that change what TensorFlow computes or where (classifier/machinery/numerics.py).
 NUMERICS_ENV = numerics.RECORDED
@@ -61,7 +61,7 @@ def environment_record(tensorflow: bool = True) -> dict:
         "git": _git_state(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "numerics_env": {key: os.environ.get(key) for key in NUMERICS_ENV},
         # The image's tag (docker/Dockerfile), or the REPOSITORY@sha256:... that compose ran (LAB_IMAGE).
@@ -90,7 +90,8 @@ def _git_state() -> dict:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (platform's answer elsewhere), for manifests and benchmarks."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -153,3 +154,17 @@ def save_keras_model(run_dir: Path, model) -> str:
     with atomic_write(run_dir / "model.keras") as temporary:
         model.save(temporary)
     return weights_hash(model)
+
+
+def resume_target(run_dir: Path) -> tuple[Path, Config]:
+    """The stopped run folder `--resume` names, and its own config (from its config.json).
+
+    Raises:
+        UserError: the folder is not a run folder, or its run has already finished.
+    """
+    if not (run_dir / "config.json").is_file():
+        raise UserError(f"--resume {run_dir} is not a run folder (no config.json in it)")
+    manifest = run_dir / "manifest.json"
+    if manifest.is_file() and read_json(manifest).get("status") == "complete":
+        raise UserError(f"--resume {run_dir} has already finished; start a new run instead")
+    return run_dir, make_config(**read_json(run_dir / "config.json"))

@@ -1,0 +1,113 @@
+"""What a PyTorch run keeps in its folder: checkpoint/last.pt, model.pt, and torch's part of the manifest.
+
+    save_checkpoint(run_dir / CHECKPOINT, trainer)     # after every epoch, atomically
+    start_epoch = load_checkpoint(run_dir / CHECKPOINT, trainer)
+    weights = save_torch_model(run_dir, model)         # model.pt, a state_dict; its SHA-256 for the manifest
+
+A checkpoint is one dict (weights, optimizer, every RNG state, epochs done,
+history), so a run killed at any moment continues bit-identically. torch is
+imported inside each function, so a machine without it gets `import_torch`'s
+one line rather than a traceback.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+
+from classifier.config import UserError
+from classifier.machinery.files import atomic_write
+
+CHECKPOINT = Path("checkpoint") / "last.pt"
+
+
+def import_torch():
+    """torch, or one line saying how to install it."""
+    try:
+        import torch
+    except ImportError:
+        raise UserError("--trainer torch needs PyTorch, which is not installed in this environment; install it "
+                        "with ./setup.sh, or: pip install --require-hashes -r requirements/torch-cpu.lock") from None
+    return torch
+
+
+def torch_environment() -> dict:
+    """torch's version, CUDA/cuDNN build, devices and threads (for the manifest and `invoke reproduce`)."""
+    torch = import_torch()
+    import classifier.lecture.torch_train  # noqa: F401 - sets CUBLAS_WORKSPACE_CONFIG, recorded in numerics_env
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {
+        "torch": torch.__version__,
+        "torch_build": {"cuda": torch.version.cuda, "cudnn": cudnn, "debug": torch.version.debug,
+                        "parallel": next((line.split(":", 1)[1].strip() for line in torch.__config__.parallel_info().splitlines()
+                                          if "parallel backend" in line), None)},
+        "torch_devices": ["cpu"] + [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def save_torch_model(run_dir: Path, model) -> str:
+    """Save the weights as RUN/model.pt (a state_dict); returns their SHA-256 for `runs.finish_run`.
+
+    `model.load_state_dict(torch.load("model.pt"))` restores the weights whose
+    SHA-256 the manifest holds.
+    """
+    torch = import_torch()
+    from classifier.lecture.torch_train import weights_sha256
+
+    with atomic_write(run_dir / "model.pt") as temporary:
+        torch.save(model.state_dict(), temporary)
+    return weights_sha256(model)
+
+
+def checkpoint_dict(trainer) -> dict:
+    """Everything the next epoch needs, in one dict (nanoGPT's checkpoint shape)."""
+    torch = import_torch()
+    return {
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "rng": {
+            "loader": trainer.generator.get_state(),
+            "torch": torch.get_rng_state(),  # dropout masks on the CPU
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        },
+        "epochs_done": len(trainer.history["loss"]),
+        "history": trainer.history,
+        "epoch_seconds": trainer.epoch_seconds,
+    }
+
+
+def save_checkpoint(path: Path, trainer) -> Path:
+    """Write `checkpoint_dict(trainer)` to `path` atomically (files.atomic_write: temporary name, fsync, rename)."""
+    torch = import_torch()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as temporary:
+        torch.save(checkpoint_dict(trainer), temporary)
+    return path
+
+
+def load_checkpoint(path: Path, trainer) -> int:
+    """Restore a checkpoint into `trainer` (a TorchTrainer); returns the epochs it had finished (0 if none)."""
+    torch = import_torch()
+    path = Path(path)
+    if not path.exists():
+        return 0  # killed before the first epoch ended: start again from the seed
+    # weights_only=False: the dict holds NumPy's and Python's RNG states, and
+    # it is a file this lab wrote into its own run folder.
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.generator.set_state(state["rng"]["loader"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    trainer.history = state["history"]
+    trainer.epoch_seconds = state["epoch_seconds"]
+    return int(state["epochs_done"])
