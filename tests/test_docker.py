@@ -2,7 +2,7 @@
 
     python -m pytest -m docker tests/test_docker.py -v      # needs a Docker engine
 
-Every container test runs the README's commands as a non-root user in the
+Every container test runs the commands of the README and docs/container.md as a non-root user in the
 docker group (CI: `labuser`, made by docker/ci-setup.sh; otherwise the user
 running pytest) in a fresh `git clone` of this repository (its committed
 HEAD), with invoke installed into a small virtual environment of that user's
@@ -535,7 +535,7 @@ def test_source_only_change_rebuilds_only_the_source_layer(user, clone, built):
 
 @pytest.mark.docker
 def test_by_hand_compose_route_from_a_fresh_clone(user, workdir, built):
-    # The README's route without invoke: .env with the user's ids, compose builds (all cached here), runs, trains.
+    # docs/container.md's route without invoke: .env with the user's ids, compose builds (all cached here), runs, trains.
     checkout = _fresh_clone(user, workdir, "byhand")
     assert (checkout / "data" / ".gitkeep").exists() and (checkout / "runs").stat().st_uid == user.uid
     user.run("sh", "-c", 'printf "LAB_UID=%s\\nLAB_GID=%s\\n" "$(id -u)" "$(id -g)" > .env', cwd=checkout)
