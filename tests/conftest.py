@@ -376,3 +376,35 @@ def lab_test_image():
     yield LAB_TEST_IMAGE
     if os.environ.get("LAB_TEST_KEEP_IMAGE") != "1":
         subprocess.run(["docker", "rmi", LAB_TEST_IMAGE], capture_output=True, timeout=300)
+
+
+# CI's time budget, tier by tier: .ci/run prints test-output/tiers.txt with its own phases.
+# container: the tests that build or start the lab image; slow: end-to-end trainings on
+# real data (marker slow); quick: the rest.
+_TIER_SECONDS: dict[str, float] = {}
+_CONTAINER_FILES = ("test_docker.py", "test_devcontainer.py", "test_browser.py")
+
+
+def _tier(item_path: str, keywords) -> str:
+    if item_path.endswith(_CONTAINER_FILES) or "docker" in keywords:
+        return "container"
+    return "slow" if "slow" in keywords else "quick"
+
+
+def pytest_runtest_logreport(report):
+    """Add each test's setup, call and teardown time to its tier."""
+    tier = _tier(report.fspath, report.keywords)
+    _TIER_SECONDS[tier] = _TIER_SECONDS.get(tier, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the tiers' times and keep them for .ci/run's summary."""
+    if not _TIER_SECONDS:
+        return
+    lines = [f"{tier + ' tier':<26} {seconds:6.0f} s" for tier, seconds in sorted(_TIER_SECONDS.items())]
+    terminalreporter.write_sep("-", "time per test tier")
+    for line in lines:
+        terminalreporter.write_line(line)
+    output = ROOT / "test-output"
+    output.mkdir(exist_ok=True)
+    (output / "tiers.txt").write_text("\n".join(lines) + "\n")
