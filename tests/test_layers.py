@@ -141,17 +141,13 @@ def test_each_layer_has_its_folder():
         assert (PACKAGE / name / "__init__.py").is_file()
 
 
-def tree_source(tree: ast.Module) -> str:
-    return ast.unparse(tree)
-
-
 @pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda path: path.name)
 def test_notebooks_import_only_lab(path):
     cells = json.loads(path.read_text())["cells"]
     code = "\n".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "code")
     tree = ast.parse("\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("%", "!"))))
     modules = set(package_sources())
-    taken = {target for target, _, _ in imports(tree_source(tree), modules)}
+    taken = {target for target, _, _ in imports(ast.unparse(tree), modules)}
     assert taken == {"classifier.lab"}
 
 

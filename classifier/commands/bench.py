@@ -84,20 +84,7 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
     Returns:
         {"machine", "settings", "summary", "measurements"} (and "numerics_cost"), as written to OUTPUT.json.
     """
-    if epochs < 2:
-        raise UserError(f"epochs must be at least 2 (the first epoch is warm-up and not measured), got {epochs}")
-    if repeats < 1:
-        raise UserError(f"repeats must be at least 1, got {repeats}")
-    if subjects is None:
-        import importlib.util
-
-        subjects = tuple(s for s in DEFAULT_SUBJECTS if s != "torch" or importlib.util.find_spec("torch") is not None)
-    for subject in subjects:
-        if subject not in SUBJECTS:
-            raise UserError(f"unknown benchmark subject {subject!r}; accepted: {', '.join(SUBJECTS)}")
-    for mode in numerics_modes:
-        if mode not in registry.NUMERICS:
-            raise UserError(f"unknown numerics mode {mode!r}; accepted: {', '.join(registry.NUMERICS)}")
+    subjects = _checked_settings(epochs, repeats, subjects, numerics_modes)
     # Validates limit and data_dir the way `invoke train` does, and checks the files before minutes of work.
     config = make_config(dataset="fashion_mnist", limit=limit or None, epochs=epochs, seed=seed, data_dir=data_dir)
     root = config_module.data_dir(config)
@@ -110,15 +97,9 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
     def row(subject: str, mode: str) -> str:
         return subject if len(numerics_modes) == 1 else f"{subject} [{mode}]"
 
-    measurements: dict[str, list[dict]] = {row(subject, mode): [] for subject in subjects for mode in numerics_modes}
-    # Interleaved (reference, fit, tape, reference, ...) so that a slow spell of
-    # the machine falls on every subject and mode rather than on one.
-    for repeat in range(repeats):
-        for subject in subjects:
-            for mode in numerics_modes:
-                print(f"[bench] repeat {repeat + 1}/{repeats}: {row(subject, mode)}", flush=True)
-                measurements[row(subject, mode)].append(
-                    _measure_in_child(subject, limit, epochs, str(root), seed, numerics_mode=mode))
+    measurements = _measure_interleaved(subjects, numerics_modes, repeats, row,
+                                        lambda subject, mode: _measure_in_child(subject, limit, epochs, str(root), seed,
+                                                                                numerics_mode=mode))
     results = {
         "machine": machine_description(),
         "settings": {"dataset": "fashion_mnist", "limit": limit or None, "epochs": epochs, "repeats": repeats,
@@ -141,6 +122,38 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
         print(numerics_cost_table(results["numerics_cost"]))
     print(f"[bench] wrote {target.with_suffix('.json')} and {target.with_suffix('.md')}")
     return results
+
+
+def _checked_settings(epochs: int, repeats: int, subjects: tuple[str, ...] | None,
+                      numerics_modes: tuple[str, ...]) -> tuple[str, ...]:
+    """The subjects to measure (DEFAULT_SUBJECTS for None), after a UserError for any bad setting."""
+    if epochs < 2:
+        raise UserError(f"epochs must be at least 2 (the first epoch is warm-up and not measured), got {epochs}")
+    if repeats < 1:
+        raise UserError(f"repeats must be at least 1, got {repeats}")
+    if subjects is None:
+        import importlib.util
+
+        subjects = tuple(s for s in DEFAULT_SUBJECTS if s != "torch" or importlib.util.find_spec("torch") is not None)
+    for subject in subjects:
+        if subject not in SUBJECTS:
+            raise UserError(f"unknown benchmark subject {subject!r}; accepted: {', '.join(SUBJECTS)}")
+    for mode in numerics_modes:
+        if mode not in registry.NUMERICS:
+            raise UserError(f"unknown numerics mode {mode!r}; accepted: {', '.join(registry.NUMERICS)}")
+    return subjects
+
+
+def _measure_interleaved(subjects, numerics_modes, repeats: int, row, measure) -> dict[str, list[dict]]:
+    """{row name: one measurement per repeat}, measured interleaved (reference, fit, tape, reference, ...)
+    so that a slow spell of the machine falls on every subject and mode rather than on one."""
+    measurements: dict[str, list[dict]] = {row(subject, mode): [] for subject in subjects for mode in numerics_modes}
+    for repeat in range(repeats):
+        for subject in subjects:
+            for mode in numerics_modes:
+                print(f"[bench] repeat {repeat + 1}/{repeats}: {row(subject, mode)}", flush=True)
+                measurements[row(subject, mode)].append(measure(subject, mode))
+    return measurements
 
 
 def run_time_to_accuracy(target: float | tuple[float, ...] = 0.91, seeds: int = 3,
@@ -226,14 +239,10 @@ def measure_time_to_accuracy(recipe: str, target: float, limit: int, max_epochs:
         {"recipe", "seed", "epochs", "train_seconds" (per epoch, cumulative), "test_accuracy" (per epoch),
          "seconds_to_target" (None when not reached), "epochs_to_target"}.
     """
-    from tensorflow import keras
-
-    from classifier.machinery.loading import load_dataset
     from classifier.config import resolve_recipe
     from classifier.machinery.distribute import make_trainer
-    from classifier.lecture.evaluate import predict_direct
-    from classifier.machinery.recipes import build_model
-    from classifier.machinery.recipes import inference_model, make_optimizer, steps_per_epoch
+    from classifier.machinery.loading import load_dataset
+    from classifier.machinery.recipes import build_model, make_optimizer, steps_per_epoch
     from classifier.registry import HYP
     from classifier.lecture.runtime import gpu_config, seed_everything
 
@@ -249,9 +258,29 @@ def measure_time_to_accuracy(recipe: str, target: float, limit: int, max_epochs:
     model = build_model(config.model, dataset.image_shape, len(dataset.class_names))
     optimizer = make_optimizer(config, steps_per_epoch(len(train), config.batch_size))
 
-    class TestAfterEveryEpoch(keras.callbacks.Callback):
-        """Counts training seconds per epoch, then tests (uncounted) and stops at the target."""
+    probe = _test_after_every_epoch(model, config, test, target, f"{recipe} seed {seed}")
+    trainer = make_trainer(config, model, optimizer, callbacks=[probe], verbose=0)
+    trainer.train((train.images, train.labels), (val.images, val.labels))
+    return {
+        "recipe": recipe,
+        "seed": seed,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "train_seconds": probe.seconds,
+        "test_accuracy": probe.accuracy,
+        "epochs_to_target": probe.reached,
+        "seconds_to_target": probe.seconds[probe.reached - 1] if probe.reached else None,
+    }
 
+
+def _test_after_every_epoch(model, config, test, target: float, label: str):
+    """A Keras callback that counts training seconds per epoch, then tests (uncounted) and stops at `target`."""
+    from tensorflow import keras
+
+    from classifier.lecture.evaluate import predict_direct
+    from classifier.machinery.recipes import inference_model
+
+    class TestAfterEveryEpoch(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.seconds, self.accuracy, self.reached = [], [], None
@@ -265,25 +294,13 @@ def measure_time_to_accuracy(recipe: str, target: float, limit: int, max_epochs:
             self.seconds.append((self.seconds[-1] if self.seconds else 0.0) + elapsed)
             _, accuracy, _ = predict_direct(inference_model(model, config), test, config.eval_batch_size)
             self.accuracy.append(accuracy)
-            print(f"[bench] {recipe} seed {seed}: epoch {epoch + 1}, {self.seconds[-1]:.1f} s, "
+            print(f"[bench] {label}: epoch {epoch + 1}, {self.seconds[-1]:.1f} s, "
                   f"test accuracy {accuracy:.4f}", file=sys.stderr, flush=True)
             if accuracy >= target and self.reached is None:
                 self.reached = epoch + 1
                 model.stop_training = True
 
-    probe = TestAfterEveryEpoch()
-    trainer = make_trainer(config, model, optimizer, callbacks=[probe], verbose=0)
-    trainer.train((train.images, train.labels), (val.images, val.labels))
-    return {
-        "recipe": recipe,
-        "seed": seed,
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
-        "train_seconds": probe.seconds,
-        "test_accuracy": probe.accuracy,
-        "epochs_to_target": probe.reached,
-        "seconds_to_target": probe.seconds[probe.reached - 1] if probe.reached else None,
-    }
+    return TestAfterEveryEpoch()
 
 
 def epochs_to(run: dict, target: float) -> int | None:
