@@ -31,7 +31,6 @@ import hashlib
 import os
 import random
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
