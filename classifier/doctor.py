@@ -77,8 +77,18 @@ def _installed(package: str) -> str | None:
 
 
 def check_tensorflow() -> list[Check]:
-    """GPUs, CUDA/cuDNN build, memory growth, and a Conv2D forward and backward pass per device."""
-    import tensorflow as tf
+    """GPUs, CUDA/cuDNN build, memory growth, and a Conv2D forward and backward pass per device.
+
+    Without TensorFlow (a torch-only environment such as the README's
+    .venv-torch) this is one FAIL with its fix, and the other checks still run.
+    """
+    try:
+        import tensorflow as tf
+    except ImportError as error:
+        return [Check("tensorflow", FAIL, f"not importable ({error}): --trainer fit/tape, the notebooks and "
+                      "invoke export need it (--trainer torch does not)",
+                      "use the lab's .venv (./setup.sh makes it), or: pip install --require-hashes -r "
+                      "requirements/cpu.lock (gpu.lock on a GPU machine); a torch-only .venv-torch runs --trainer torch only")]
 
     from classifier.runtime import gpu_config
 
