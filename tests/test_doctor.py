@@ -1,6 +1,7 @@
 """`invoke doctor` passes on a healthy environment and names planted faults with their fix."""
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -108,3 +109,15 @@ def test_doctor_without_tensorflow_fails_that_one_check_and_runs_the_others(tmp_
     except ImportError:
         return
     assert "OK    torch conv2d cpu" in result.stdout
+
+
+def test_doctor_fails_a_data_folder_that_is_a_file(tmp_path):
+    blocker = tmp_path / "data"
+    blocker.write_text("not a folder")
+    result = run_invoke("doctor", "--runs-dir", str(tmp_path / "runs"), env={"CLASSIFIER_DATA_DIR": str(blocker)})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    rows = [re.split(r"\s{2,}", line.strip()) for line in result.stdout.splitlines()]
+    assert [FAIL, "data folder", f"{blocker} is a file, not a folder"] in rows, result.stdout
+    assert ["fix: point --data-dir or CLASSIFIER_DATA_DIR at a folder (default ./data), or move the file away"] in rows
+    assert not any(row[1].startswith("data ") and row[1] != "data folder" for row in rows if len(row) > 1)
+    assert blocker.read_text() == "not a folder"

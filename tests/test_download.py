@@ -1,6 +1,5 @@
 """Download, import and verification: a file reaches its final name only verified."""
 
-import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -8,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 
 from classifier.config import UserError
 from classifier.download import check_file, fetch, import_from, problems, verified_files
-from conftest import run_invoke
+from conftest import remount_read_only, run_invoke
 
 
 def _serve(dataset, source, served):
@@ -321,30 +319,23 @@ def test_a_verified_cache_removes_leftovers_on_the_next_invoke_data(tiny_dataset
     assert not stale.exists() and problems(dataset, tmp_path) == []
 
 
-@contextlib.contextmanager
-def _small_tmpfs(folder: Path, megabytes: int):
-    """A tmpfs mounted at `folder` (root only, as CI runs); skipped where it cannot be mounted, failed in CI."""
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        reason = f"cannot mount a tmpfs here: {mounted.stderr.strip() or mounted.returncode}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI runs as root and must mount a tmpfs, but {reason}", pytrace=False)
-        pytest.skip(reason)
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=True)
+def test_a_verified_read_only_shared_cache_is_usable(fashion_source, small_tmpfs):
+    shared = small_tmpfs / "data"
+    assert _import_fashion(fashion_source, shared).returncode == 0
+    before = {path.name: _sha256(path) for path in (shared / "fashion_mnist").iterdir()}
+    remount_read_only(small_tmpfs)
+    result = run_invoke("data", "--dataset", "fashion_mnist", "--data-dir", str(shared))
+    assert result.returncode == 0, result.stderr
+    assert "Fashion-MNIST: 4 file(s) verified" in result.stdout
+    assert result.stdout.count(": verified, nothing to download") == 4
+    assert {path.name: _sha256(path) for path in (shared / "fashion_mnist").iterdir()} == before
 
 
-def test_a_verified_read_only_shared_cache_is_usable(fashion_source, tmp_path):
-    with _small_tmpfs(tmp_path / "shared", 160) as shared:
-        assert _import_fashion(fashion_source, shared / "data").returncode == 0
-        before = {path.name: _sha256(path) for path in (shared / "data" / "fashion_mnist").iterdir()}
-        subprocess.run(["mount", "-o", "remount,ro", str(shared)], check=True)
-        result = run_invoke("data", "--dataset", "fashion_mnist", "--data-dir", str(shared / "data"))
-        assert result.returncode == 0, result.stderr
-        assert "Fashion-MNIST: 4 file(s) verified" in result.stdout
-        assert result.stdout.count(": verified, nothing to download") == 4
-        assert {path.name: _sha256(path) for path in (shared / "data" / "fashion_mnist").iterdir()} == before
+def test_a_keras_home_that_is_a_file_is_refused_before_the_import(fashion_source, tmp_path):
+    blocker = tmp_path / "keras-home"
+    blocker.write_text("not a folder")
+    result = _import_fashion(fashion_source, tmp_path / "data", env={"KERAS_HOME": str(blocker)})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: KERAS_HOME {blocker} is a file, but Keras keeps its dataset cache in "
+                                     f"a folder; move the file away or point KERAS_HOME at a folder")
+    assert not (tmp_path / "data").exists() and blocker.read_text() == "not a folder"
