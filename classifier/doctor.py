@@ -88,7 +88,8 @@ def check_tensorflow() -> list[Check]:
         return [Check("tensorflow", FAIL, f"not importable ({error}): --trainer fit/tape, the notebooks and "
                       "invoke export need it (--trainer torch does not)",
                       "use the lab's .venv (./setup.sh makes it), or: pip install --require-hashes -r "
-                      "requirements/cpu.lock (gpu.lock on a GPU machine); a torch-only .venv-torch runs --trainer torch only")]
+                      "requirements/cpu.lock (gpu.lock on a GPU machine); "
+                      "a torch-only .venv-torch runs --trainer torch only")]
 
     from classifier.runtime import gpu_config
 

@@ -2,7 +2,6 @@
 
 import dataclasses
 import gzip
-import hashlib
 import os
 import re
 import signal
@@ -14,7 +13,7 @@ import pytest
 
 from classifier.config import UserError
 from classifier.download import check_file, fetch, import_from, problems, verified_files
-from conftest import remount_read_only, run_invoke
+from conftest import remount_read_only, run_invoke, sha256_bytes
 
 
 def _serve(dataset, source, served):
@@ -206,7 +205,7 @@ def _import_fashion(source: Path, data_dir: Path, env=None) -> subprocess.Comple
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_bytes(path.read_bytes())
 
 
 def test_a_classroom_mirror_serving_a_cache_imported_from_debian_is_accepted(fashion_source, http_root, tmp_path):
@@ -303,7 +302,8 @@ def test_a_killed_import_leaves_a_temporary_file_that_doctor_reports_and_the_nex
     again = _import_fashion(fashion_source, data_dir)
     assert again.returncode == 0, again.stderr
     assert f"{stale}: removed, left by an interrupted import or download" in again.stdout
-    assert sorted(path.name for path in folder.iterdir()) == sorted([".lock", *(f.name for f in get_dataset("fashion_mnist").files)])
+    assert sorted(path.name for path in folder.iterdir()) == sorted(
+        [".lock", *(f.name for f in get_dataset("fashion_mnist").files)])
     assert [(check.name, check.status) for check in check_datasets(data_dir) if "fashion" in check.name] == [
         ("data fashion_mnist", OK)]
 
