@@ -277,7 +277,8 @@ def import_from(dataset: Dataset, data_dir: Path, source: Path) -> Path:
     """Copy `dataset`'s files from a file or folder on disk into the cache, verified.
 
     Every source file is checked before any is copied, so a bad copy on the
-    stick leaves the cache as it was.
+    stick leaves the cache as it was. A read-only cache that already holds
+    the dataset verified is left as it is.
 
     Args:
         dataset: the registry entry.
@@ -304,6 +305,10 @@ def import_from(dataset: Dataset, data_dir: Path, source: Path) -> Path:
             if hit:
                 found[name] = hit
     folder = dataset_folder(dataset, data_dir)
+    if not os.access(folder, os.W_OK) and folder.is_dir() and not problems(dataset, data_dir):
+        # A shared read-only cache: an import could only put the same verified data there again.
+        print(f"{folder}: read-only, and every {dataset.name} file in it is verified; nothing to import")
+        return folder
     with _locked(folder):
         remove_stale_temporaries(dataset, data_dir)
         for expected in dataset.files:

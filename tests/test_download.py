@@ -328,6 +328,11 @@ def test_a_verified_read_only_shared_cache_is_usable(fashion_source, small_tmpfs
     assert result.returncode == 0, result.stderr
     assert "Fashion-MNIST: 4 file(s) verified" in result.stdout
     assert result.stdout.count(": verified, nothing to download") == 4
+    # The README's import line, run again by a student on the shared cache, has nothing to do either.
+    again = _import_fashion(fashion_source, shared)
+    assert again.returncode == 0, again.stderr
+    assert (f"{shared / 'fashion_mnist'}: read-only, and every fashion_mnist file in it is verified; "
+            f"nothing to import") in again.stdout
     assert {path.name: _sha256(path) for path in (shared / "fashion_mnist").iterdir()} == before
 
 
