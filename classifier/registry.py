@@ -2,7 +2,10 @@
 
 `config.py` validates against these tuples without importing TensorFlow, so a
 mistyped flag is answered at once. `tests/test_registry.py` checks that each
-tuple lists exactly what its module builds (models.MODELS, train.TRAINERS, ...).
+tuple lists exactly what its module builds: the models `models.build_model`
+builds, `train.TRAINERS`, `torch_models.TORCH_MODELS`, `numerics.MODES`, and
+that a recipe's settings are Config fields. The strategies have no table to
+compare with: tests/test_strategy.py and tests/test_workers.py train with each.
 """
 
 # The lecture's network built three ways (lecture 1.2 and 1.3), then the fast recipe's network.
