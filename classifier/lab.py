@@ -9,7 +9,13 @@ A notebook imports this module and nothing else from the package (tests/test_lay
 
 Everything the class types stays in the notebook; this module only supplies
 the verified data, pictures shown inline, the seed, and the run record, so
-that a notebook's run lands in runs/ with the same evidence as `invoke train`.
+that a notebook's run lands in runs/ with the evidence to compare it with the
+`invoke train` it names: config, history, metrics, timings, learning curves,
+confusion matrix, the model, and a manifest with the weights' and the data
+files' SHA-256. What a notebook shows inline (the samples, the model's
+graph or printed module) is not copied into it, and it keeps no checkpoint or
+TensorBoard log; tests/test_notebooks.py checks the rest against the
+command's run folder.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from classifier import config as config_module
 from classifier.config import make_config, to_dict
 from classifier.machinery import numerics
 from classifier.machinery.datasets import get_dataset
+from classifier.machinery.download import verified_files
 from classifier.machinery.files import write_json
 from classifier.machinery.loading import read_verified
 from classifier.machinery.runs import create_run_dir, environment_record, finish_run, save_keras_model
@@ -96,9 +103,10 @@ def record_run(model, history: dict, test_data, *, dataset: str, trainer: str, m
                train_seconds: float | None = None, direct: bool = False) -> Path:
     """Evaluate `model` on the test set as `invoke train` does and write a run folder for it.
 
-    The run folder has the same files as one from `invoke train` (config,
-    history, metrics, curves, confusion matrix, model, manifest with the
-    weights hash), so a notebook's result can be compared with a command's.
+    The run folder has the files of one from `invoke train` that hold its
+    result (config, history, metrics, timings, curves, confusion matrix, model,
+    manifest with the weights' and the data files' SHA-256), so a notebook's
+    result can be compared with a command's.
 
     Args:
         model: the trained Keras model.
@@ -125,7 +133,7 @@ def record_run(model, history: dict, test_data, *, dataset: str, trainer: str, m
     started = time.perf_counter()
     metrics = evaluate(model, test, len(info.class_names), config.eval_batch_size, direct=direct)
     manifest = {"status": "running", "seed": seed, "config": to_dict(config), "source": "notebook",
-                "environment": environment_record()}
+                "data": _data_record(config, len(y_test)), "environment": environment_record()}
     # fit names the lecture's metric "sparse_categorical_accuracy"; the run folder calls it "accuracy".
     history = {key.replace("sparse_categorical_accuracy", "accuracy"): [float(value) for value in values]
                for key, values in history.items()}
@@ -170,6 +178,7 @@ def record_torch_run(model, history: dict, test_data, *, dataset: str, model_nam
     started = time.perf_counter()
     metrics = evaluate_torch(model, test, len(info.class_names), config.eval_batch_size)
     manifest = {"status": "running", "seed": seed, "config": to_dict(config), "source": "notebook",
+                "data": _data_record(config, len(y_test)),
                 "environment": {**environment_record(tensorflow=False), **torch_environment()}}
     timings = {"train_seconds": train_seconds, "evaluate_seconds": time.perf_counter() - started}
     history = {key: [float(value) for value in values] for key, values in history.items()}
@@ -180,6 +189,13 @@ def record_torch_run(model, history: dict, test_data, *, dataset: str, model_nam
     print(f"Run folder: {run_dir}")
     print(f"weights SHA-256: {manifest['weights_sha256']}")
     return run_dir
+
+
+def _data_record(config, num_test: int) -> dict:
+    """The dataset and its files' SHA-256, as `invoke train`'s manifest records them (the files load_data verified)."""
+    dataset = get_dataset(config.dataset)
+    return {"dataset": dataset.name, "sha256": verified_files(dataset, config_module.data_dir(config)),
+            "test": num_test}
 
 
 def _scratch(name: str) -> Path:

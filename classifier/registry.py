@@ -1,8 +1,11 @@
 """The names a config may hold, as plain data, kept apart from the code they name.
 
 `config.py` validates against these tuples without importing TensorFlow, so a
-mistyped flag is answered at once. tests/test_models.py, test_train.py and test_data.py check that each
-tuple lists exactly what its module builds (models.MODELS, train.TRAINERS, ...).
+mistyped flag is answered at once. `tests/test_registry.py` checks that each
+tuple lists exactly what its module builds: the datasets in `datasets.DATASETS`, the models `recipes.build_model`
+builds, `train.TRAINERS`, `torch_models.TORCH_MODELS`, `numerics.MODES`, and
+that a recipe's settings are Config fields. The strategies have no table to
+compare with: tests/test_strategy.py and tests/test_workers.py train with each.
 """
 
 # The datasets the lab knows (classifier/machinery/datasets.py DATASETS holds where each is

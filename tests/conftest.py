@@ -233,6 +233,33 @@ def fashion_source():
     return FASHION_MNIST_DEBIAN
 
 
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 160 MB tmpfs mounted at tmp_path/"tmpfs" for the test (root only, as CI runs); yields its path.
+
+    A read-only place even for root: `remount_read_only(path)`. Skipped where
+    no tmpfs can be mounted, failed in CI.
+    """
+    folder = tmp_path / "tmpfs"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        reason = f"cannot mount a tmpfs here ({mounted.stderr.strip() or mounted.returncode}); run as root"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI runs as root and must mount a tmpfs, but {reason}", pytrace=False)
+        pytest.skip(reason)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def remount_read_only(folder: Path) -> None:
+    """Make the small_tmpfs at `folder` read-only: chmod would not stop root."""
+    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
+
 def run_invoke(*args: str, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess:
     """Run `invoke ARGS` as a person would, from the project folder."""
     environment = {**os.environ, **(env or {})}

@@ -15,6 +15,7 @@ from classifier.commands.bench import (
     time_to_accuracy_table,
 )
 from classifier.config import UserError
+from conftest import remount_read_only, run_invoke
 
 
 def _run(epoch_seconds, eval_seconds=2.0, accuracy=0.8, rss=500.0):
@@ -195,3 +196,15 @@ def test_summary_gflops_and_share_of_peak():
     assert summary["reference"]["gflops"] == pytest.approx(12.5)
     assert summary["tape"]["peak_share"] == pytest.approx(0.125)
     assert "| train GFLOP/s | share of peak |" in markdown_table(summary)
+
+
+@pytest.mark.parametrize("extra", [("--subjects", "fit"), ("--target", "0.5", "--seeds", "1")], ids=["bench", "target"])
+def test_an_output_in_a_read_only_place_is_refused_before_measuring(fashion_lab, small_tmpfs, extra):
+    remount_read_only(small_tmpfs)
+    output = small_tmpfs / "results" / "latest"
+    result = run_invoke("bench", "--output", str(output), "--data-dir", str(fashion_lab / "data"), "--limit", "600",
+                        "--epochs", "2", "--repeats", "1", *extra)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: --output {output}: cannot write the results in {output.parent} "
+                                     f"(Read-only file system); give --output a path in a folder you can write")
+    assert "[bench]" not in result.stdout  # nothing was measured

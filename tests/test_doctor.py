@@ -1,5 +1,7 @@
 """`invoke doctor` passes on a healthy environment and names planted faults with their fix."""
 
+import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -82,3 +84,40 @@ def test_doctor_reports_planted_faults_and_exits_non_zero(tmp_path):
     assert "fix: invoke data --dataset mnist" in result.stdout
     assert "2 problem(s) found" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_doctor_without_tensorflow_fails_that_one_check_and_runs_the_others(tmp_path):
+    """A torch-only environment (the README's .venv-torch): TensorFlow cannot be imported there."""
+    prelude = tmp_path / "no-tensorflow"
+    prelude.mkdir()
+    # None in sys.modules makes `import tensorflow` raise ModuleNotFoundError, as where it is not installed.
+    (prelude / "sitecustomize.py").write_text("import sys\nsys.modules['tensorflow'] = None\n")
+    data_dir = _healthy_data(tmp_path)
+    result = run_invoke("doctor", "--data-dir", str(data_dir), "--runs-dir", str(tmp_path / "runs"),
+                        env={"PYTHONPATH": os.pathsep.join(filter(None, [str(prelude), os.environ.get("PYTHONPATH")]))})
+    lines = result.stdout.splitlines()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    failed = [line for line in lines if line.startswith("FAIL  ")]
+    assert [line.split()[1] for line in failed if "graphviz" not in line] == ["tensorflow"]
+    tensorflow = lines.index(next(line for line in failed if line.split()[1] == "tensorflow"))
+    assert "not importable" in lines[tensorflow] and "requirements/cpu.lock" in lines[tensorflow + 1]
+    assert not any("conv2d /device:" in line for line in lines)  # TensorFlow's own checks did not run
+    names = {line[6:].split("  ")[0] for line in lines if line[:4].strip() in (OK, "INFO", WARN, FAIL)}
+    assert {"torch", "data fashion_mnist", f"disk {data_dir}", f"disk {tmp_path / 'runs'}"} <= names
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return
+    assert "OK    torch conv2d cpu" in result.stdout
+
+
+def test_doctor_fails_a_data_folder_that_is_a_file(tmp_path):
+    blocker = tmp_path / "data"
+    blocker.write_text("not a folder")
+    result = run_invoke("doctor", "--runs-dir", str(tmp_path / "runs"), env={"CLASSIFIER_DATA_DIR": str(blocker)})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    rows = [re.split(r"\s{2,}", line.strip()) for line in result.stdout.splitlines()]
+    assert [FAIL, "data folder", f"{blocker} is a file, not a folder"] in rows, result.stdout
+    assert ["fix: point --data-dir or CLASSIFIER_DATA_DIR at a folder (default ./data), or move the file away"] in rows
+    assert not any(row[1].startswith("data ") and row[1] != "data folder" for row in rows if len(row) > 1)
+    assert blocker.read_text() == "not a folder"

@@ -2,12 +2,18 @@
 
 import dataclasses
 import gzip
+import os
+import re
+import signal
+import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
 from classifier.config import UserError
 from classifier.machinery.download import check_file, fetch, import_from, problems, verified_files
+from conftest import remount_read_only, run_invoke, sha256_bytes
 
 
 def _serve(dataset, source, served):
@@ -185,11 +191,156 @@ def test_two_imports_at_once_leave_one_verified_copy(tiny_dataset, tmp_path):
         thread.join()
     assert errors == []
     assert problems(dataset, cache) == []
-    leftovers = [p.name for p in (cache / "tiny").iterdir() if p.name.endswith(".part")]
-    assert leftovers == []
+    assert sorted(p.name for p in (cache / "tiny").iterdir()) == sorted([".lock", *(f.name for f in dataset.files)])
 
 
 def test_missing_data_says_how_to_get_it(tiny_dataset, tmp_path):
     dataset, _ = tiny_dataset
     with pytest.raises(UserError, match=r"run `invoke data --dataset tiny`"):
         verified_files(dataset, tmp_path / "empty-cache")
+
+
+def _import_fashion(source: Path, data_dir: Path, env=None) -> subprocess.CompletedProcess:
+    return run_invoke("data", "--dataset", "fashion_mnist", "--from", str(source), "--data-dir", str(data_dir), env=env)
+
+
+def _sha256(path: Path) -> str:
+    return sha256_bytes(path.read_bytes())
+
+
+def test_a_classroom_mirror_serving_a_cache_imported_from_debian_is_accepted(fashion_source, http_root, tmp_path):
+    """The lecturer imports Debian's (recompressed) files from a USB stick and serves the cache; a student downloads."""
+    served, url, requests = http_root
+    assert _import_fashion(fashion_source, served).returncode == 0  # the cache is served/fashion_mnist/
+    student = tmp_path / "student"
+    result = run_invoke("data", "--dataset", "fashion_mnist", "--mirror", url + "fashion_mnist/",
+                        "--data-dir", str(student))
+    assert result.returncode == 0, result.stderr
+    assert "Fashion-MNIST: 4 file(s) verified" in result.stdout
+    names = sorted(path.name for path in fashion_source.iterdir())
+    assert sorted(requests) == sorted(f"/fashion_mnist/{name}" for name in names)
+    assert {name: _sha256(student / "fashion_mnist" / name) for name in names} == {
+        name: _sha256(fashion_source / name) for name in names}
+    assert sorted(path.name for path in (student / "fashion_mnist").iterdir()) == [".lock", *names]
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--mirror", "teacher-pc:8000"),
+    ("--mirror", "file:///srv/datasets"),
+    ("CLASSIFIER_DATA_MIRROR", "not-a-url"),
+])
+def test_a_mirror_that_is_not_a_web_address_is_one_line_naming_it(tmp_path, flag, value):
+    data_dir = tmp_path / "data"
+    if flag == "--mirror":
+        result = run_invoke("data", "--dataset", "fashion_mnist", "--mirror", value, "--data-dir", str(data_dir))
+    else:
+        result = run_invoke("data", "--dataset", "fashion_mnist", "--data-dir", str(data_dir), env={flag: value})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: {flag} {value!r} is not a web address: a mirror URL needs http:// or https:// "
+        f"(e.g. http://teacher-pc:8000/); for files on disk use invoke data --dataset fashion_mnist --from PATH")
+    assert not data_dir.exists()
+
+
+def test_offline_a_damaged_cached_file_is_named_before_the_unreachable_server(fashion_source, tmp_path):
+    data_dir = tmp_path / "data"
+    assert _import_fashion(fashion_source, data_dir).returncode == 0
+    cached = data_dir / "fashion_mnist" / "t10k-labels-idx1-ubyte.gz"
+    flipped = bytearray(cached.read_bytes())
+    flipped[len(flipped) // 2] ^= 0x01
+    cached.unlink()  # a new inode: Keras' cache entry, a hard link to the old one, stays intact
+    cached.write_bytes(bytes(flipped))
+    # Port 9 (discard) refuses connections: offline, whatever the machine's network.
+    result = run_invoke("data", "--dataset", "fashion_mnist", "--data-dir", str(data_dir),
+                        env={"CLASSIFIER_DATA_MIRROR": "http://127.0.0.1:9/"})
+    assert result.returncode == 2
+    message = result.stderr.strip()
+    assert message.startswith(f"error: cached copy damaged: {cached} does not match the published data"), message
+    assert "a fresh one cannot be downloaded: cannot reach 127.0.0.1:9" in message
+    assert message.endswith("or import a copy on disk (invoke data --dataset fashion_mnist --from PATH)")
+    assert "\n" not in message and cached.read_bytes() == bytes(flipped)
+
+
+# Run as sitecustomize in the child: the first write to a temporary cache file is followed by a
+# SIGKILL of the process itself, mid-copy, as a power cut or `kill -9` would stop `invoke data --from`.
+_KILL_MID_COPY = """
+import os, shutil, signal
+_copy = shutil.copyfileobj
+def copyfileobj(source, target, length=0):
+    if ".tmp-" in str(getattr(target, "name", "")):
+        target.write(source.read(1 << 20))
+        target.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _copy(source, target, length)
+shutil.copyfileobj = copyfileobj
+"""
+
+
+def test_a_killed_import_leaves_a_temporary_file_that_doctor_reports_and_the_next_import_removes(
+        fashion_source, tmp_path):
+    from classifier.machinery.datasets import get_dataset
+    from classifier.commands.doctor import OK, WARN, check_datasets
+
+    prelude = tmp_path / "prelude"
+    prelude.mkdir()
+    (prelude / "sitecustomize.py").write_text(_KILL_MID_COPY)
+    data_dir, folder = tmp_path / "data", tmp_path / "data" / "fashion_mnist"
+    python_path = os.pathsep.join(filter(None, [str(prelude), os.environ.get("PYTHONPATH")]))
+    killed = _import_fashion(fashion_source, data_dir, env={"PYTHONPATH": python_path})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    first = get_dataset("fashion_mnist").files[0].name
+    [stale] = [path for path in folder.iterdir() if path.name != ".lock"]
+    assert stale.name.startswith(".train-images-idx3-ubyte.tmp-") and stale.suffix == ".gz"
+    assert stale.stat().st_size == 1 << 20 and not (folder / first).exists()
+
+    doctor = run_invoke("doctor", "--data-dir", str(data_dir), "--runs-dir", str(tmp_path / "runs"))
+    rows = [re.split(r"\s{2,}", line.strip()) for line in doctor.stdout.splitlines()]
+    assert [WARN, "data fashion_mnist leftovers", f"1 temporary file(s), 1.0 MB, left by an interrupted import or "
+            f"download: {stale.name}"] in rows, doctor.stdout
+    assert "fix: invoke data --dataset fashion_mnist removes them" in doctor.stdout
+
+    again = _import_fashion(fashion_source, data_dir)
+    assert again.returncode == 0, again.stderr
+    assert f"{stale}: removed, left by an interrupted import or download" in again.stdout
+    assert sorted(path.name for path in folder.iterdir()) == sorted(
+        [".lock", *(f.name for f in get_dataset("fashion_mnist").files)])
+    assert [(check.name, check.status) for check in check_datasets(data_dir) if "fashion" in check.name] == [
+        ("data fashion_mnist", OK)]
+
+
+def test_a_verified_cache_removes_leftovers_on_the_next_invoke_data(tiny_dataset, tmp_path):
+    """Leftovers beside a verified copy (a re-import killed mid-copy) go on the next download run too."""
+    dataset, source = tiny_dataset
+    import_from(dataset, tmp_path, source)
+    # atomic_write's name for the file: .<stem>.tmp-<random><suffix>
+    stale = tmp_path / "tiny" / ".train-images-idx3-ubyte.tmp-k2j4h8x1.gz"
+    stale.write_bytes(b"half a copy")
+    fetch(dataset, tmp_path, mirror="http://127.0.0.1:9/", progress=False)  # nothing to download
+    assert not stale.exists() and problems(dataset, tmp_path) == []
+
+
+def test_a_verified_read_only_shared_cache_is_usable(fashion_source, small_tmpfs):
+    shared = small_tmpfs / "data"
+    assert _import_fashion(fashion_source, shared).returncode == 0
+    before = {path.name: _sha256(path) for path in (shared / "fashion_mnist").iterdir()}
+    remount_read_only(small_tmpfs)
+    result = run_invoke("data", "--dataset", "fashion_mnist", "--data-dir", str(shared))
+    assert result.returncode == 0, result.stderr
+    assert "Fashion-MNIST: 4 file(s) verified" in result.stdout
+    assert result.stdout.count(": verified, nothing to download") == 4
+    # The README's import line, run again by a student on the shared cache, has nothing to do either.
+    again = _import_fashion(fashion_source, shared)
+    assert again.returncode == 0, again.stderr
+    assert (f"{shared / 'fashion_mnist'}: read-only, and every fashion_mnist file in it is verified; "
+            f"nothing to import") in again.stdout
+    assert {path.name: _sha256(path) for path in (shared / "fashion_mnist").iterdir()} == before
+
+
+def test_a_keras_home_that_is_a_file_is_refused_before_the_import(fashion_source, tmp_path):
+    blocker = tmp_path / "keras-home"
+    blocker.write_text("not a folder")
+    result = _import_fashion(fashion_source, tmp_path / "data", env={"KERAS_HOME": str(blocker)})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: KERAS_HOME {blocker} is a file, but Keras keeps its dataset cache in "
+                                     f"a folder; move the file away or point KERAS_HOME at a folder")
+    assert not (tmp_path / "data").exists() and blocker.read_text() == "not a folder"

@@ -3,9 +3,12 @@
 import json
 
 import matplotlib.image
+import numpy as np
 import pytest
+from tensorflow import keras
 
-from conftest import run_invoke, train_fashion
+from classifier.machinery.runs import weights_hash
+from conftest import run_invoke, sha256_bytes, train_fashion
 
 pytestmark = pytest.mark.slow
 
@@ -22,15 +25,29 @@ def _train(lab, *args):
 @pytest.mark.parametrize("trainer", ["fit", "tape"])
 def test_brief_training_on_real_fashion_mnist(lab, trainer):
     run_dir, result = _train(lab, "--trainer", trainer, "--limit", "6000", "--epochs", "1")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    config, history, timings, metrics, manifest = (
+        json.loads((run_dir / name).read_text())
+        for name in ("config.json", "history.json", "timings.json", "metrics.json", "manifest.json"))
     assert metrics["num_images"] == 10000
     assert metrics["accuracy"] > 0.65, metrics["accuracy"]  # chance is 0.10
     assert metrics["probabilities_sum_to_one"]
-    for path in run_dir.iterdir():
-        if path.suffix == ".json":
-            assert json.loads(path.read_text())
-        elif path.suffix == ".png":
-            assert path.stat().st_size > 1000 and matplotlib.image.imread(path).size > 0
+    confusion = np.array(metrics["confusion_matrix"])
+    assert confusion.shape == (10, 10) and confusion.sum() == 10000
+    assert np.trace(confusion) / 10000 == pytest.approx(metrics["argmax_accuracy"])
+    assert {key: config[key] for key in ("dataset", "trainer", "limit", "epochs", "seed", "val_split")} == {
+        "dataset": "fashion_mnist", "trainer": trainer, "limit": 6000, "epochs": 1, "seed": 42, "val_split": 0.2}
+    assert {key: len(history[key]) for key in ("loss", "accuracy", "val_loss", "val_accuracy")} == dict.fromkeys(
+        ("loss", "accuracy", "val_loss", "val_accuracy"), 1)
+    assert 0 < history["loss"][0] < 2.31 and 0.5 < history["val_accuracy"][0] <= 1  # 2.30 = ln 10, chance's loss
+    assert timings["train_seconds"] > 0 and timings["evaluate_seconds"] > 0 and len(timings["epoch_seconds"]) == 1
+    # The manifest's evidence: the finished state, the settings, the exact data files and the saved weights.
+    folder = lab / "data" / "fashion_mnist"
+    assert manifest["status"] == "complete" and manifest["config"] == config
+    assert manifest["data"] == {"dataset": "fashion_mnist", "train": 4800, "validation": 1200, "test": 10000,
+                                "sha256": {path.name: sha256_bytes(path.read_bytes()) for path in folder.glob("*.gz")}}
+    assert manifest["weights_sha256"] == weights_hash(keras.models.load_model(run_dir / "model.keras"))
+    for path in run_dir.glob("*.png"):
+        assert path.stat().st_size > 1000 and matplotlib.image.imread(path).size > 0
     assert {"model.png", "samples.png", "learning_curves.png", "confusion_matrix.png", "model.keras"} <= {
         p.name for p in run_dir.iterdir()
     }

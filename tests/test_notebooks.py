@@ -104,8 +104,9 @@ def test_notebook_runs_and_equals_its_invoke_train(name, flags, tmp_path, monkey
     assert re.search(r"\[(\d+) images\]", text).group(1) != "0", "the sample grid and plots must render"
     notebook_run = run_folder_from(text)
     weights = "model.pt" if "torch" in flags else "model.keras"
-    assert {"samples.png", "learning_curves.png", "confusion_matrix.png", weights} <= {
-        p.name for p in notebook_run.iterdir()} | {"samples.png"}
+    notebook_files = {path.name for path in notebook_run.iterdir()}
+    assert {"config.json", "history.json", "metrics.json", "timings.json", "learning_curves.png",
+            "confusion_matrix.png", "manifest.json", weights} == notebook_files
     if "torch" in flags:
         assert "parameters: 333526" in text and "d loss / d w at w=2: 30.0" in text
         assert "two evaluations of the same images agree: False" in text and "lecture weights, dropout off" in text
@@ -118,5 +119,15 @@ def test_notebook_runs_and_equals_its_invoke_train(name, flags, tmp_path, monkey
                         "--epochs", SMALL["NOTEBOOK_EPOCHS"], *flags, "--seed", "42",
                         "--data-dir", str(fashion_lab / "data"), "--runs-dir", str(tmp_path / "invoke-runs"))
     assert result.returncode == 0, result.stderr[-2000:]
-    command_manifest = json.loads((run_folder_from(result.stdout) / "manifest.json").read_text())
+    command_run = run_folder_from(result.stdout)
+    command_manifest = json.loads((command_run / "manifest.json").read_text())
     assert notebook_manifest["weights_sha256"] == command_manifest["weights_sha256"]
+    # lab.py's promise: the evidence of the command's run folder, less what the notebook shows inline (the
+    # samples; the model as a picture, or torch's printed module), the checkpoint and the TensorBoard log.
+    assert notebook_files == {path.name for path in command_run.iterdir()} - {
+        "samples.png", "model.png", "model.txt", "checkpoint", "tensorboard"}
+    assert notebook_manifest["data"]["sha256"] == command_manifest["data"]["sha256"]
+    assert notebook_manifest["data"]["test"] == command_manifest["data"]["test"] == 10000
+    for name in ("metrics.json", "history.json"):
+        notebook_values, command_values = (json.loads((run / name).read_text()) for run in (notebook_run, command_run))
+        assert set(notebook_values) <= set(command_values), name

@@ -93,6 +93,7 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
 
     if found := problems(get_dataset("fashion_mnist"), root):
         raise UserError(f"Fashion-MNIST is not ready in {root}: {found[0]}; run: invoke data --dataset fashion_mnist")
+    target = writable_output(output)
 
     def row(subject: str, mode: str) -> str:
         return subject if len(numerics_modes) == 1 else f"{subject} [{mode}]"
@@ -111,10 +112,6 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
     }
     if len(numerics_modes) > 1:
         results["numerics_cost"] = numerics_cost(results["summary"], subjects, numerics_modes)
-    target = Path(output)
-    if not target.is_absolute():
-        target = PROJECT_ROOT / target
-    target.parent.mkdir(parents=True, exist_ok=True)
     write_json(target.with_suffix(".json"), results)
     write_text(target.with_suffix(".md"), markdown_report(results))
     print(markdown_table(results["summary"]))
@@ -156,6 +153,31 @@ def _measure_interleaved(subjects, numerics_modes, repeats: int, row, measure) -
     return measurements
 
 
+def writable_output(output: str) -> Path:
+    """The results path (relative ones under the project), checked writable before minutes of measuring.
+
+    Args:
+        output: path without suffix for the .json and .md results.
+
+    Returns:
+        The absolute path; its folder exists and takes a new file.
+
+    Raises:
+        UserError: naming --output and why its folder cannot take the results.
+    """
+    target = Path(output).expanduser()
+    if not target.is_absolute():
+        target = PROJECT_ROOT / target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.probe-"):
+            pass
+    except OSError as error:
+        raise UserError(f"--output {output}: cannot write the results in {target.parent} "
+                        f"({error.strerror or error}); give --output a path in a folder you can write") from None
+    return target
+
+
 def run_time_to_accuracy(target: float | tuple[float, ...] = 0.91, seeds: int = 3,
                          recipes: tuple[str, ...] = ("lecture", "fast"), limit: int = 0, max_epochs: int = 15,
                          output: str = "benchmarks/results/time_to_accuracy", data_dir: str = "") -> dict:
@@ -193,6 +215,7 @@ def run_time_to_accuracy(target: float | tuple[float, ...] = 0.91, seeds: int = 
 
     if found := problems(get_dataset("fashion_mnist"), root):
         raise UserError(f"Fashion-MNIST is not ready in {root}: {found[0]}; run: invoke data --dataset fashion_mnist")
+    target_path = writable_output(output)
     measurements: dict[str, list[dict]] = {recipe: [] for recipe in recipes}
     for seed in range(seeds):
         for recipe in recipes:
@@ -205,10 +228,6 @@ def run_time_to_accuracy(target: float | tuple[float, ...] = 0.91, seeds: int = 
         "summary": {f"{value}": summarise_time_to_accuracy(measurements, value) for value in targets},
         "measurements": measurements,
     }
-    target_path = Path(output)
-    if not target_path.is_absolute():
-        target_path = PROJECT_ROOT / target_path
-    target_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(target_path.with_suffix(".json"), results)
     tables = "\n".join(f"## Time to {value:.0%} test accuracy\n\n" + time_to_accuracy_table(results["summary"][f"{value}"], value)
                        for value in targets)

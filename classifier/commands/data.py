@@ -25,9 +25,10 @@ def data_command(dataset_name: str, data_dir: str = "", mirror: str = "", source
     """
     dataset = get_dataset(dataset_name)
     root = config_module.data_dir(make_config(dataset=dataset_name, data_dir=data_dir))
+    # Both said before a download of several minutes, not after it.
     if torchvision_root and Path(torchvision_root).expanduser().is_file():
-        # Said before a download of several minutes, not after it.
         raise UserError(f"--torchvision-root {torchvision_root} is a file; give a folder (torchvision's root=)")
+    course_loaders.check_keras_home(dataset)
     folder = import_from(dataset, root, Path(source)) if source else fetch(dataset, root, mirror=mirror)
     if not problems(dataset, root):
         print(f"{dataset.title}: {len(dataset.files)} file(s) verified in {folder}")

@@ -77,8 +77,19 @@ def _installed(package: str) -> str | None:
 
 
 def check_tensorflow() -> list[Check]:
-    """GPUs, CUDA/cuDNN build, memory growth, and a Conv2D forward and backward pass per device."""
-    import tensorflow as tf
+    """GPUs, CUDA/cuDNN build, memory growth, and a Conv2D forward and backward pass per device.
+
+    Without TensorFlow (a torch-only environment such as the README's
+    .venv-torch) this is one FAIL with its fix, and the other checks still run.
+    """
+    try:
+        import tensorflow as tf
+    except ImportError as error:
+        return [Check("tensorflow", FAIL, f"not importable ({error}): --trainer fit/tape, the notebooks and "
+                      "invoke export need it (--trainer torch does not)",
+                      "use the lab's .venv (./setup.sh makes it), or: pip install --require-hashes -r "
+                      "requirements/cpu.lock (gpu.lock on a GPU machine); "
+                      "a torch-only .venv-torch runs --trainer torch only")]
 
     from classifier.lecture.runtime import gpu_config
 
@@ -177,13 +188,23 @@ def check_graphviz() -> Check:
 
 
 def check_datasets(data_dir: Path) -> list[Check]:
-    """Each registered dataset: absent (fine), verified, or damaged (with the fix)."""
+    """Each registered dataset: absent (fine), verified, or damaged (with the fix); and the
+    temporary files a killed import or download left behind."""
     from classifier.machinery.datasets import DATASETS
-    from classifier.machinery.download import dataset_folder, problems
+    from classifier.machinery.download import dataset_folder, problems, stale_temporaries
 
+    if Path(data_dir).exists() and not Path(data_dir).is_dir():
+        return [Check("data folder", FAIL, f"{data_dir} is a file, not a folder",
+                      "point --data-dir or CLASSIFIER_DATA_DIR at a folder (default ./data), or move the file away")]
     checks = []
     for dataset in DATASETS.values():
         folder = dataset_folder(dataset, data_dir)
+        if stale := stale_temporaries(dataset, data_dir):
+            megabytes = sum(path.stat().st_size for path in stale) / 1e6
+            checks.append(Check(f"data {dataset.name} leftovers", WARN,
+                                f"{len(stale)} temporary file(s), {megabytes:.1f} MB, left by an interrupted import "
+                                f"or download: {', '.join(path.name for path in stale)}",
+                                f"invoke data --dataset {dataset.name} removes them (with --from PATH as well)"))
         present = [f for f in dataset.files if (folder / f.name).exists()]
         if not present:
             checks.append(Check(f"data {dataset.name}", INFO, f"not in {data_dir}",

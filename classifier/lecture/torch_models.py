@@ -147,8 +147,8 @@ class MixedClsfModel(nn.Module):
 
 
 # Name -> builder(image_shape, num_classes). The names are kept in
-# classifier/torch_registry.py too, which the config validates against
-# without importing torch.
+# classifier/registry.py (TORCH_MODELS) too, which the config validates
+# against without importing torch; tests/test_registry.py keeps them equal.
 TORCH_MODELS = {
     "torch_module": lambda shape, classes: TorchClsfModel(shape, classes),
     "torch_sequential": SequentialClsfModel,

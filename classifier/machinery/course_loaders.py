@@ -83,6 +83,22 @@ def keras_home() -> Path:
     return Path(base if os.access(base, os.W_OK) else "/tmp") / ".keras"
 
 
+def check_keras_home(dataset: Dataset) -> None:
+    """Refuse a Keras cache root that is a file, before minutes of download rather than after.
+
+    Raises:
+        UserError: naming $KERAS_HOME (or ~/.keras) and the way out.
+    """
+    if dataset.name not in KERAS_LAYOUT:
+        return
+    home = keras_home()
+    for folder in (home, home / "datasets"):
+        if folder.exists() and not folder.is_dir():
+            named = "KERAS_HOME " if folder == home and "KERAS_HOME" in os.environ else ""
+            raise UserError(f"{named}{folder} is a file, but Keras keeps its dataset cache in a folder; "
+                            f"move the file away or point KERAS_HOME at a folder")
+
+
 def fill_keras_cache(dataset: Dataset, data_dir: Path, home: Path | None = None) -> list[Path]:
     """Make Keras' cache entries for `dataset` the lab's verified files.
 

@@ -1,15 +1,18 @@
 """Getting dataset files into the cache, verified, without ever leaving a bad one.
 
 Three ways in, one rule: a file sits under its final name in the cache only
-after its SHA-256 matched the registry.
+after its SHA-256 matched the registry (for a gzip file: the SHA-256 of the
+published file or of its decompressed bytes, so a recompressed copy such as
+Debian's is accepted the same way from disk and from a mirror).
 
     invoke data --dataset cifar10                          # from the published URL
     invoke data --dataset cifar10 --mirror http://host/d/  # from a classroom mirror
     invoke data --dataset fashion_mnist --from /media/usb  # a copy already on disk
 
-Downloads go through pooch, which writes to a temporary file beside the
-target and renames it only when the hash matches. A lock file in the dataset
-folder serialises two `invoke data` started at once for the same dataset.
+Downloads go through pooch's HTTP downloader into a temporary file beside
+the target (files.atomic_write), renamed only when it verifies. A lock file
+in the dataset folder serialises two `invoke data` started at once for the
+same dataset; the temporary files a killed one left are removed by the next.
 """
 
 from __future__ import annotations
@@ -151,6 +154,10 @@ def verified_files(dataset: Dataset, data_dir: Path) -> dict[str, str]:
 def fetch(dataset: Dataset, data_dir: Path, mirror: str = "", progress: bool = True) -> Path:
     """Download every file of `dataset` that the cache lacks or holds damaged.
 
+    A cache that already holds every file verified is only read, so a
+    read-only shared cache serves as it is: a file reaches its final name
+    only verified, and no lock is needed to read one.
+
     Args:
         dataset: the registry entry.
         data_dir: the cache root; files go to data_dir/<dataset name>/.
@@ -160,65 +167,96 @@ def fetch(dataset: Dataset, data_dir: Path, mirror: str = "", progress: bool = T
     Returns:
         The dataset folder, every file verified.
     """
-    import pooch  # Imported here: only downloads need it.
-
+    base = _base_url(dataset, mirror)
     folder = dataset_folder(dataset, data_dir)
-    base = (mirror or os.environ.get("CLASSIFIER_DATA_MIRROR") or dataset.base_url).rstrip("/") + "/"
+    if not problems(dataset, data_dir):
+        for expected in dataset.files:
+            print(f"{folder / expected.name}: verified, nothing to download")
+        if stale_temporaries(dataset, data_dir) and os.access(folder, os.W_OK):
+            with _locked(folder):
+                remove_stale_temporaries(dataset, data_dir)
+        return folder
     with _locked(folder):
+        remove_stale_temporaries(dataset, data_dir)
         for expected in dataset.files:
             target = folder / expected.name
-            if check_file(target, expected) is None:
+            # Checked again under the lock: another `invoke data` may have fetched it meanwhile.
+            why = check_file(target, expected)
+            if why is None:
                 print(f"{target}: verified, nothing to download")
                 continue
-            url = base + expected.name
-            print(f"downloading {url}")
-            try:
-                pooch.retrieve(
-                    url,
-                    known_hash=f"sha256:{expected.sha256}",
-                    fname=expected.name,
-                    path=folder,
-                    downloader=_Downloader(expected, progress),
-                )
-            except UserError:
-                raise
-            except ValueError as error:  # pooch's hash mismatch
-                raise UserError(f"download of {url} failed verification: {error}".splitlines()[0]) from None
-            except OSError as error:  # connection refused, DNS, HTTP errors (requests' are OSErrors)
-                raise UserError(_download_failure(url, error, dataset.name)) from None
+            _download(base + expected.name, target, expected, dataset.name, progress,
+                      damaged=why if target.exists() else "")
             print(f"{target}: downloaded and verified")
     return folder
 
 
-class _Downloader:
-    """pooch's HTTP downloader plus a look at what arrived, to name the problem.
+def _base_url(dataset: Dataset, mirror: str) -> str:
+    """The URL the files are fetched from: --mirror, else $CLASSIFIER_DATA_MIRROR, else the published one."""
+    given, where = (mirror, "--mirror") if mirror else (os.environ.get("CLASSIFIER_DATA_MIRROR", ""),
+                                                       "CLASSIFIER_DATA_MIRROR")
+    if not given:
+        return dataset.base_url
+    parts = urllib.parse.urlsplit(given)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UserError(f"{where} {given!r} is not a web address: a mirror URL needs http:// or https:// "
+                        f"(e.g. http://teacher-pc:8000/); for files on disk use "
+                        f"invoke data --dataset {dataset.name} --from PATH")
+    return given.rstrip("/") + "/"
 
-    pooch downloads into a temporary file and deletes it if this raises, so a
-    refused file never reaches its final name.
+
+def _download(url: str, target: Path, expected: DataFile, dataset_name: str, progress: bool, damaged: str) -> None:
+    """Download `url` to a temporary name beside `target`, verify it as --from verifies, rename it into place.
+
+    `damaged` says why the cached copy is unusable ("" when there is none), so
+    that a failed download does not hide it.
     """
+    import pooch  # Imported here: only downloads need it.
+    import requests
 
-    def __init__(self, expected: DataFile, progress: bool):
-        import pooch
-
-        self._expected = expected
-        self._http = pooch.HTTPDownloader(progressbar=progress, timeout=60)
-
-    def __call__(self, url, output_file, pooch_obj, check_only=False):
-        self._http(url, output_file, pooch_obj, check_only=check_only)
-        if check_only:
-            return
-        path = Path(output_file if isinstance(output_file, (str, os.PathLike)) else output_file.name)
-        if sha256_of(path) != self._expected.sha256:
-            content = _content_sha256(path) if self._expected.content_sha256 else ""
-            raise UserError(f"download of {url} refused: the file {_diagnose(path, self._expected, content)}")
-        _make_readable(path)
+    print(f"{damaged}: downloading a fresh copy from {url}" if damaged else f"downloading {url}")
+    http = pooch.HTTPDownloader(progressbar=progress, timeout=60)
+    with atomic_write(target) as temporary:
+        try:
+            http(url, temporary, None)
+        except requests.RequestException as error:  # connection refused, DNS, HTTP errors
+            cached = f"cached copy damaged: {damaged}; a fresh one cannot be downloaded: " if damaged else ""
+            raise UserError(cached + _download_failure(url, error, dataset_name)) from None
+        # The published file, or a recompressed copy of the same data (Debian's, a lecturer's served cache).
+        if check_file(temporary, expected):
+            content = _content_sha256(temporary) if expected.content_sha256 else ""
+            raise UserError(f"download of {url} refused: the file {_diagnose(temporary, expected, content)}")
 
 
-def _make_readable(path: Path) -> None:
-    """Give a cache file the usual permissions (temporary files are created 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+def remove_stale_temporaries(dataset: Dataset, data_dir: Path) -> list[Path]:
+    """Remove the temporary files an interrupted import or download left in the dataset folder.
+
+    Call it holding the folder's lock: every writer holds it while its
+    temporary file exists, so one found then belongs to a process that died
+    (a SIGKILL, a power cut).
+
+    Returns:
+        The files removed.
+    """
+    stale = stale_temporaries(dataset, data_dir)
+    for path in stale:
+        path.unlink(missing_ok=True)
+        print(f"{path}: removed, left by an interrupted import or download")
+    return stale
+
+
+def stale_temporaries(dataset: Dataset, data_dir: Path) -> list[Path]:
+    """The temporary files (atomic_write's names for the dataset's files) in the dataset folder."""
+    folder = dataset_folder(dataset, data_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(path for expected in dataset.files for path in folder.glob(_temporary_pattern(expected.name)))
+
+
+def _temporary_pattern(name: str) -> str:
+    # atomic_write's temporary name for `name`: .<stem>.tmp-<random><suffix>.
+    path = Path(name)
+    return f".{path.stem}.tmp-*{path.suffix}"
 
 
 def _download_failure(url: str, error: OSError, dataset_name: str) -> str:
@@ -239,7 +277,8 @@ def import_from(dataset: Dataset, data_dir: Path, source: Path) -> Path:
     """Copy `dataset`'s files from a file or folder on disk into the cache, verified.
 
     Every source file is checked before any is copied, so a bad copy on the
-    stick leaves the cache as it was.
+    stick leaves the cache as it was. A read-only cache that already holds
+    the dataset verified is left as it is.
 
     Args:
         dataset: the registry entry.
@@ -266,7 +305,12 @@ def import_from(dataset: Dataset, data_dir: Path, source: Path) -> Path:
             if hit:
                 found[name] = hit
     folder = dataset_folder(dataset, data_dir)
+    if not os.access(folder, os.W_OK) and folder.is_dir() and not problems(dataset, data_dir):
+        # A shared read-only cache: an import could only put the same verified data there again.
+        print(f"{folder}: read-only, and every {dataset.name} file in it is verified; nothing to import")
+        return folder
     with _locked(folder):
+        remove_stale_temporaries(dataset, data_dir)
         for expected in dataset.files:
             if expected.name in found and (why := check_file(found[expected.name], expected)):
                 raise UserError(why)
