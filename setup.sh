@@ -51,6 +51,9 @@ python3 -m venv .venv
 .venv/bin/pip install --quiet --require-hashes -r "$lock"
 # JupyterLab, the notebook runner and TensorBoard: the notebooks run and are tested on the host too.
 .venv/bin/pip install --quiet --require-hashes -r requirements/lab.lock
+# TensorFlow's legacy Keras for the course's own scripts (`invoke course`); --no-deps because its
+# wheel names the `tensorflow` distribution, which the lock above provides as tensorflow-cpu.
+.venv/bin/pip install --quiet --no-deps --require-hashes -r requirements/course.lock
 # PyTorch's CPU build for the lecture's part 2, from its own lock. It is not on
 # PyPI (PyPI's Linux torch is a CUDA build of several GB): pip finds it in a
 # wheel folder named by its configuration (find-links), else on PyTorch's CPU

@@ -213,6 +213,21 @@ def plot(c, dataset=None, model=None, output=""):
     _run(plot_command, _config(dataset=dataset, model=model), output=output)
 
 
+@task(help={
+    "script": "a course script, e.g. ../detlec/01_classifiers/tf_classifier_basic.py (run `invoke data` first)",
+    "args": "arguments for the script, as one string",
+})
+def course(c, script, args=""):
+    """Run one of the course's own scripts unchanged, with TensorFlow's legacy Keras (Keras 2), offline."""
+    import shlex
+
+    from classifier.course import run_script
+
+    status = _run(run_script, script, tuple(shlex.split(args)))
+    if status:
+        raise Exit(code=status)
+
+
 @task
 def tensors(c):
     """Walk through TensorFlow tensor basics (lecture 1.1)."""
