@@ -238,7 +238,7 @@ def verdict(comparison: Comparison, tolerance: float, names: str) -> bool:
         return False
     why = ", ".join(differing)
     within = comparison.largest <= tolerance
-    print(f"{'WITHIN TOLERANCE' if within else 'DIFFERENT'}: largest metric difference {comparison.largest:.6f} "
+    print(f"{'WITHIN TOLERANCE' if within else 'DIFFERENT'}: largest metric difference {comparison.largest:.3g} "
           f"{'<=' if within else '>'} {tolerance} ({why}): {names}")
     return within
 
