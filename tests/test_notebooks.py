@@ -132,3 +132,14 @@ def test_notebook_runs_and_equals_its_invoke_train(name, flags, tmp_path, monkey
     assert result.returncode == 0, result.stderr[-2000:]
     command_manifest = json.loads((run_folder_from(result.stdout) / "manifest.json").read_text())
     assert notebook_manifest["weights_sha256"] == command_manifest["weights_sha256"]
+
+
+def test_a_progress_bar_in_a_notebook_is_a_widget_not_a_warning():
+    # lab.load_data's download shows tqdm's bar (tqdm.auto); without ipywidgets
+    # it would be a red "TqdmWarning: IProgress not found" box instead.
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "from tqdm.auto import tqdm\nfor _ in tqdm(range(3)):\n    pass")])
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
+    outputs = notebook.cells[0].outputs
+    assert [output for output in outputs if output.get("name") == "stderr"] == []
+    assert any("application/vnd.jupyter.widget-view+json" in output.get("data", {}) for output in outputs), outputs
