@@ -6,6 +6,7 @@
 #   ./setup.sh                 # CPU TensorFlow and CPU PyTorch (laptops, CI)
 #   LAB_VARIANT=gpu ./setup.sh # CUDA TensorFlow; the host needs the NVIDIA driver (PyTorch: see below)
 #   LAB_TORCH=0 ./setup.sh     # without PyTorch (the lecture's part 2 and its tests need it)
+#   ./setup.sh --notebooks     # only the two settings that keep notebook outputs out of the clone (below)
 set -euo pipefail
 
 # wait_for_apt: return once no other apt or dpkg holds its locks, waiting up to
@@ -50,6 +51,27 @@ if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then
 fi
 
 cd "$(dirname "$0")"
+
+# Notebooks are stored without outputs (classifier/notebook_outputs.py): the
+# lab's Jupyter settings (as in the container) make `jupyter lab` from .venv
+# save the lecture's notebooks without them, and git's nbstripout filter
+# (.gitattributes; nbstripout from requirements/lab.lock) keeps any that
+# another editor saved with outputs from being committed.
+notebook_settings() {
+  # The environment's own Jupyter config file (sys.prefix/etc/jupyter), which no package writes.
+  mkdir -p .venv/etc/jupyter
+  cp docker/jupyter/jupyter_server_config.json .venv/etc/jupyter/jupyter_server_config.json
+  git rev-parse --is-inside-work-tree >/dev/null 2>&1 || return 0
+  local strip=".venv/bin/python -m nbstripout --keep-id --extra-keys metadata.language_info"
+  git config filter.nbstripout.clean "$strip"
+  git config filter.nbstripout.smudge cat
+  git config diff.ipynb.textconv "$strip -t"
+}
+if [[ "${1:-}" == --notebooks ]]; then
+  notebook_settings
+  exit 0
+fi
+
 variant="${LAB_VARIANT:-cpu}"
 lock="requirements/${variant}.lock"
 if [[ ! -f "$lock" ]]; then
@@ -73,6 +95,9 @@ python3 -m venv .venv
 .venv/bin/pip install --quiet --require-hashes -r "$lock"
 # JupyterLab, the notebook runner and TensorBoard: the notebooks run and are tested on the host too.
 .venv/bin/pip install --quiet --require-hashes -r requirements/lab.lock
+# TensorFlow's legacy Keras for the course's own scripts (`invoke course`); --no-deps because its
+# wheel names the `tensorflow` distribution, which the lock above provides as tensorflow-cpu.
+.venv/bin/pip install --quiet --no-deps --require-hashes -r requirements/course.lock
 # PyTorch's CPU build for the lecture's part 2, from its own lock. It is not on
 # PyPI (PyPI's Linux torch is a CUDA build of several GB): pip finds it in a
 # wheel folder named by its configuration (find-links), else on PyTorch's CPU
@@ -90,4 +115,5 @@ elif [[ "${LAB_TORCH:-1}" != 0 ]]; then
        "&& .venv-torch/bin/pip install --no-deps -e ." >&2
 fi
 .venv/bin/pip install --quiet --no-deps --no-build-isolation -e .
+notebook_settings
 echo "lab ready: .venv/bin/invoke --list"

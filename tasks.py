@@ -172,6 +172,21 @@ def reproduce(c, run, runs_dir="", tolerance=""):
 
 
 @task(help={
+    "run_a": "the reference run folder, e.g. the lecturer's runs/20261126-231502-fashion_mnist-sequential_add-fit",
+    "run_b": "the run folder compared with it, e.g. a student's",
+    "tolerance": "largest test loss/accuracy difference accepted where bit-identical weights are not promised "
+                 "(another kind of machine or other software; default 0.02)",
+})
+def compare(c, run_a, run_b, tolerance=""):
+    """Compare two finished run folders without retraining: IDENTICAL, WITHIN TOLERANCE or DIFFERENT."""
+    from classifier.commands.compare import compare as compare_runs
+
+    limit = _float("tolerance", tolerance) if tolerance else None
+    if not _run(compare_runs, run_a, run_b, tolerance=limit):
+        raise Exit(code=1)
+
+
+@task(help={
     "data_dir": _CONFIG_HELP["data_dir"],
     "runs_dir": "runs folder whose free disk space is checked (default: $CLASSIFIER_RUNS_DIR or ./runs)",
 })
@@ -196,6 +211,21 @@ def plot(c, dataset=None, model=None, output=""):
     from classifier.commands.plot import plot_command
 
     _run(plot_command, _config(dataset=dataset, model=model), output=output)
+
+
+@task(help={
+    "script": "a course script, e.g. ../detlec/01_classifiers/tf_classifier_basic.py (run `invoke data` first)",
+    "args": "arguments for the script, as one string",
+})
+def course(c, script, args=""):
+    """Run one of the course's own scripts unchanged, with TensorFlow's legacy Keras (Keras 2), offline."""
+    import shlex
+
+    from classifier.commands.course import run_script
+
+    status = _run(run_script, script, tuple(shlex.split(args)))
+    if status:
+        raise Exit(code=status)
 
 
 @task

@@ -8,9 +8,9 @@ Three layers, each importing only those below it (tests/test_layers.py checks):
         evaluate (the lecture's cross-checks), runtime (gpu_config, seeds, DurationTime),
         torch_models, torch_train (part 2 in PyTorch)
     machinery/        -> what the lab adds around it: datasets, download, loading, course_loaders, recipes,
-        distribute, cluster, checkpoints, torch_runs, lifecycle, runs, files, numerics, report,
+        distribute, cluster, checkpoints, torch_runs, lifecycle, runs, files, numerics, report, quiet, notebook_outputs,
         tensorboard, tensorboard_events
-    commands/         -> one module per task backend: train, train_torch, workers, data, plot,
+    commands/         -> one module per task backend: train, train_torch, workers, data, plot, compare, course,
         reproduce, doctor, bench, export, container
     lab               -> what the notebooks import, and all they import
 

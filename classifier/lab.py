@@ -28,7 +28,7 @@ import numpy as np
 
 from classifier import config as config_module
 from classifier.config import make_config, to_dict
-from classifier.machinery import numerics
+from classifier.machinery import numerics, quiet
 from classifier.machinery.datasets import get_dataset
 from classifier.machinery.download import verified_files
 from classifier.machinery.files import write_json
@@ -37,7 +37,7 @@ from classifier.machinery.runs import create_run_dir, environment_record, finish
 
 # The lecture's runtime helpers, for `from classifier.lab import DurationTime, gpu_config`. They live in
 # classifier/lecture/runtime.py, which imports TensorFlow: loaded on first use (__getattr__ below), so that
-# `lab.apply_numerics()` runs before TensorFlow starts.
+# `lab.use_numerics()` runs before TensorFlow starts.
 _RUNTIME = ("DurationTime", "gpu_config", "seed_everything")
 
 
@@ -49,16 +49,11 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def apply_numerics(mode: str | None = None) -> dict:
-    """Apply the numerics mode `invoke train` would use here, before TensorFlow or PyTorch starts.
-
-    Args:
-        mode: "fastest" or "portable"; None: $CLASSIFIER_NUMERICS (the lab image sets "portable"), else fastest.
-
-    Returns:
-        What was set, as a run's manifest records it (classifier/machinery/numerics.py).
-    """
-    return numerics.apply(numerics.resolve(mode))
+# A notebook's first cell, before TensorFlow starts: the numerics mode `invoke train` would use here
+# (numerics.use: $CLASSIFIER_NUMERICS, which the lab image sets to "portable", else fastest), and the
+# filter that keeps TensorFlow's C++ start-up notices out of the cells (classifier/machinery/quiet.py).
+use_numerics = numerics.use
+drop_native_notices = quiet.drop_native_notices
 
 
 def load_data(dataset_name: str = "cifar10", limit: int | None = None):

@@ -285,10 +285,10 @@ def fashion_lab(tmp_path_factory, fashion_source):
     return root
 
 
-def train_fashion(lab: Path, *args: str) -> tuple[Path, subprocess.CompletedProcess]:
-    """`invoke train` on the lab's Fashion-MNIST; returns (run folder, finished process)."""
+def train_fashion(lab: Path, *args: str, env=None) -> tuple[Path, subprocess.CompletedProcess]:
+    """`invoke train` on the lab's Fashion-MNIST (with `env` added to the environment); returns (run folder, process)."""
     result = run_invoke("train", "--dataset", "fashion_mnist", "--data-dir", str(lab / "data"),
-                        "--runs-dir", str(lab / "runs"), *args)
+                        "--runs-dir", str(lab / "runs"), *args, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_folder_from(result.stdout), result
 

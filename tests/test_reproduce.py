@@ -8,7 +8,8 @@ from classifier.machinery import numerics
 from classifier.config import UserError, make_config
 from classifier.machinery.download import import_from
 from classifier.commands.train import train_command
-from classifier.commands.reproduce import environment_differences, load_finished_run, reproduce
+from classifier.commands.compare import environment_differences, load_finished_run
+from classifier.commands.reproduce import reproduce
 
 
 def test_rerun_of_a_run_is_identical(tiny_dataset, tmp_path, capsys):
@@ -19,7 +20,8 @@ def test_rerun_of_a_run_is_identical(tiny_dataset, tmp_path, capsys):
     original = train_command(config, verbose=0)
     assert reproduce(str(original)) is True
     out = capsys.readouterr().out
-    assert "Same environment as recorded" in out and "IDENTICAL" in out
+    assert "Same environment and kind of machine as recorded: the rerun should be bit-identical." in out
+    assert "not promised" not in out and "IDENTICAL" in out
     assert len(list((tmp_path / "runs").iterdir())) == 2
 
 
@@ -38,8 +40,11 @@ def test_unfinished_run_cannot_be_reproduced(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"status": "interrupted"}))
     with pytest.raises(UserError, match="did not finish .* invoke train --resume"):
         load_finished_run(tmp_path)
-    with pytest.raises(UserError, match="is not a run folder"):
+    with pytest.raises(UserError, match="does not exist or is not a folder"):
         load_finished_run(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="is not a run folder"):
+        load_finished_run(tmp_path / "empty")
 
 
 def _finished_tiny_run(tiny_dataset, tmp_path):
@@ -75,7 +80,10 @@ def test_another_kind_of_machine_is_compared_within_the_tolerance(tiny_dataset, 
     _edit_run(run_dir, {"l1d_kib": 4096}, loss_shift=0.005)
     assert reproduce(str(run_dir), tolerance=0.01) is True
     out = capsys.readouterr().out
-    assert "Another kind of machine than the run's under numerics fastest (l1d_kib: 4096 ->" in out
+    # One expectation, before the rerun: not "should be bit-identical" and "not promised" both.
+    assert ("Not the run's environment and kind of machine under numerics fastest: bit-identical weights are "
+            "not promised; the metrics must agree within 0.01. What differs:\n  machine: l1d_kib: 4096 ->") in out
+    assert "should be bit-identical" not in out
     assert "WITHIN TOLERANCE: largest metric difference 0.005" in out
     assert reproduce(str(run_dir), tolerance=0.001) is False
     assert "DIFFERENT: largest metric difference 0.005" in capsys.readouterr().out
@@ -86,7 +94,8 @@ def test_the_same_kind_of_machine_must_give_the_same_bits(tiny_dataset, tmp_path
     _edit_run(run_dir, {}, loss_shift=0.0)  # only the hash differs now
     assert reproduce(str(run_dir), tolerance=1.0) is False
     out = capsys.readouterr().out
-    assert "Another kind of machine" not in out and "DIFFERENT:" in out
+    assert "Same environment and kind of machine as recorded" in out and "not promised" not in out
+    assert "DIFFERENT: other weights from the same settings, data, machine and software" in out
 
 
 def test_a_negative_tolerance_is_refused(tiny_dataset, tmp_path):

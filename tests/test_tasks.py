@@ -15,7 +15,7 @@ def _listing(folder):
 def test_list_shows_every_task_with_a_description():
     result = run_invoke("--list")
     assert result.returncode == 0
-    for name in ("data", "train", "plot", "tensors", "test", "bench", "doctor", "reproduce"):
+    for name in ("data", "train", "plot", "tensors", "test", "bench", "doctor", "reproduce", "compare", "course"):
         assert f"  {name} " in result.stdout
     assert "Train a classifier" in result.stdout
 

@@ -516,7 +516,7 @@ def down(variant: str | None = None) -> None:
 
 
 def lock_commands() -> list[list[str]]:
-    """The uv commands that write requirements/{cpu,gpu,lab,torch-cpu,torch-gpu}.lock, in order.
+    """The uv commands that write requirements/{cpu,course,gpu,lab,torch-cpu,torch-gpu}.lock, in order.
 
     They are the commands recorded in each lock file's header. The torch locks
     are constrained by TensorFlow's and the lab's, so that installing one after
@@ -527,6 +527,9 @@ def lock_commands() -> list[list[str]]:
 
     return [
         compile_("--extra", "cpu", output="requirements/cpu.lock"),
+        # tf-keras alone, for the course's own scripts (requirements/course.in says why), installed with --no-deps.
+        ["uv", "pip", "compile", "requirements/course.in", "--no-deps", "--generate-hashes", *_LOCK_PLATFORM,
+         "-o", "requirements/course.lock"],
         compile_("--extra", "gpu", output="requirements/gpu.lock"),
         compile_("--extra", "lab", "-c", "requirements/cpu.lock", "-c", "requirements/gpu.lock",
                  output="requirements/lab.lock"),

@@ -18,6 +18,11 @@ copies in the lab's cache (hard links, or copies across file systems):
 | cifar100.load_data | `cifar-100-python-target_archive` | SHA-256 85cd44d0... | `cifar-100-python.tar.gz` |
 | fashion_mnist.load_data | `fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz` | nothing | the same four files |
 
+TensorFlow's legacy Keras (tf_keras 2.21, which `invoke course` runs the
+course's scripts with) looks for `cifar-10-batches-py.tar.gz` and
+`cifar-100-python.tar.gz` there instead, checked by the same SHA-256, and the
+same fashion-mnist files; it reads ~/.keras only (not $KERAS_HOME).
+
 The SHA-256 Keras checks for CIFAR is the one the lab's registry verified, so
 Keras accepts the lab's archive as its own download. Keras' MNIST is left out:
 it reads a single `mnist.npz` checked against its own SHA-256, and the lab
@@ -60,9 +65,14 @@ from classifier.machinery.download import dataset_folder, sha256_of, verified_fi
 _CHUNK = 1 << 20  # bytes per read when decompressing
 
 # Keras 3.15's cache layout: path under <keras home>/datasets -> the lab's file name.
+# The `.tar.gz` names are TensorFlow's legacy Keras 2.21 (tf_keras, which
+# `invoke course` runs the course's scripts with): it checks the same SHA-256
+# and extracts the archive beside itself once.
 KERAS_LAYOUT: dict[str, dict[str, str]] = {
-    "cifar10": {"cifar-10-batches-py-target_archive": "cifar-10-python.tar.gz"},
-    "cifar100": {"cifar-100-python-target_archive": "cifar-100-python.tar.gz"},
+    "cifar10": {"cifar-10-batches-py-target_archive": "cifar-10-python.tar.gz",
+                "cifar-10-batches-py.tar.gz": "cifar-10-python.tar.gz"},
+    "cifar100": {"cifar-100-python-target_archive": "cifar-100-python.tar.gz",
+                 "cifar-100-python.tar.gz": "cifar-100-python.tar.gz"},
     "fashion_mnist": {
         f"fashion-mnist/{name}": name
         for name in ("train-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz",

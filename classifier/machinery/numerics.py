@@ -162,6 +162,15 @@ def apply(mode: str, environ: dict | None = None, announce=None) -> dict:
     return record(mode, environ, applied=wanted, overridden=overridden)
 
 
+def use(mode: str | None = None) -> None:
+    """A notebook's first cell: apply the mode `invoke train` would use here (see resolve), before TensorFlow starts.
+
+    The same as `apply(resolve(mode))`, but it returns nothing, so the cell
+    shows nothing; the run record (lab.record_run) keeps the details.
+    """
+    apply(resolve(mode))
+
+
 def _print_to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 

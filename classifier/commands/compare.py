@@ -1,0 +1,276 @@
+"""Compare two finished run folders without retraining: did they come out the same, and if not, why.
+
+    invoke compare runs/REFERENCE runs/STUDENT
+    invoke compare runs/REFERENCE runs/STUDENT --tolerance 0.01
+
+A lecturer makes a reference run with `--numerics portable` and hands its
+folder out; a student runs the same command and compares their folder with it.
+The evidence is read from the two folders (config.json's settings, the
+manifest's data hashes, environment, kind of machine and weights hash,
+metrics.json), one line per kind of evidence, then one verdict:
+
+    IDENTICAL         (exit 0) the same test metrics and bit-identical weights.
+    WITHIN TOLERANCE  (exit 0) other weights, where bit-identical ones are not
+                      promised (another kind of machine or other software),
+                      and every test metric within --tolerance.
+    DIFFERENT         (exit 1) other settings or other data (named), metrics
+                      beyond the tolerance, or other weights where the same
+                      machine and software promise the same bits.
+
+`invoke reproduce` retrains a run and judges the rerun with the same functions.
+This module never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from classifier.machinery import numerics
+from classifier.config import UserError
+from classifier.machinery.files import read_json
+
+# Keys of runs.environment_record() whose change can change the numbers, split
+# into the machine's (hardware and the numerics variables) and the software's.
+MACHINE_KEYS = ("cpu", "cpu_count", "devices", "torch_devices", "torch_threads", "numerics_env")
+SOFTWARE_KEYS = ("python", "tensorflow", "tensorflow_build", "torch", "torch_build", "container_image", "git")
+METRICS = ("loss", "accuracy", "argmax_accuracy")
+
+# Config keys that say where files lie, not what is computed; the numerics
+# mode is judged with the machine (it decides the arithmetic, not the model).
+_NOT_SETTINGS = ("data_dir", "runs_dir", "numerics")
+
+# The metrics' largest accepted absolute difference on another kind of machine.
+# Measured (benchmarks/results/numerics_machines_pre_redesign.md): across ten
+# emulated machines the test loss of the README's run spread by 0.010 and the
+# accuracy by 0.004; twice that is accepted.
+DEFAULT_TOLERANCE = 0.02
+
+
+def environment_differences(recorded: dict, current: dict, keys=MACHINE_KEYS + SOFTWARE_KEYS,
+                            packages: bool = True) -> list[str]:
+    """One line per difference between two environment records (runs.environment_record()).
+
+    Args:
+        recorded, current: the two records.
+        keys: the entries compared, in the order shown.
+        packages: also compare the installed packages' versions.
+    """
+    lines = []
+    for key in keys:
+        before, now = recorded.get(key), current.get(key)
+        if isinstance(before, dict) and isinstance(now, dict):
+            # Name only the entries that changed, e.g. numerics_env.TF_ENABLE_ONEDNN_OPTS.
+            for sub in sorted(set(before) | set(now)):
+                if before.get(sub) != now.get(sub):
+                    lines.append(f"{key}.{sub}: {before.get(sub)} -> {now.get(sub)}")
+        elif before != now:
+            lines.append(f"{key}: {before} -> {now}")
+    if packages:
+        old_packages, new_packages = recorded.get("packages", {}), current.get("packages", {})
+        for name in sorted(set(old_packages) | set(new_packages)):
+            if old_packages.get(name) != new_packages.get(name):
+                lines.append(f"package {name}: {old_packages.get(name, 'absent')} -> "
+                             f"{new_packages.get(name, 'absent')}")
+    return lines
+
+
+def machine_differences(modes: tuple[str, str], environments: tuple[dict, dict],
+                        kinds: tuple[dict | None, dict | None]) -> list[str]:
+    """What differs between two machines in what changes the numbers: numerics mode, kind of machine, variables.
+
+    Args:
+        modes: the two numerics modes.
+        environments: the two environment records.
+        kinds: the two numerics.machine_kind() records (None where a run recorded none).
+    """
+    lines = [f"numerics: {modes[0]} -> {modes[1]}"] if modes[0] != modes[1] else []
+    # A CPU model or core count that the mode makes harmless is no reason to doubt the bits.
+    mode = modes[0] if modes[0] == modes[1] else "fastest"
+    lines += numerics.kind_differences(mode, kinds[0], kinds[1])
+    keys = MACHINE_KEYS
+    if kinds[0] and kinds[1]:
+        keys = tuple(key for key in keys if key not in ("cpu", "cpu_count"))  # judged through the kinds
+    return lines + environment_differences(*environments, keys=keys, packages=False)
+
+
+def software_differences(environments: tuple[dict, dict]) -> list[str]:
+    """What differs between two environments' software: Python, frameworks, image, lab commit, packages."""
+    return environment_differences(*environments, keys=SOFTWARE_KEYS, packages=True)
+
+
+def load_finished_run(run_dir: Path) -> tuple[dict, dict]:
+    """(manifest, metrics) of a complete run; UserError for anything else."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} does not exist or is not a folder; give a run folder, e.g. runs/<run name>")
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise UserError(f"{run_dir} is not a run folder (no manifest.json in it)")
+    manifest = _read_object(manifest_path)
+    if manifest.get("status") != "complete" or not (run_dir / "metrics.json").is_file():
+        raise UserError(f"{run_dir} did not finish (status {manifest.get('status')!r}); "
+                        f"finish it with: invoke train --resume {run_dir}")
+    metrics = _read_object(run_dir / "metrics.json")
+    missing = [f"manifest.json's {key}" for key in ("config", "data", "weights_sha256") if key not in manifest]
+    missing += [f"metrics.json's {key}" for key in METRICS if not isinstance(metrics.get(key), (int, float))]
+    if missing:
+        raise UserError(f"{run_dir} is damaged: {', '.join(missing)} is missing; train it again")
+    return manifest, metrics
+
+
+def _read_object(path: Path) -> dict:
+    """A JSON object from `path`; a damaged file is a UserError naming it."""
+    try:
+        value = read_json(path)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is damaged (not valid JSON: {error}); train the run again") from None
+    except OSError as error:
+        raise UserError(f"{path} cannot be read: {error.strerror}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} is damaged (not a JSON object); train the run again")
+    return value
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The evidence of two runs side by side; each list holds one line per difference."""
+
+    settings: list[str]  # the configs, less where files lie
+    data: list[str]  # the dataset, its files' SHA-256 and the split sizes
+    machine: list[str]  # numerics mode, kind of machine, numerics variables (machine_differences)
+    software: list[str]  # Python, frameworks, image, lab commit, packages (software_differences)
+    rows: list[tuple[str, object, object]]  # (name, first, second): METRICS, then weights_sha256
+
+    @property
+    def identical(self) -> bool:
+        """The same test metrics and bit-identical weights."""
+        return all(first == second for _, first, second in self.rows)
+
+    @property
+    def bits_promised(self) -> bool:
+        """Whether the same machine and software promise bit-identical weights."""
+        return not self.machine and not self.software
+
+    @property
+    def largest(self) -> float:
+        """The largest absolute difference of the test metrics."""
+        return max(abs(first - second) for _, first, second in self.rows[:-1])
+
+
+def compare_records(first: tuple[dict, dict], second: tuple[dict, dict]) -> Comparison:
+    """Compare two runs' (manifest, metrics), as load_finished_run returns them."""
+    (manifest_a, metrics_a), (manifest_b, metrics_b) = first, second
+    modes = tuple(manifest["config"].get("numerics", "fastest") for manifest in (manifest_a, manifest_b))
+    environments = (manifest_a.get("environment", {}), manifest_b.get("environment", {}))
+    kinds = tuple(manifest.get("numerics", {}).get("machine") for manifest in (manifest_a, manifest_b))
+    rows = [(key, metrics_a[key], metrics_b[key]) for key in METRICS]
+    rows.append(("weights_sha256", manifest_a["weights_sha256"], manifest_b["weights_sha256"]))
+    return Comparison(
+        settings=_settings_differences(manifest_a["config"], manifest_b["config"]),
+        data=_data_differences(manifest_a["data"], manifest_b["data"]),
+        machine=machine_differences(modes, environments, kinds),
+        software=software_differences(environments),
+        rows=rows,
+    )
+
+
+def _settings_differences(first: dict, second: dict) -> list[str]:
+    return [f"{key}: {first.get(key)} -> {second.get(key)}" for key in sorted(set(first) | set(second))
+            if key not in _NOT_SETTINGS and first.get(key) != second.get(key)]
+
+
+def _data_differences(first: dict, second: dict) -> list[str]:
+    lines = [f"{key}: {first.get(key)} -> {second.get(key)}" for key in ("dataset", "train", "validation", "test")
+             if first.get(key) != second.get(key)]
+    hashes_a, hashes_b = first.get("sha256", {}), second.get("sha256", {})
+    for name in sorted(set(hashes_a) | set(hashes_b)):
+        if hashes_a.get(name) != hashes_b.get(name):
+            lines.append(f"{name}: sha256 {_short(hashes_a.get(name))} -> {_short(hashes_b.get(name))}")
+    return lines
+
+
+def _short(digest: str | None) -> str:
+    return f"{digest[:12]}..." if digest else "absent"
+
+
+def print_table(comparison: Comparison, labels: tuple[str, str]) -> None:
+    """The metrics and weights hashes side by side, with whether each is the same."""
+    width = max(len(str(value)) for row in comparison.rows for value in row[1:])
+    print(f"{'':16} {labels[0]:<{width}}  {labels[1]:<{width}}  same")
+    for key, first, second in comparison.rows:
+        print(f"{key:16} {str(first):<{width}}  {str(second):<{width}}  {'yes' if first == second else 'NO'}")
+
+
+def print_evidence(comparison: Comparison) -> None:
+    """One line per kind of evidence, with its verdict, and one indented line per difference."""
+    verdicts = {
+        "settings": "other settings: the runs trained something else",
+        "data": "other data: the runs trained on other files",
+        "machine": "other machine: bit-identical weights are not promised",
+        "software": "other software: bit-identical weights are not promised",
+    }
+    for name, verdict in verdicts.items():
+        lines = getattr(comparison, name)
+        print(f"{name:9} {verdict if lines else 'the same'}")
+        for line in lines:
+            print(f"  {line}")
+
+
+def verdict(comparison: Comparison, tolerance: float, names: str) -> bool:
+    """Print the one verdict line ("IDENTICAL: a vs b", ...) and return whether the runs agree.
+
+    Args:
+        comparison: what compare_records found.
+        tolerance: the largest absolute difference of a test metric accepted
+            where bit-identical weights are not promised.
+        names: the two runs, e.g. "runs/a vs runs/b", ending the line.
+    """
+    differing = [f"other {name}" for name in ("settings", "data", "machine", "software") if getattr(comparison, name)]
+    if comparison.settings or comparison.data:
+        print(f"DIFFERENT: {', '.join(differing)}: {names}")
+        return False
+    if comparison.identical:
+        print(f"IDENTICAL: {names}")
+        return True
+    if comparison.bits_promised:
+        print(f"DIFFERENT: other weights from the same settings, data, machine and software: {names}")
+        return False
+    why = ", ".join(differing)
+    within = comparison.largest <= tolerance
+    print(f"{'WITHIN TOLERANCE' if within else 'DIFFERENT'}: largest metric difference {comparison.largest:.3g} "
+          f"{'<=' if within else '>'} {tolerance} ({why}): {names}")
+    return within
+
+
+def check_tolerance(tolerance: float | None) -> float:
+    """`tolerance`, or DEFAULT_TOLERANCE for None; UserError for a negative one."""
+    tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
+    if not tolerance >= 0:
+        raise UserError(f"--tolerance must be 0 or more, got {tolerance}")
+    return tolerance
+
+
+def compare(run_a: str, run_b: str, tolerance: float | None = None) -> bool:
+    """Compare two finished run folders and print the evidence and the verdict (see the module docstring).
+
+    Args:
+        run_a: the reference run folder.
+        run_b: the run folder compared with it.
+        tolerance: the largest absolute difference of test loss, accuracy and
+            argmax accuracy accepted where bit-identical weights are not
+            promised (default DEFAULT_TOLERANCE).
+
+    Returns:
+        Whether the verdict is IDENTICAL or WITHIN TOLERANCE.
+
+    Raises:
+        UserError: a folder that is missing, not a run, unfinished or damaged; a negative tolerance.
+    """
+    tolerance = check_tolerance(tolerance)
+    comparison = compare_records(load_finished_run(Path(run_a)), load_finished_run(Path(run_b)))
+    print_table(comparison, ("A", "B"))
+    print(f"\nA: {run_a}\nB: {run_b}\n")
+    print_evidence(comparison)
+    print()
+    return verdict(comparison, tolerance, f"{run_a} vs {run_b}")
