@@ -30,7 +30,7 @@ from pathlib import Path
 import tensorflow as tf
 from tensorflow import keras
 
-from classifier.files import read_json, write_json
+from classifier.files import DiskFull, read_json, write_json
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -73,7 +73,7 @@ class Checkpoints(keras.callbacks.Callback):
         self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
         for key in HISTORY_KEYS:
             self.history[key].append(float(logs[key]))
-        path = self._manager.save(checkpoint_number=epoch + 1)
+        path = self._save(epoch + 1)
         if not self.chief:
             return
         write_json(self.folder / "state.json", {
@@ -82,6 +82,21 @@ class Checkpoints(keras.callbacks.Callback):
             "history": self.history,
             "epoch_seconds": self.epoch_seconds,
         })
+
+    def _save(self, number: int) -> str:
+        """Save checkpoint `number`; a full disk is a DiskFull, with the failed save's files removed.
+
+        TensorFlow writes a checkpoint into ckpt-N_temp/ and renames it when
+        complete; a write that fails for want of space (ResourceExhaustedError
+        from SaveV2) leaves that folder behind. state.json still names the
+        previous checkpoint, which CheckpointManager deletes only after a save succeeds.
+        """
+        try:
+            return self._manager.save(checkpoint_number=number)
+        except tf.errors.ResourceExhaustedError:
+            for leftover in self._save_folder.glob(f"ckpt-{number}[._]*"):
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+            raise DiskFull(self._save_folder / f"ckpt-{number}") from None
 
     def close(self) -> None:
         """Delete a worker's scratch folder (the chief's checkpoints stay in the run folder)."""

@@ -28,6 +28,7 @@ every epoch, so a run killed at any moment continues bit-identically:
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 import time
@@ -281,8 +282,28 @@ def save_checkpoint(path: Path, trainer: TorchTrainer) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as temporary:
-        torch.save(checkpoint_dict(trainer), temporary)
+        # torch.save writing to a file reports a full disk as RuntimeError
+        # "[enforce fail at inline_container.cc...]"; Python's write gives
+        # OSError ENOSPC, which atomic_write names (files.DiskFull).
+        temporary.write_bytes(to_bytes(checkpoint_dict(trainer)))
     return path
+
+
+def to_bytes(value) -> bytes:
+    """`value` as torch.save writes it."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def epochs_saved(path: Path) -> int | None:
+    """The epochs the checkpoint at `path` holds: 0 without one, None when it cannot be read."""
+    if not Path(path).exists():
+        return 0
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["epochs_done"])
+    except Exception:  # noqa: BLE001 - any damage means "not known"; the caller only reports it
+        return None
 
 
 def load_checkpoint(path: Path, trainer: TorchTrainer) -> int:

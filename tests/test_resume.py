@@ -85,3 +85,54 @@ def test_finished_run_cannot_be_resumed(fashion_lab):
     result = run_invoke("train", "--resume", str(finished))
     assert result.returncode == 2
     assert f"error: --resume {finished} has already finished" in result.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs (a real file system that fills up); yields (folder, grow) where grow() makes it 64 MiB."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs the tests as root)")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        reason = f"cannot mount a tmpfs: {mounted.stderr.strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the full-disk test, but {reason}", pytrace=False)
+        pytest.skip(reason)
+
+    def grow():
+        subprocess.run(["mount", "-o", "remount,size=64m", str(folder)], check=True)
+
+    try:
+        yield folder, grow
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("trainer", ["fit", "torch"])
+def test_a_full_disk_stops_in_one_line_and_resumes_bit_identically(fashion_lab, small_disk, trainer):
+    if trainer == "torch":
+        pytest.importorskip("torch")
+    folder, grow = small_disk
+    args = ("--limit", "600", "--epochs", "2", "--trainer", trainer)
+    reference, _ = train_fashion(fashion_lab, *args)
+    # Two epochs' checkpoints (about 2.7 MB each) do not fit in 3 MiB.
+    result = run_invoke("train", "--dataset", "fashion_mnist", "--data-dir", str(fashion_lab / "data"),
+                        "--runs-dir", str(folder), *args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    (run_dir,) = folder.iterdir()
+    assert len(errors) == 1 and errors[0].startswith(f"error: cannot write {run_dir}/"), result.stderr[-3000:]
+    assert ": no space left on device; stopped after 1/2 epoch(s); free some space, then continue with: " \
+           f"invoke train --resume {run_dir}" in errors[0]
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
+    leftovers = [str(path) for path in run_dir.rglob("*") if ".tmp-" in path.name or "_temp" in path.name]
+    assert not leftovers, "no temporary file may be left"
+
+    grow()
+    result = run_invoke("train", "--resume", str(run_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _weights(run_dir) == _weights(reference)
