@@ -136,3 +136,68 @@ def test_a_full_disk_stops_in_one_line_and_resumes_bit_identically(fashion_lab, 
     result = run_invoke("train", "--resume", str(run_dir))
     assert result.returncode == 0, result.stderr[-2000:]
     assert _weights(run_dir) == _weights(reference)
+
+
+def _interrupt_at(lab, log_path, marker, *args, timeout=300):
+    """Start `invoke train ARGS`, send Ctrl-C (SIGINT) once `marker` is printed; returns (exit code, output).
+
+    `marker` is a line's start, or a function of the output so far that says when.
+    """
+    ready = marker if callable(marker) else lambda output: marker in output
+    command = [sys.executable, "-m", "invoke", "train", "--dataset", "fashion_mnist", "--data-dir", str(lab / "data"),
+               "--runs-dir", str(lab / "runs"), *args]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            deadline = time.monotonic() + timeout
+            while not ready(log_path.read_text()):
+                assert process.poll() is None, f"exit {process.returncode} before {marker!r}:\n" \
+                                               f"{log_path.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, f"no {marker!r} within {timeout} s"
+                time.sleep(0.02)
+            os.killpg(process.pid, signal.SIGINT)
+            code = process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    return code, log_path.read_text()
+
+
+def _torch_saved_both_epochs(output: str) -> bool:
+    """The torch run's checkpoint holds epoch 2: the evaluation comes next."""
+    if "[Training] epoch=2/2" not in output:
+        return False
+    import torch
+
+    state = torch.load(run_folder_from(output) / "checkpoint" / "last.pt", weights_only=False)
+    return state["epochs_done"] == 2
+
+
+# The markers: the model summary is printed after the manifest and before fitting starts
+# ("Trainable params" for Keras, "parameters:" for torch); Keras' history is printed after
+# the last checkpoint and before the evaluation, torch's last checkpoint is read back.
+@pytest.mark.parametrize("trainer, phase, marker, done", [
+    ("fit", "before fitting", "Trainable params", 0),
+    ("fit", "evaluation", "{'accuracy'", 2),
+    ("torch", "before fitting", "parameters:", 0),
+    ("torch", "evaluation", _torch_saved_both_epochs, 2),
+], ids=["fit-before-fitting", "fit-evaluation", "torch-before-fitting", "torch-evaluation"])
+def test_ctrl_c_in_any_phase_marks_the_run_and_says_how_to_resume(fashion_lab, tmp_path, trainer, phase, marker,
+                                                                  done):
+    if trainer == "torch":
+        pytest.importorskip("torch")
+    args = ("--limit", "600", "--epochs", "2", "--trainer", trainer)
+    code, output = _interrupt_at(fashion_lab, tmp_path / "train.log", marker, *args)
+    assert code == 130, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    run_dir = run_folder_from(output)
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: stopped after {done}/2 epoch(s); continue with: invoke train --resume {run_dir}"], \
+        output[-3000:]
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
+    if phase == "evaluation":
+        reference, _ = train_fashion(fashion_lab, *args)
+        result = run_invoke("train", "--resume", str(run_dir))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert _weights(run_dir) == _weights(reference)
