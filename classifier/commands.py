@@ -22,7 +22,8 @@ from classifier.config import Config, UserError, make_config, resolve_recipe, to
 from classifier.data import get_dataset, load_arrays, prepare
 from classifier.download import dataset_folder, fetch, import_from, problems, verified_files
 from classifier.files import DiskFull, disk_full, read_json, write_json
-from classifier.runs import create_run_dir, environment_record, finish_run, running_manifest, save_keras_model
+from classifier.runs import (create_run_dir, environment_record, finish_run, read_run_files, running_manifest,
+                             save_keras_model)
 
 
 class Interrupted(UserError):
@@ -120,7 +121,7 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
     # Imported here: after the numerics settings, and so that bad input above is reported without loading TensorFlow.
     import tensorflow as tf
 
-    from classifier.checkpoints import Checkpoints
+    from classifier.checkpoints import Checkpoints, readable_state
     from classifier.distribute import check_same_data, is_chief, make_multiworker_strategy, make_strategy, make_trainer
     from classifier.evaluate import evaluate
     from classifier.models import build_model
@@ -133,6 +134,8 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
     # it comes before gpu_config() and the seeds (distribute.py).
     strategy = make_multiworker_strategy() if config.strategy == "multiworker" else None
     gpus = gpu_config()
+    # A damaged checkpoint is refused (or passed over for the one before) before the run folder changes.
+    resume_state = readable_state(run_dir / "checkpoint") if resume else None
     seed_everything(config.seed, config.deterministic)
     with DurationTime("load data") as load_timer:
         dataset, (train, val, test), hashes = load_dataset(config)
@@ -185,7 +188,7 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
         # Only the chief writes them, as it writes the run folder.
         summaries = [EpochSummaries(run_dir, optimizer, dataset.image_shape)] if config.tensorboard and chief else []
         with strategy.scope():
-            initial_epoch = checkpoints.restore() if resume else 0
+            initial_epoch = checkpoints.restore(resume_state)
             trainer = make_trainer(config, model, optimizer, strategy, callbacks=[*summaries, checkpoints], verbose=verbose)
         if initial_epoch:
             print(f"Resuming {run_dir.name} after epoch {initial_epoch}/{config.epochs}")
@@ -295,10 +298,14 @@ def epochs_saved(checkpoint_folder: Path) -> int:
 def _resume_target(run_dir: Path) -> tuple[Path, Config]:
     if not (run_dir / "config.json").is_file():
         raise UserError(f"--resume {run_dir} is not a run folder (no config.json in it)")
-    manifest = run_dir / "manifest.json"
-    if manifest.is_file() and read_json(manifest).get("status") == "complete":
+    config, manifest = read_run_files(run_dir)
+    if manifest is not None and manifest.get("status") == "complete":
         raise UserError(f"--resume {run_dir} has already finished; start a new run instead")
-    return run_dir, make_config(**read_json(run_dir / "config.json"))
+    try:
+        return run_dir, make_config(**config)
+    except UserError as error:
+        raise UserError(f"{run_dir / 'config.json'} was changed by hand: {error}; put it back as the run wrote it, "
+                        "or start a new run") from None
 
 
 def plot_command(config: Config, output: str = "") -> Path:

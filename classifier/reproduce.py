@@ -19,8 +19,7 @@ from pathlib import Path
 
 from classifier import numerics
 from classifier.config import UserError, make_config
-from classifier.files import read_json
-from classifier.runs import environment_record
+from classifier.runs import environment_record, read_object, read_run_files
 
 # Keys of environment_record() whose change can change the numbers, in the order shown.
 _COMPARED = ("python", "tensorflow", "tensorflow_build", "torch", "torch_build", "torch_devices", "torch_threads",
@@ -56,14 +55,17 @@ def environment_differences(recorded: dict, current: dict) -> list[str]:
 def load_finished_run(run_dir: Path) -> tuple[dict, dict]:
     """(manifest, metrics) of a complete run; UserError for anything else."""
     run_dir = Path(run_dir)
-    manifest_path = run_dir / "manifest.json"
-    if not manifest_path.is_file():
+    if not (run_dir / "manifest.json").is_file():
         raise UserError(f"{run_dir} is not a run folder (no manifest.json in it)")
-    manifest = read_json(manifest_path)
+    # Damaged or hand-edited files are refused here, before the rerun starts.
+    _, manifest = read_run_files(run_dir)
     if manifest.get("status") != "complete" or not (run_dir / "metrics.json").is_file():
         raise UserError(f"{run_dir} did not finish (status {manifest.get('status')!r}); "
                         f"finish it with: invoke train --resume {run_dir}")
-    return manifest, read_json(run_dir / "metrics.json")
+    if not isinstance(manifest.get("config"), dict):
+        raise UserError(f"{run_dir / 'manifest.json'} is damaged (no config in it); "
+                        "put back the file the run wrote")
+    return manifest, read_object(run_dir / "metrics.json")
 
 
 def reproduce(run_dir: str, runs_dir: str = "", tolerance: float | None = None) -> bool:

@@ -70,14 +70,16 @@ def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
     from classifier import report
     from classifier.commands import load_dataset, marks_interrupted
     from classifier.torch_models import build_torch_model, count_parameters
-    from classifier.torch_train import (TorchTrainer, epochs_saved, evaluate_torch, load_checkpoint, save_checkpoint,
-                                        seed_torch)
+    from classifier.torch_train import (TorchTrainer, epochs_saved, evaluate_torch, load_checkpoint, read_checkpoint,
+                                        save_checkpoint, seed_torch)
 
     seed_torch(config.seed, config.deterministic)
     start = time.perf_counter()
     dataset, (train, val, test), hashes = load_dataset(config)
     load_seconds = time.perf_counter() - start
     # Claimed only now: a failed download, or a --limit that does not fit the data, leaves no run folder.
+    # A damaged checkpoint is refused before the run folder changes.
+    resume_state = read_checkpoint(resume_dir / CHECKPOINT) if resume_dir else None
     run_dir = resume_dir or create_run_dir(config_module.runs_dir(config), config)
     if not resume_dir:
         write_json(run_dir / "config.json", to_dict(config))
@@ -96,7 +98,7 @@ def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
         write_text(run_dir / "model.txt", summary)
         trainer = TorchTrainer(model, config)
         manifest["devices_used"] = [str(trainer.device)]
-        start_epoch = load_checkpoint(run_dir / CHECKPOINT, trainer) if resume_dir else 0
+        start_epoch = load_checkpoint(run_dir / CHECKPOINT, trainer, resume_state) if resume_state else 0
         if start_epoch:
             print(f"Resuming {run_dir.name} after epoch {start_epoch}/{config.epochs}")
         summaries = _epoch_summaries(run_dir) if config.tensorboard else None
