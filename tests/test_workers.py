@@ -42,6 +42,10 @@ def test_workers_refuses_another_strategy(invoke_cli):
     ("", "--strategy multiworker needs TF_CONFIG"),
     ("{not json", "is not of the form"),
     ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}', "index below 1"),
+    ('{"cluster": {"worker": "a:1,b:2"}, "task": {"type": "worker", "index": 0}}',
+     """TF_CONFIG's cluster.worker must be a list of "host:port" strings, got 'a:1,b:2'"""),
+    ('{"cluster": {"worker": ["a:1", "b:port"]}, "task": {"type": "worker", "index": 0}}',
+     """TF_CONFIG's worker address 'b:port' must be "host:port" with a port number from 1 to 65535"""),
 ])
 def test_multiworker_without_a_good_tf_config_is_one_line(invoke_cli, tmp_path, tf_config, expected):
     result = invoke_cli("train", "--dataset", "fashion_mnist", "--strategy", "multiworker",
