@@ -9,18 +9,21 @@ for bad input, which tasks.py prints as one line with exit code 2.
 
 from __future__ import annotations
 
+import contextlib
 import pprint
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from classifier import config as config_module
 from classifier import numerics
 from classifier.config import Config, UserError, make_config, resolve_recipe, to_dict
 from classifier.data import get_dataset, load_arrays, prepare
 from classifier.download import dataset_folder, fetch, import_from, problems, verified_files
-from classifier.files import read_json, write_json
-from classifier.runs import create_run_dir, environment_record, finish_run, running_manifest, save_keras_model
+from classifier.files import DiskFull, disk_full, read_json, write_json
+from classifier.runs import (create_run_dir, environment_record, finish_run, read_run_files, running_manifest,
+                             save_keras_model)
 
 
 class Interrupted(UserError):
@@ -119,7 +122,7 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
     # Imported here: after the numerics settings, and so that bad input above is reported without loading TensorFlow.
     import tensorflow as tf
 
-    from classifier.checkpoints import Checkpoints
+    from classifier.checkpoints import Checkpoints, readable_state
     from classifier.distribute import check_same_data, is_chief, make_multiworker_strategy, make_strategy, make_trainer
     from classifier.evaluate import evaluate
     from classifier.models import build_model
@@ -132,6 +135,8 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
     # it comes before gpu_config() and the seeds (distribute.py).
     strategy = make_multiworker_strategy() if config.strategy == "multiworker" else None
     gpus = gpu_config()
+    # A damaged checkpoint is refused (or passed over for the one before) before the run folder changes.
+    resume_state = readable_state(run_dir / "checkpoint") if resume else None
     seed_everything(config.seed, config.deterministic)
     with DurationTime("load data") as load_timer:
         dataset, (train, val, test), hashes = load_dataset(config)
@@ -157,87 +162,83 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
         numerics=numerics_record,
     )
     write_json(run_dir / "manifest.json", manifest)
-    from classifier import report
+    # Ctrl-C from here on, in any phase, leaves a run that --resume continues.
+    with marks_interrupted(run_dir, manifest, config.epochs, lambda: epochs_saved(checkpoint_folder)):
+        from classifier import report
 
-    report.show_samples(train.images, train.labels, dataset.class_names, run_dir / "samples.png")
+        report.show_samples(train.images, train.labels, dataset.class_names, run_dir / "samples.png")
 
-    # create_model(): under the strategy's scope, so that its variables live on every replica.
-    manifest["replicas"] = strategy.num_replicas_in_sync
-    if use_mixed_precision(config):
-        from tensorflow import keras
+        # create_model(): under the strategy's scope, so that its variables live on every replica.
+        manifest["replicas"] = strategy.num_replicas_in_sync
+        if use_mixed_precision(config):
+            from tensorflow import keras
 
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    with strategy.scope():
-        model = build_model(config.model, dataset.image_shape, len(dataset.class_names))
-        optimizer = make_optimizer(config, steps_per_epoch(len(train), config.batch_size))
-    model.summary()
-    if why := report.graphviz_missing():
-        print(f"warning: model.png skipped: {why}")
-    else:
-        report.plot_model(model, run_dir / "model.png")
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        with strategy.scope():
+            model = build_model(config.model, dataset.image_shape, len(dataset.class_names))
+            optimizer = make_optimizer(config, steps_per_epoch(len(train), config.batch_size))
+        model.summary()
+        if why := report.graphviz_missing():
+            print(f"warning: model.png skipped: {why}")
+        else:
+            report.plot_model(model, run_dir / "model.png")
 
-    # train_model(): the lecture's trainer, checkpointed after every epoch.
-    checkpoints = Checkpoints(checkpoint_folder, model, optimizer, chief=chief)
-    # TensorBoard's per-epoch scalars and graph come first, so the epoch timer in checkpoints leaves them out.
-    # Only the chief writes them, as it writes the run folder.
-    summaries = [EpochSummaries(run_dir, optimizer, dataset.image_shape)] if config.tensorboard and chief else []
-    with strategy.scope():
-        initial_epoch = checkpoints.restore() if resume else 0
-        trainer = make_trainer(config, model, optimizer, strategy, callbacks=[*summaries, checkpoints], verbose=verbose)
-    if initial_epoch:
-        print(f"Resuming {run_dir.name} after epoch {initial_epoch}/{config.epochs}")
-    try:
-        with DurationTime("training") as train_timer:
-            trainer.train((train.images, train.labels), (val.images, val.labels), initial_epoch=initial_epoch)
-    except KeyboardInterrupt:
-        manifest["status"] = "interrupted"
-        write_json(run_dir / "manifest.json", manifest)
-        done = len(checkpoints.history["loss"])
-        raise Interrupted(f"stopped after {done}/{config.epochs} epoch(s); "
-                          f"continue with: invoke train --resume {run_dir}") from None
-    except tf.errors.OpError as error:
-        if config.strategy != "multiworker":
-            raise
-        # A worker died or cannot be reached: the collective ops time out
-        # (distribute.COLLECTIVE_TIMEOUT_SECONDS) rather than wait for ever.
-        manifest["status"] = "interrupted"
-        write_json(run_dir / "manifest.json", manifest)
-        done = len(checkpoints.history["loss"])
-        raise UserError(f"a worker stopped or cannot be reached ({type(error).__name__}) after "
-                        f"{done}/{config.epochs} epoch(s); continue with: invoke train --resume "
-                        f"{checkpoint_folder.parent} on every worker") from None
-    for summary in summaries:
-        summary.close()
-    history = checkpoints.history
-    pprint.pprint({key: [round(value, 4) for value in values] for key, values in history.items()}, width=120)
+        # train_model(): the lecture's trainer, checkpointed after every epoch.
+        checkpoints = Checkpoints(checkpoint_folder, model, optimizer, chief=chief)
+        # TensorBoard's per-epoch scalars and graph come first, so the epoch timer in checkpoints leaves them out.
+        # Only the chief writes them, as it writes the run folder.
+        summaries = [EpochSummaries(run_dir, optimizer, dataset.image_shape)] if config.tensorboard and chief else []
+        with strategy.scope():
+            initial_epoch = checkpoints.restore(resume_state)
+            trainer = make_trainer(config, model, optimizer, strategy, callbacks=[*summaries, checkpoints], verbose=verbose)
+        if initial_epoch:
+            print(f"Resuming {run_dir.name} after epoch {initial_epoch}/{config.epochs}")
+        try:
+            with DurationTime("training") as train_timer:
+                trainer.train((train.images, train.labels), (val.images, val.labels), initial_epoch=initial_epoch)
+        except tf.errors.OpError as error:
+            if config.strategy != "multiworker":
+                raise
+            # A worker died or cannot be reached: the collective ops time out
+            # (distribute.COLLECTIVE_TIMEOUT_SECONDS) rather than wait for ever.
+            manifest["status"] = "interrupted"
+            write_json(run_dir / "manifest.json", manifest)
+            done = len(checkpoints.history["loss"])
+            raise UserError(f"a worker stopped or cannot be reached ({type(error).__name__}) after "
+                            f"{done}/{config.epochs} epoch(s); continue with: invoke train --resume "
+                            f"{checkpoint_folder.parent} on every worker") from None
+        for summary in summaries:
+            summary.close()
+        history = checkpoints.history
+        pprint.pprint({key: [round(value, 4) for value in values] for key, values in history.items()}, width=120)
 
-    # test_model(): evaluate() and predict() for `fit`, calling the model for `tape` (lecture 1.3).
-    # Several workers call the model too: each evaluates the whole test set on
-    # its own, where Keras 3.15's evaluate() under the multi-worker strategy
-    # would report each worker's share of it.
-    with strategy.scope():
-        final_model = inference_model(model, config)
-    with DurationTime("evaluation") as eval_timer:
-        metrics = evaluate(final_model, test, len(dataset.class_names), config.eval_batch_size,
-                           direct=config.trainer == "tape" or final_model is not model
-                           or config.strategy == "multiworker")
-    print(f"test loss {metrics['loss']:.4f}, test accuracy {metrics['accuracy']:.4f}, "
-          f"argmax accuracy {metrics['argmax_accuracy']:.4f}, "
-          f"probabilities sum to 1: {metrics['probabilities_sum_to_one']}")
+        # test_model(): evaluate() and predict() for `fit`, calling the model for `tape` (lecture 1.3).
+        # Several workers call the model too: each evaluates the whole test set on
+        # its own, where Keras 3.15's evaluate() under the multi-worker strategy
+        # would report each worker's share of it.
+        with strategy.scope():
+            final_model = inference_model(model, config)
+        with DurationTime("evaluation") as eval_timer:
+            metrics = evaluate(final_model, test, len(dataset.class_names), config.eval_batch_size,
+                               direct=config.trainer == "tape" or final_model is not model
+                               or config.strategy == "multiworker")
+        print(f"test loss {metrics['loss']:.4f}, test accuracy {metrics['accuracy']:.4f}, "
+              f"argmax accuracy {metrics['argmax_accuracy']:.4f}, "
+              f"probabilities sum to 1: {metrics['probabilities_sum_to_one']}")
 
-    ran = checkpoints.epoch_seconds[initial_epoch:]
-    timings = {
-        "load_seconds": load_timer.seconds,
-        "train_seconds": train_timer.seconds,
-        "evaluate_seconds": eval_timer.seconds,
-        "epoch_seconds": checkpoints.epoch_seconds,
-        "train_images_per_second": len(train) * len(ran) / sum(ran) if ran else None,
-        # Seconds of train_seconds spent writing TensorBoard summaries (None: --tensorboard false).
-        "tensorboard_seconds": summaries[0].seconds if summaries else None,
-    }
-    checkpoints.close()
-    finish_run(run_dir, {**history, "epoch_seconds": checkpoints.epoch_seconds}, metrics, timings, manifest,
-               dataset.class_names, save_keras_model(run_dir, final_model))
+        ran = checkpoints.epoch_seconds[initial_epoch:]
+        timings = {
+            "load_seconds": load_timer.seconds,
+            "train_seconds": train_timer.seconds,
+            "evaluate_seconds": eval_timer.seconds,
+            "epoch_seconds": checkpoints.epoch_seconds,
+            "train_images_per_second": len(train) * len(ran) / sum(ran) if ran else None,
+            # Seconds of train_seconds spent writing TensorBoard summaries (None: --tensorboard false).
+            "tensorboard_seconds": summaries[0].seconds if summaries else None,
+        }
+        checkpoints.close()
+        finish_run(run_dir, {**history, "epoch_seconds": checkpoints.epoch_seconds}, metrics, timings, manifest,
+                   dataset.class_names, save_keras_model(run_dir, final_model))
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
         return checkpoint_folder.parent if resume else run_dir
@@ -248,13 +249,64 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
     return run_dir
 
 
+@contextlib.contextmanager
+def marks_interrupted(run_dir: Path, manifest: dict, epochs: int, epochs_done: Callable[[], int | None]):
+    """Ctrl-C or a full disk inside (setup, an epoch, evaluation, writing): mark the run and say how to continue.
+
+    The manifest's status becomes "interrupted" unless the run had already
+    finished, and the one line names the --resume command, whatever phase
+    the run was in: the checkpoint holds the last finished epoch, and every
+    file is written under a temporary name first, so nothing half-written is
+    left (files.atomic_write, checkpoints.py).
+
+    Args:
+        run_dir: the run folder.
+        manifest: the run's manifest as last written.
+        epochs: the epochs the run is to train.
+        epochs_done: called after the stop for the epochs the checkpoint holds (None: not known).
+
+    Raises:
+        Interrupted: after Ctrl-C.
+        DiskFull: the disk filled up; its message names the file.
+    """
+    try:
+        yield
+    except (KeyboardInterrupt, Exception) as error:
+        full = disk_full(error)
+        if (full is None and not isinstance(error, KeyboardInterrupt)) or manifest.get("status") == "complete":
+            raise
+        manifest["status"] = "interrupted"
+        try:
+            write_json(run_dir / "manifest.json", manifest)
+        except DiskFull:
+            pass  # The manifest keeps "running"; the line below still says what happened and what to do.
+        done = epochs_done()
+        stopped = f"stopped after {done}/{epochs} epoch(s)" if done is not None else "stopped"
+        resume = f"invoke train --resume {run_dir}"
+        if full is not None:
+            raise DiskFull(full.path, f"{stopped}; free some space, then continue with: {resume}") from None
+        raise Interrupted(f"{stopped}; continue with: {resume}") from None
+
+
+def epochs_saved(checkpoint_folder: Path) -> int:
+    """The epochs a TensorFlow run's checkpoint holds (its state.json), 0 when there is none yet."""
+    try:
+        return int(read_json(Path(checkpoint_folder) / "state.json")["epochs_done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def _resume_target(run_dir: Path) -> tuple[Path, Config]:
     if not (run_dir / "config.json").is_file():
         raise UserError(f"--resume {run_dir} is not a run folder (no config.json in it)")
-    manifest = run_dir / "manifest.json"
-    if manifest.is_file() and read_json(manifest).get("status") == "complete":
+    config, manifest = read_run_files(run_dir)
+    if manifest is not None and manifest.get("status") == "complete":
         raise UserError(f"--resume {run_dir} has already finished; start a new run instead")
-    return run_dir, make_config(**read_json(run_dir / "config.json"))
+    try:
+        return run_dir, make_config(**config)
+    except UserError as error:
+        raise UserError(f"{run_dir / 'config.json'} was changed by hand: {error}; put it back as the run wrote it, "
+                        "or start a new run") from None
 
 
 def plot_command(config: Config, output: str = "") -> Path:

@@ -24,7 +24,7 @@ import numpy as np
 
 from classifier import numerics
 from classifier.config import PROJECT_ROOT, Config, UserError, to_dict
-from classifier.files import atomic_write, write_json
+from classifier.files import atomic_write, read_json, write_json
 
 # Environment variables that change what TensorFlow computes or where (classifier/numerics.py).
 NUMERICS_ENV = numerics.RECORDED
@@ -48,6 +48,45 @@ def create_run_dir(runs_root: Path, config: Config) -> Path:
         except OSError as error:
             raise UserError(f"runs folder {runs_root} cannot be written: {error.strerror}") from None
     raise UserError(f"runs folder {runs_root} already holds 999 runs named {base}*")
+
+
+def read_run_files(run_dir: Path) -> tuple[dict, dict | None]:
+    """A run folder's config.json and manifest.json (None when there is none), checked before anything changes.
+
+    `train --resume`, `export` and `reproduce` read these first, so that a
+    file damaged or edited by hand is refused in one line while the folder is
+    still as it was.
+
+    Raises:
+        UserError: no config.json; a file that is not the JSON object the lab
+            wrote; or config.json and the manifest's copy of it differ.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise UserError(f"{run_dir} is not a run folder (no config.json in it)")
+    config = read_object(run_dir / "config.json")
+    manifest = read_object(run_dir / "manifest.json") if (run_dir / "manifest.json").is_file() else None
+    if manifest is not None and "config" in manifest and manifest["config"] != config:
+        keys = sorted(key for key in {*config, *manifest["config"]} if config.get(key) != manifest["config"].get(key))
+        differences = ", ".join(f"{key} {config.get(key)!r} against {manifest['config'].get(key)!r}" for key in keys)
+        raise UserError(f"{run_dir}: config.json and manifest.json disagree ({differences}), so one was edited; "
+                        "put it back as the run wrote it, or start a new run")
+    return config, manifest
+
+
+def read_object(path: Path) -> dict:
+    """The JSON object in `path`; a file that is not one is a UserError saying it is damaged."""
+    try:
+        data = read_json(path)
+    except ValueError as error:
+        raise UserError(f"{path} is damaged (not JSON: {getattr(error, 'msg', error)}); "
+                        "put back the file the run wrote, or start a new run") from None
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is damaged (not the JSON object the lab writes); "
+                        "put back the file the run wrote, or start a new run")
+    return data
 
 
 def environment_record(tensorflow: bool = True) -> dict:

@@ -68,15 +68,18 @@ def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
     numerics_record = numerics.apply(config.numerics)
     import_torch()
     from classifier import report
-    from classifier.commands import Interrupted, load_dataset
+    from classifier.commands import load_dataset, marks_interrupted
     from classifier.torch_models import build_torch_model, count_parameters
-    from classifier.torch_train import TorchTrainer, evaluate_torch, load_checkpoint, save_checkpoint, seed_torch
+    from classifier.torch_train import (TorchTrainer, epochs_saved, evaluate_torch, load_checkpoint, read_checkpoint,
+                                        save_checkpoint, seed_torch)
 
     seed_torch(config.seed, config.deterministic)
     start = time.perf_counter()
     dataset, (train, val, test), hashes = load_dataset(config)
     load_seconds = time.perf_counter() - start
     # Claimed only now: a failed download, or a --limit that does not fit the data, leaves no run folder.
+    # A damaged checkpoint is refused before the run folder changes.
+    resume_state = read_checkpoint(resume_dir / CHECKPOINT) if resume_dir else None
     run_dir = resume_dir or create_run_dir(config_module.runs_dir(config), config)
     if not resume_dir:
         write_json(run_dir / "config.json", to_dict(config))
@@ -85,58 +88,53 @@ def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
                                 environment={**environment_record(tensorflow=False), **torch_environment()},
                                 numerics=numerics_record)
     write_json(run_dir / "manifest.json", manifest)
-    report.show_samples(train.images, train.labels, dataset.class_names, run_dir / "samples.png")
+    # Ctrl-C or a full disk from here on, in any phase, leaves a run that --resume continues.
+    with marks_interrupted(run_dir, manifest, config.epochs, lambda: epochs_saved(run_dir / CHECKPOINT)):
+        report.show_samples(train.images, train.labels, dataset.class_names, run_dir / "samples.png")
 
-    model = build_torch_model(config.model, dataset.image_shape, len(dataset.class_names))
-    summary = f"{model}\n\nparameters: {count_parameters(model):,}\n"
-    print(summary)
-    write_text(run_dir / "model.txt", summary)
-    trainer = TorchTrainer(model, config)
-    manifest["devices_used"] = [str(trainer.device)]
-    start_epoch = load_checkpoint(run_dir / CHECKPOINT, trainer) if resume_dir else 0
-    if start_epoch:
-        print(f"Resuming {run_dir.name} after epoch {start_epoch}/{config.epochs}")
-    summaries = _epoch_summaries(run_dir) if config.tensorboard else None
+        model = build_torch_model(config.model, dataset.image_shape, len(dataset.class_names))
+        summary = f"{model}\n\nparameters: {count_parameters(model):,}\n"
+        print(summary)
+        write_text(run_dir / "model.txt", summary)
+        trainer = TorchTrainer(model, config)
+        manifest["devices_used"] = [str(trainer.device)]
+        start_epoch = load_checkpoint(run_dir / CHECKPOINT, trainer, resume_state) if resume_state else 0
+        if start_epoch:
+            print(f"Resuming {run_dir.name} after epoch {start_epoch}/{config.epochs}")
+        summaries = _epoch_summaries(run_dir) if config.tensorboard else None
 
-    def end_epoch(epoch: int, trainer: TorchTrainer) -> None:
-        # TensorBoard first, as the TensorFlow trainers do: a run killed between
-        # the two writes the epoch's scalars again when it resumes.
-        if summaries is not None:
-            summaries.write(epoch, {key: values[-1] for key, values in trainer.history.items()},
-                            trainer.optimizer.param_groups[0]["lr"])
-        save_checkpoint(run_dir / CHECKPOINT, trainer)
+        def end_epoch(epoch: int, trainer: TorchTrainer) -> None:
+            # TensorBoard first, as the TensorFlow trainers do: a run killed between
+            # the two writes the epoch's scalars again when it resumes.
+            if summaries is not None:
+                summaries.write(epoch, {key: values[-1] for key, values in trainer.history.items()},
+                                trainer.optimizer.param_groups[0]["lr"])
+            save_checkpoint(run_dir / CHECKPOINT, trainer)
 
-    try:
         start = time.perf_counter()
         history = trainer.train(train, val, start_epoch=start_epoch, on_epoch_end=end_epoch)
         train_seconds = time.perf_counter() - start
-    except KeyboardInterrupt:
-        manifest["status"] = "interrupted"
-        write_json(run_dir / "manifest.json", manifest)
-        done = len(trainer.history["loss"])
-        raise Interrupted(f"stopped after {done}/{config.epochs} epoch(s); "
-                          f"continue with: invoke train --resume {run_dir}") from None
-    if summaries is not None:
-        summaries.close()
+        if summaries is not None:
+            summaries.close()
 
-    start = time.perf_counter()
-    metrics = evaluate_torch(model, test, len(dataset.class_names), config.eval_batch_size)
-    eval_seconds = time.perf_counter() - start
-    print(f"test loss {metrics['loss']:.4f}, test accuracy {metrics['accuracy']:.4f}, "
-          f"argmax accuracy {metrics['argmax_accuracy']:.4f}, "
-          f"probabilities sum to 1: {metrics['probabilities_sum_to_one']}")
-    ran = trainer.epoch_seconds[start_epoch:]
-    timings = {
-        "load_seconds": load_seconds,
-        "train_seconds": train_seconds,
-        "evaluate_seconds": eval_seconds,
-        "epoch_seconds": trainer.epoch_seconds,
-        "train_images_per_second": len(train) * len(ran) / sum(ran) if ran else None,
-        # Seconds of train_seconds spent writing TensorBoard summaries (None: --tensorboard false, or no tensorboard).
-        "tensorboard_seconds": summaries.seconds if summaries is not None else None,
-    }
-    finish_torch_run(run_dir, model, {**history, "epoch_seconds": trainer.epoch_seconds}, metrics, timings,
-                     manifest, dataset.class_names)
+        start = time.perf_counter()
+        metrics = evaluate_torch(model, test, len(dataset.class_names), config.eval_batch_size)
+        eval_seconds = time.perf_counter() - start
+        print(f"test loss {metrics['loss']:.4f}, test accuracy {metrics['accuracy']:.4f}, "
+              f"argmax accuracy {metrics['argmax_accuracy']:.4f}, "
+              f"probabilities sum to 1: {metrics['probabilities_sum_to_one']}")
+        ran = trainer.epoch_seconds[start_epoch:]
+        timings = {
+            "load_seconds": load_seconds,
+            "train_seconds": train_seconds,
+            "evaluate_seconds": eval_seconds,
+            "epoch_seconds": trainer.epoch_seconds,
+            "train_images_per_second": len(train) * len(ran) / sum(ran) if ran else None,
+            # Seconds of train_seconds spent writing TensorBoard summaries (None: --tensorboard false, or no tensorboard).
+            "tensorboard_seconds": summaries.seconds if summaries is not None else None,
+        }
+        finish_torch_run(run_dir, model, {**history, "epoch_seconds": trainer.epoch_seconds}, metrics, timings,
+                         manifest, dataset.class_names)
     if summaries is not None:
         from classifier.tensorboard_events import write_run_summaries
 
@@ -170,8 +168,9 @@ def finish_torch_run(run_dir: Path, model, history: dict, metrics: dict, timings
     SHA-256 the manifest holds.
     """
     torch = import_torch()
-    from classifier.torch_train import weights_sha256
+    from classifier.torch_train import to_bytes, weights_sha256
 
     with atomic_write(run_dir / "model.pt") as temporary:
-        torch.save(model.state_dict(), temporary)
+        # Through Python's own write (torch_train.save_checkpoint says why).
+        temporary.write_bytes(to_bytes(model.state_dict()))
     finish_run(run_dir, history, metrics, timings, manifest, class_names, weights_sha256(model))

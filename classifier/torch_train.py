@@ -28,6 +28,7 @@ every epoch, so a run killed at any moment continues bit-identically:
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 import time
@@ -39,7 +40,7 @@ import torch
 from torch import nn, optim
 from torch.utils.data import DataLoader, TensorDataset
 
-from classifier.config import Config
+from classifier.config import Config, UserError
 from classifier.data import Split
 from classifier.files import atomic_write
 from classifier.torch_models import outputs_probabilities
@@ -281,19 +282,69 @@ def save_checkpoint(path: Path, trainer: TorchTrainer) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as temporary:
-        torch.save(checkpoint_dict(trainer), temporary)
+        # torch.save writing to a file reports a full disk as RuntimeError
+        # "[enforce fail at inline_container.cc...]"; Python's write gives
+        # OSError ENOSPC, which atomic_write names (files.DiskFull).
+        temporary.write_bytes(to_bytes(checkpoint_dict(trainer)))
     return path
 
 
-def load_checkpoint(path: Path, trainer: TorchTrainer) -> int:
-    """Restore a checkpoint into `trainer`; returns the number of epochs it had finished (0 if none)."""
+def to_bytes(value) -> bytes:
+    """`value` as torch.save writes it."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def epochs_saved(path: Path) -> int | None:
+    """The epochs the checkpoint at `path` holds: 0 without one, None when it cannot be read."""
+    if not Path(path).exists():
+        return 0
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["epochs_done"])
+    except Exception:  # noqa: BLE001 - any damage means "not known"; the caller only reports it
+        return None
+
+
+def read_checkpoint(path: Path) -> dict | None:
+    """The checkpoint dict at `path`, None when there is none (killed before the first epoch ended).
+
+    Raises:
+        UserError: the file is damaged (torch keeps one checkpoint, so there is none to fall back to).
+    """
     path = Path(path)
     if not path.exists():
+        return None
+    try:
+        # weights_only=False: the dict holds NumPy's and Python's RNG states, and
+        # it is a file this lab wrote into its own run folder.
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        int(state["epochs_done"])
+        return state
+    except Exception:  # noqa: BLE001 - torch.load fails in many ways on a damaged file; all mean the same
+        raise UserError(f"the checkpoint {path} is damaged, so this run cannot continue; start a new run with "
+                        f"the settings in {path.parent.parent / 'config.json'}") from None
+
+
+def load_checkpoint(path: Path, trainer: TorchTrainer, state: dict | None = None) -> int:
+    """Restore a checkpoint into `trainer`; returns the number of epochs it had finished (0 if none).
+
+    Args:
+        path: the checkpoint file.
+        trainer: the trainer to fill.
+        state: the checkpoint as `read_checkpoint(path)` already read it (default: read it now).
+
+    Raises:
+        UserError: a damaged file, or a checkpoint of another model (an edited config.json).
+    """
+    state = read_checkpoint(path) if state is None else state
+    if state is None:
         return 0  # killed before the first epoch ended: start again from the seed
-    # weights_only=False: the dict holds NumPy's and Python's RNG states, and
-    # it is a file this lab wrote into its own run folder.
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    trainer.model.load_state_dict(state["model"])
+    try:
+        trainer.model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise UserError(f"the checkpoint {path} does not fit this run's model; was its config.json edited? "
+                        "Put it back as the run wrote it, or start a new run") from None
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.generator.set_state(state["rng"]["loader"])
     torch.set_rng_state(state["rng"]["torch"])

@@ -68,14 +68,29 @@ def worker_role() -> tuple[int, int]:
                         "(or start local workers with: invoke train --workers 2)")
     try:
         tf_config = json.loads(text)
-        workers = list(tf_config["cluster"]["worker"])
+        workers = tf_config["cluster"]["worker"]
         task = tf_config["task"]
-        index = int(task["index"])
     except (ValueError, KeyError, TypeError):
         raise UserError(f"TF_CONFIG {text!r} is not of the form {example}") from None
-    if task.get("type") != "worker" or not 0 <= index < len(workers):
-        raise UserError(f"TF_CONFIG's task {task!r} must be a worker with an index below {len(workers)}")
+    # Valid JSON of the wrong shape would reach TensorFlow, which fails with a traceback: name the bad part here.
+    if not isinstance(workers, list) or not workers:
+        raise UserError(f"TF_CONFIG's cluster.worker must be a list of \"host:port\" strings, got {workers!r}")
+    for address in workers:
+        _check_address(address)
+    index = task.get("index") if isinstance(task, dict) else None
+    if not isinstance(task, dict) or task.get("type") != "worker" or isinstance(index, bool) \
+            or not isinstance(index, int) or not 0 <= index < len(workers):
+        raise UserError(f"TF_CONFIG's task {task!r} must be a worker with an index below {len(workers)}, "
+                        'e.g. {"type": "worker", "index": 0}')
     return len(workers), index
+
+
+def _check_address(address) -> None:
+    """One worker address of TF_CONFIG: "host:port", the port a number from 1 to 65535."""
+    host, _, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UserError(f"TF_CONFIG's worker address {address!r} must be \"host:port\" with a port number "
+                        "from 1 to 65535, e.g. \"host1:12345\"")
 
 
 def start_local_workers(config: Config, workers: int, resume: str = "", given: frozenset[str] | None = None,
@@ -123,10 +138,10 @@ def start_local_workers(config: Config, workers: int, resume: str = "", given: f
         failed = _watch(processes, grace_seconds)
     except KeyboardInterrupt:
         _stop(processes)
-        raise
+        _interrupted(resume or _run_folder(lines), workers)
     for reader in readers:
         reader.join(timeout=5)
-    run_dir = next((line.split(": ", 1)[1] for line in reversed(lines) if line.startswith("Run folder: ")), "")
+    run_dir = _run_folder(lines)
     if failed is not None:
         index, code = failed
         reason = "was killed" if code < 0 else f"exited with code {code}"
@@ -137,6 +152,36 @@ def start_local_workers(config: Config, workers: int, resume: str = "", given: f
         hint = f"; continue with: invoke train --resume {target} --workers {workers}" if target else ""
         raise UserError(f"worker {index} {reason}{detail}; the other workers were stopped{hint}")
     return Path(run_dir)
+
+
+def _run_folder(lines: list[str]) -> str:
+    """The run folder the chief printed ("Run folder: PATH"), or "" before it made one."""
+    return next((line.split(": ", 1)[1] for line in reversed(lines) if line.startswith("Run folder: ")), "")
+
+
+def _interrupted(run_dir: str, workers: int) -> None:
+    """After Ctrl-C and the workers stopped: mark the chief's run folder as train_command would, and say how to go on.
+
+    The workers are killed rather than asked to stop (they lead their own
+    process groups, out of the terminal's reach), so the launcher writes the
+    chief's manifest: its checkpoint holds the last epoch every worker finished.
+    """
+    from classifier.commands import Interrupted, epochs_saved
+    from classifier.files import read_json, write_json
+
+    if not run_dir:
+        raise Interrupted("stopped before the chief made its run folder; nothing to continue")
+    run = Path(run_dir)
+    manifest_path = run / "manifest.json"
+    try:
+        manifest = read_json(manifest_path)
+    except (OSError, ValueError):
+        manifest = None
+    if isinstance(manifest, dict) and manifest.get("status") == "running":
+        write_json(manifest_path, {**manifest, "status": "interrupted"})
+    epochs = manifest.get("config", {}).get("epochs", "?") if isinstance(manifest, dict) else "?"
+    raise Interrupted(f"stopped after {epochs_saved(run / 'checkpoint')}/{epochs} epoch(s); "
+                      f"continue with: invoke train --resume {run} --workers {workers}")
 
 
 def _relay(process: subprocess.Popen, index: int, lines: list[str]) -> None:
