@@ -20,6 +20,13 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+# NumPy's and TensorFlow's seeds are unsigned 32-bit numbers.
+MAX_SEED = 2**32 - 1
+# Epochs and batch sizes become TensorFlow's int32 and int64 tensors and torch's
+# loop counts; a larger number fails deep inside them, after the run folder exists.
+MAX_COUNT = 2**31 - 1
+
+
 class UserError(Exception):
     """Bad input from a person: shown as one line, never as a traceback."""
 
@@ -38,13 +45,13 @@ class Config:
     learning_rate: float = 0.001  # RMSprop step size (Keras' default, as in the lecture)
     val_split: float = 0.2  # fraction at the END of the training set kept for validation
     limit: int | None = None  # train on the first N training images only; None means all of them
-    seed: int = 42  # seeds Python, NumPy, TensorFlow and every epoch's shuffle
+    seed: int = 42  # seeds Python, NumPy, TensorFlow and every epoch's shuffle; 0 to 2**32 - 1
     deterministic: bool = True  # TensorFlow's deterministic ops: same numbers on a rerun
     data_dir: str = ""  # dataset cache; "" means $CLASSIFIER_DATA_DIR or <project>/data
     runs_dir: str = ""  # where run folders go; "" means $CLASSIFIER_RUNS_DIR or <project>/runs
     eval_batch_size: int = 256  # images per evaluation step; does not change the numbers
     recipe: str = "lecture"  # a name from registry.RECIPES: "lecture" or "fast" (classifier/machinery/recipes.py)
-    strategy: str = "default"  # a name from registry.STRATEGIES: "default" (one device) or "mirrored"
+    strategy: str = "default"  # a name from registry.STRATEGIES: "default" (one device), "mirrored" or "multiworker"
     numerics: str = "fastest"  # a name from registry.NUMERICS: "fastest" or "portable" (classifier/machinery/numerics.py)
     tensorboard: bool = True  # write TensorBoard event files into RUN/tensorboard (classifier/machinery/tensorboard.py)
 
@@ -124,14 +131,16 @@ def validate(config: Config) -> None:
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(config, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(config, key)}")
+        if getattr(config, key) > MAX_COUNT:
+            raise UserError(f"{key} must be at most {MAX_COUNT}, got {getattr(config, key)}")
     if config.limit is not None and config.limit < 1:
         raise UserError(f"limit must be at least 1 (leave it out to train on every image), got {config.limit}")
     if not 0.0 < config.val_split < 1.0:
         raise UserError(f"val_split must be between 0 and 1 (exclusive), got {config.val_split}")
     if not config.learning_rate > 0.0:
         raise UserError(f"learning_rate must be above 0, got {config.learning_rate}")
-    if config.seed < 0:
-        raise UserError(f"seed must be 0 or more, got {config.seed}")
+    if not 0 <= config.seed <= MAX_SEED:
+        raise UserError(f"seed must be between 0 and {MAX_SEED} (2**32 - 1), got {config.seed}")
 
 
 def _one_of(key: str, value: str, accepted) -> None:

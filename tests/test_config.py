@@ -35,14 +35,18 @@ def test_string_overrides_are_converted():
         ({"limit": 0}, "limit must be at least 1 (leave it out to train on every image), got 0"),
         ({"dataset": "imagenet"}, "unknown dataset 'imagenet'; accepted: cifar10, cifar100, mnist, fashion_mnist"),
         ({"model": "resnet"}, "unknown model 'resnet'; accepted: sequential_add, sequential_list, functional, fast_cnn"),
-        ({"trainer": "sgd"}, "unknown trainer 'sgd'; accepted: fit, tape"),
+        ({"trainer": "sgd"}, "unknown trainer 'sgd'; accepted: fit, tape, torch"),
+        ({"strategy": "tpu"}, "unknown strategy 'tpu'; accepted: default, mirrored, multiworker"),
+        ({"seed": 2**32}, "seed must be between 0 and 4294967295 (2**32 - 1), got 4294967296"),
+        ({"batch_size": 2**63}, f"batch_size must be at most 2147483647, got {2**63}"),
         ({"colour": "red"}, "unknown config key 'colour'"),
     ],
 )
 def test_bad_overrides_name_the_value(overrides, message):
     with pytest.raises(UserError) as error:
         make_config(**overrides)
-    assert message in str(error.value)
+    # A list of accepted names is compared whole, so that none can hide.
+    assert str(error.value) == message if "accepted:" in message else message in str(error.value)
 
 
 def test_folders_follow_flag_then_environment_then_project(monkeypatch, tmp_path):

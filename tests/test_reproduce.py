@@ -37,7 +37,8 @@ def test_environment_differences_are_listed():
 
 
 def test_unfinished_run_cannot_be_reproduced(tmp_path):
-    (tmp_path / "manifest.json").write_text(json.dumps({"status": "interrupted"}))
+    (tmp_path / "config.json").write_text(json.dumps({"epochs": 3}))  # a run folder has both files from its start
+    (tmp_path / "manifest.json").write_text(json.dumps({"status": "interrupted", "config": {"epochs": 3}}))
     with pytest.raises(UserError, match="did not finish .* invoke train --resume"):
         load_finished_run(tmp_path)
     with pytest.raises(UserError, match="does not exist or is not a folder"):

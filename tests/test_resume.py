@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,3 +86,235 @@ def test_finished_run_cannot_be_resumed(fashion_lab):
     result = run_invoke("train", "--resume", str(finished))
     assert result.returncode == 2
     assert f"error: --resume {finished} has already finished" in result.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs (a real file system that fills up); yields (folder, grow) where grow() makes it 64 MiB."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs the tests as root)")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        reason = f"cannot mount a tmpfs: {mounted.stderr.strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the full-disk test, but {reason}", pytrace=False)
+        pytest.skip(reason)
+
+    def grow():
+        subprocess.run(["mount", "-o", "remount,size=64m", str(folder)], check=True)
+
+    try:
+        yield folder, grow
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("trainer", ["fit", "torch"])
+def test_a_full_disk_stops_in_one_line_and_resumes_bit_identically(fashion_lab, small_disk, trainer):
+    if trainer == "torch":
+        pytest.importorskip("torch")
+    folder, grow = small_disk
+    args = ("--limit", "600", "--epochs", "2", "--trainer", trainer)
+    reference, _ = train_fashion(fashion_lab, *args)
+    # Two epochs' checkpoints (about 2.7 MB each) do not fit in 3 MiB.
+    result = run_invoke("train", "--dataset", "fashion_mnist", "--data-dir", str(fashion_lab / "data"),
+                        "--runs-dir", str(folder), *args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    (run_dir,) = folder.iterdir()
+    assert len(errors) == 1 and errors[0].startswith(f"error: cannot write {run_dir}/"), result.stderr[-3000:]
+    assert ": no space left on device; stopped after 1/2 epoch(s); free some space, then continue with: " \
+           f"invoke train --resume {run_dir}" in errors[0]
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
+    leftovers = [str(path) for path in run_dir.rglob("*") if ".tmp-" in path.name or "_temp" in path.name]
+    assert not leftovers, "no temporary file may be left"
+
+    grow()
+    result = run_invoke("train", "--resume", str(run_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _weights(run_dir) == _weights(reference)
+
+
+def _interrupt_at(lab, log_path, marker, *args, timeout=300):
+    """Start `invoke train ARGS`, send Ctrl-C (SIGINT) once `marker` is printed; returns (exit code, output).
+
+    `marker` is a line's start, or a function of the output so far that says when.
+    """
+    ready = marker if callable(marker) else lambda output: marker in output
+    command = [sys.executable, "-m", "invoke", "train", "--dataset", "fashion_mnist", "--data-dir", str(lab / "data"),
+               "--runs-dir", str(lab / "runs"), *args]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            deadline = time.monotonic() + timeout
+            while not ready(log_path.read_text()):
+                assert process.poll() is None, f"exit {process.returncode} before {marker!r}:\n" \
+                                               f"{log_path.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, f"no {marker!r} within {timeout} s"
+                time.sleep(0.02)
+            os.killpg(process.pid, signal.SIGINT)
+            code = process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    return code, log_path.read_text()
+
+
+def _torch_saved_both_epochs(output: str) -> bool:
+    """The torch run's checkpoint holds epoch 2: the evaluation comes next."""
+    if "[Training] epoch=2/2" not in output:
+        return False
+    import torch
+
+    state = torch.load(run_folder_from(output) / "checkpoint" / "last.pt", weights_only=False)
+    return state["epochs_done"] == 2
+
+
+# The markers: the model summary is printed after the manifest and before fitting starts
+# ("Trainable params" for Keras, "parameters:" for torch); Keras' history is printed after
+# the last checkpoint and before the evaluation, torch's last checkpoint is read back.
+@pytest.mark.parametrize("trainer, phase, marker, done", [
+    ("fit", "before fitting", "Trainable params", 0),
+    ("fit", "evaluation", "{'accuracy'", 2),
+    ("torch", "before fitting", "parameters:", 0),
+    ("torch", "evaluation", _torch_saved_both_epochs, 2),
+], ids=["fit-before-fitting", "fit-evaluation", "torch-before-fitting", "torch-evaluation"])
+def test_ctrl_c_in_any_phase_marks_the_run_and_says_how_to_resume(fashion_lab, tmp_path, trainer, phase, marker,
+                                                                  done):
+    if trainer == "torch":
+        pytest.importorskip("torch")
+    args = ("--limit", "600", "--epochs", "2", "--trainer", trainer)
+    code, output = _interrupt_at(fashion_lab, tmp_path / "train.log", marker, *args)
+    assert code == 130, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    run_dir = run_folder_from(output)
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: stopped after {done}/2 epoch(s); continue with: invoke train --resume {run_dir}"], \
+        output[-3000:]
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
+    if phase == "evaluation":
+        reference, _ = train_fashion(fashion_lab, *args)
+        result = run_invoke("train", "--resume", str(run_dir))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert _weights(run_dir) == _weights(reference)
+
+
+@pytest.fixture(scope="module")
+def finished_runs(fashion_lab):
+    """A finished two-epoch `fit` run and a one-epoch `torch` run (None without PyTorch), to copy and damage."""
+    fit, _ = train_fashion(fashion_lab, "--limit", "600", "--epochs", "2")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return fit, None
+    torch_run, _ = train_fashion(fashion_lab, "--limit", "600", "--epochs", "1", "--trainer", "torch")
+    return fit, torch_run
+
+
+def _stopped_copy(run_dir, destination):
+    """A copy of a finished run as Ctrl-C during its evaluation leaves it: every epoch saved, status interrupted."""
+    shutil.copytree(run_dir, destination)
+    manifest = json.loads((destination / "manifest.json").read_text())
+    (destination / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted"}, indent=2))
+    return destination
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _snapshot(folder):
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def _assert_refused(result, expected, folder, before):
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {expected}"], result.stderr[-2000:]
+    assert _snapshot(folder) == before, "nothing in the run folder may change"
+
+
+@pytest.mark.parametrize("damaged", ["ckpt-2.data-00000-of-00001", "ckpt-2.index"])
+def test_a_damaged_last_checkpoint_falls_back_to_the_one_before(finished_runs, tmp_path, damaged):
+    reference, _ = finished_runs
+    run_dir = _stopped_copy(reference, tmp_path / "run")
+    _truncate(run_dir / "checkpoint" / damaged)
+    result = run_invoke("train", "--resume", str(run_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (f"warning: checkpoint ckpt-2 in {run_dir / 'checkpoint'} is damaged; resuming from ckpt-1 (epoch 1) "
+            "instead") in result.stdout
+    assert f"Resuming {run_dir.name} after epoch 1/2" in result.stdout
+    assert _weights(run_dir) == _weights(reference)
+
+
+@pytest.mark.parametrize("damaged", ["both checkpoints", "state.json", "last.pt"])
+def test_a_damaged_checkpoint_with_nothing_to_fall_back_to_is_one_line(finished_runs, tmp_path, damaged):
+    fit, torch_run = finished_runs
+    if damaged == "last.pt" and torch_run is None:
+        pytest.skip("PyTorch is not installed")
+    run_dir = _stopped_copy(torch_run if damaged == "last.pt" else fit, tmp_path / "run")
+    folder = run_dir / "checkpoint"
+    start_over = f"start a new run with the settings in {run_dir / 'config.json'}"
+    if damaged == "both checkpoints":
+        for number in (1, 2):
+            _truncate(folder / f"ckpt-{number}.data-00000-of-00001")
+        expected = f"the checkpoint ckpt-2 in {folder} is damaged and no earlier one is kept, so this run cannot " \
+                   f"continue; {start_over}"
+    elif damaged == "state.json":
+        _truncate(folder / "state.json")
+        expected = f"{folder / 'state.json'} is damaged, so this run cannot continue; {start_over}"
+    else:
+        _truncate(folder / "last.pt")
+        expected = f"the checkpoint {folder / 'last.pt'} is damaged, so this run cannot continue; {start_over}"
+    before = _snapshot(run_dir)
+    _assert_refused(run_invoke("train", "--resume", str(run_dir)), expected, run_dir, before)
+
+
+def _edit_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data, indent=2))
+
+
+@pytest.mark.parametrize("command", ["resume", "export", "reproduce"])
+@pytest.mark.parametrize("damage", ["config.json not JSON", "manifest.json not JSON", "model changed"])
+def test_a_hand_damaged_run_folder_is_refused_before_anything_changes(finished_runs, tmp_path, command, damage):
+    fit, _ = finished_runs
+    run_dir = _stopped_copy(fit, tmp_path / "run") if command == "resume" else shutil.copytree(fit, tmp_path / "run")
+    if damage.endswith("not JSON"):
+        name = damage.split()[0]
+        (run_dir / name).write_text('{"dataset": "fashion_mnist", ')
+        expected = f"{run_dir / name} is damaged (not JSON: Expecting property name enclosed in double quotes); " \
+                   "put back the file the run wrote, or start a new run"
+    else:
+        # The manifest for reproduce, which reruns what it records; config.json for the others.
+        name = "manifest.json" if command == "reproduce" else "config.json"
+        if name == "manifest.json":
+            _edit_json(run_dir / name, lambda manifest: manifest["config"].update(model="functional"))
+            written, recorded = "sequential_add", "functional"
+        else:
+            _edit_json(run_dir / name, lambda config: config.update(model="functional"))
+            written, recorded = "functional", "sequential_add"
+        expected = f"{run_dir}: config.json and manifest.json disagree (model {written!r} against {recorded!r}), " \
+                   "so one was edited; put it back as the run wrote it, or start a new run"
+    before = _snapshot(run_dir)
+    args = {"resume": ("train", "--resume", str(run_dir)), "export": ("export", str(run_dir)),
+            "reproduce": ("reproduce", str(run_dir), "--runs-dir", str(tmp_path / "reruns"))}[command]
+    _assert_refused(run_invoke(*args), expected, run_dir, before)
+    assert not (tmp_path / "reruns").exists()
+
+
+def test_export_of_a_torch_run_says_export_takes_keras_runs(finished_runs):
+    _, torch_run = finished_runs
+    if torch_run is None:
+        pytest.skip("PyTorch is not installed")
+    before = _snapshot(torch_run)
+    _assert_refused(run_invoke("export", str(torch_run)),
+                    f"{torch_run} is a PyTorch run (--trainer torch); invoke export takes Keras runs "
+                    "(--trainer fit or tape) for now", torch_run, before)

@@ -32,16 +32,17 @@ def _assert_one_line_error(result, expected):
     assert "Traceback" not in result.stderr + result.stdout
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr
-    assert expected in errors[0], errors[0]
+    # A message that lists what is accepted is compared whole, so that no accepted name can hide.
+    assert errors[0] == expected if expected.startswith("error: ") else expected in errors[0], errors[0]
 
 
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["data", "--dataset", "imagenet"], "unknown dataset 'imagenet'; accepted: cifar10, cifar100, mnist, fashion_mnist"),
+        (["data", "--dataset", "imagenet"], "error: unknown dataset 'imagenet'; accepted: cifar10, cifar100, mnist, fashion_mnist"),
         (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-        (["train", "--model", "resnet"], "unknown model 'resnet'; accepted: sequential_add, sequential_list, functional, fast_cnn"),
-        (["train", "--trainer", "sgd"], "unknown trainer 'sgd'; accepted: fit, tape"),
+        (["train", "--model", "resnet"], "error: unknown model 'resnet'; accepted: sequential_add, sequential_list, functional, fast_cnn"),
+        (["train", "--trainer", "sgd"], "error: unknown trainer 'sgd'; accepted: fit, tape, torch"),
         (["train", "--epochs", "0"], "epochs must be at least 1, got 0"),
         (["train", "--epochs", "two"], "epochs must be int, got 'two'"),
         (["train", "--batch-size", "0"], "batch_size must be at least 1, got 0"),
@@ -53,8 +54,11 @@ def _assert_one_line_error(result, expected):
         (["bench", "--epochs", "1"], "epochs must be at least 2"),
         (["bench", "--target", "0.91,high"], "--target must be test accuracies between 0 and 1 (e.g. 0.91,0.94), got '0.91,high'"),
         (["bench", "--target", "0.91,1.2"], "--target must be a test accuracy between 0 and 1, got 1.2"),
-        (["train", "--recipe", "turbo"], "unknown recipe 'turbo'; accepted: lecture, fast"),
-        (["train", "--strategy", "tpu"], "unknown strategy 'tpu'; accepted: default, mirrored"),
+        (["train", "--recipe", "turbo"], "error: unknown recipe 'turbo'; accepted: lecture, fast"),
+        (["train", "--strategy", "tpu"], "error: unknown strategy 'tpu'; accepted: default, mirrored, multiworker"),
+        (["train", "--seed", "4294967296"], "error: seed must be between 0 and 4294967295 (2**32 - 1), got 4294967296"),
+        (["train", "--seed", "-1"], "error: seed must be between 0 and 4294967295 (2**32 - 1), got -1"),
+        (["train", "--batch-size", str(2**63)], f"error: batch_size must be at most 2147483647, got {2**63}"),
         (["plot", "--output", "/nonexistent/folder/m.png"], "--output folder /nonexistent/folder does not exist"),
     ],
 )

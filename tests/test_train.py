@@ -1,8 +1,9 @@
-"""Both trainers learn, repeat exactly, and resume exactly from a checkpoint."""
+"""Both trainers learn and repeat exactly; `train_command` resumes exactly from a checkpoint."""
+
+import json
 
 import numpy as np
 import pytest
-from tensorflow import keras
 
 from classifier.machinery.checkpoints import HISTORY_KEYS, Checkpoints
 from classifier.config import make_config
@@ -24,41 +25,18 @@ def splits(num_train=480, num_val=120, seed=0):
     return (images[:num_train], labels[:num_train]), (images[num_train:], labels[num_train:])
 
 
-def train(trainer_name, folder, epochs=2, seed=7, recipe="lecture", stop_after=None, resume=False, **overrides):
-    """Build, (restore,) train; returns (model, the run's history so far) as train_command keeps it."""
+def train(trainer_name, folder, epochs=2, seed=7, recipe="lecture", **overrides):
+    """Build and train one trainer on pattern images; returns (model, its checkpointed history)."""
     config = make_config(dataset="fashion_mnist", trainer=trainer_name, epochs=epochs, seed=seed, recipe=recipe,
                          **overrides)
-    if resume:
-        seed_everything(999)  # A fresh process would build other initial weights: the checkpoint must replace them.
     seed_everything(seed)
     model = build_model(config.model, (28, 28, 1), 10)
     optimizer = make_optimizer(config, steps_per_epoch=15)
     seed_everything(seed)
     checkpoints = Checkpoints(folder, model, optimizer)
-    callbacks = [checkpoints] + ([_StopAfter(stop_after)] if stop_after else [])
-    initial_epoch = checkpoints.restore() if resume else 0
-    trainer = make_trainer(config, model, optimizer, callbacks=callbacks, verbose=0)
-    try:
-        trainer.train(*splits(), initial_epoch=initial_epoch)
-    except _Stop:
-        pass
+    trainer = make_trainer(config, model, optimizer, callbacks=[checkpoints], verbose=0)
+    trainer.train(*splits())
     return model, checkpoints.history
-
-
-class _Stop(Exception):
-    pass
-
-
-class _StopAfter(keras.callbacks.Callback):
-    """Stops training after `epochs` epochs (their checkpoint saved), as a kill between two epochs would."""
-
-    def __init__(self, epochs):
-        super().__init__()
-        self.epochs = epochs
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.epochs:
-            raise _Stop
 
 
 def test_the_registry_names_the_trainers():
@@ -94,11 +72,44 @@ def test_different_seed_gives_different_weights(tmp_path):
 
 @pytest.mark.parametrize("trainer_name", ["fit", "tape"])
 @pytest.mark.parametrize("recipe", ["lecture", "fast"])
-def test_resume_from_checkpoint_matches_an_uninterrupted_run(trainer_name, recipe, tmp_path):
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(tiny_dataset, tmp_path, monkeypatch, capsys,
+                                                            trainer_name, recipe):
+    """train_command stopped by Ctrl-C after epoch 1, then train_command(resume=...), as `invoke train --resume`."""
+    from classifier.config import Interrupted
+from classifier.commands.train import train_command
+    from classifier.machinery.download import import_from
+
+    dataset, source = tiny_dataset
+    import_from(dataset, tmp_path / "data", source)
     fast = {"batch_size": 32, "model": "fast_cnn"} if recipe == "fast" else {}
-    uninterrupted, full_history = train(trainer_name, tmp_path / "full", epochs=3, recipe=recipe, **fast)
-    _, partial = train(trainer_name, tmp_path / "stopped", epochs=3, recipe=recipe, stop_after=1, **fast)
-    assert len(partial["loss"]) == 1
-    resumed, history = train(trainer_name, tmp_path / "stopped", epochs=3, recipe=recipe, resume=True, **fast)
-    assert weights_hash(resumed) == weights_hash(uninterrupted)
-    assert history == full_history
+    config = make_config(dataset="tiny", trainer=trainer_name, epochs=3, seed=7, recipe=recipe, limit=480,
+                         data_dir=str(tmp_path / "data"), runs_dir=str(tmp_path / "runs"), tensorboard=False, **fast)
+    uninterrupted = train_command(config, verbose=0)
+
+    saved = Checkpoints.on_epoch_end
+
+    def ctrl_c_after_epoch_one(self, epoch, logs=None):
+        saved(self, epoch, logs)
+        if epoch == 0:
+            raise KeyboardInterrupt  # what Ctrl-C raises, once epoch 1 is checkpointed
+
+    monkeypatch.setattr(Checkpoints, "on_epoch_end", ctrl_c_after_epoch_one)
+    with pytest.raises(Interrupted, match=r"stopped after 1/3 epoch\(s\); continue with: invoke train --resume "):
+        train_command(config, verbose=0)
+    monkeypatch.setattr(Checkpoints, "on_epoch_end", saved)
+    (stopped,) = [path for path in (tmp_path / "runs").iterdir() if path != uninterrupted]
+    assert json.loads((stopped / "manifest.json").read_text())["status"] == "interrupted"
+    first_epoch = json.loads((stopped / "checkpoint" / "state.json").read_text())["epoch_seconds"]
+    seed_everything(999)  # A fresh process would be in another state: the checkpoint must replace all of it.
+
+    capsys.readouterr()
+    resumed = train_command(make_config(), resume=str(stopped), verbose=0)
+    assert resumed == stopped
+    # Epochs 2 and 3 ran; epoch 1 came from the checkpoint (a rerun from the seed would give the same weights).
+    assert f"Resuming {stopped.name} after epoch 1/3" in capsys.readouterr().out
+    assert json.loads((resumed / "history.json").read_text())["epoch_seconds"][:1] == first_epoch
+    manifests = [json.loads((run / "manifest.json").read_text()) for run in (uninterrupted, resumed)]
+    assert manifests[1]["status"] == "complete"
+    assert manifests[1]["weights_sha256"] == manifests[0]["weights_sha256"]
+    histories = [json.loads((run / "history.json").read_text()) for run in (uninterrupted, resumed)]
+    assert {key: histories[1][key] for key in HISTORY_KEYS} == {key: histories[0][key] for key in HISTORY_KEYS}

@@ -42,6 +42,10 @@ def test_workers_refuses_another_strategy(invoke_cli):
     ("", "--strategy multiworker needs TF_CONFIG"),
     ("{not json", "is not of the form"),
     ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}', "index below 1"),
+    ('{"cluster": {"worker": "a:1,b:2"}, "task": {"type": "worker", "index": 0}}',
+     """TF_CONFIG's cluster.worker must be a list of "host:port" strings, got 'a:1,b:2'"""),
+    ('{"cluster": {"worker": ["a:1", "b:port"]}, "task": {"type": "worker", "index": 0}}',
+     """TF_CONFIG's worker address 'b:port' must be "host:port" with a port number from 1 to 65535"""),
 ])
 def test_multiworker_without_a_good_tf_config_is_one_line(invoke_cli, tmp_path, tf_config, expected):
     result = invoke_cli("train", "--dataset", "fashion_mnist", "--strategy", "multiworker",
@@ -161,3 +165,26 @@ def _wait_for_first_checkpoint(launcher, log_path, timeout=600):
                 return run_dir, int(line.split("pid ")[1].split(",")[0])
         time.sleep(0.05)
     raise AssertionError(f"no checkpoint within {timeout} s:\n{log_path.read_text()[-2000:]}")
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_two_worker_run_marks_it_and_says_how_to_resume(fashion_lab, tmp_path):
+    log_path = tmp_path / "workers.log"
+    command = [sys.executable, "-m", "invoke", "train", "--dataset", "fashion_mnist",
+               "--data-dir", str(fashion_lab / "data"), "--runs-dir", str(fashion_lab / "runs"), *ARGS,
+               "--workers", "2"]
+    with open(log_path, "w") as log:
+        launcher = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True)
+        try:
+            run_dir, _ = _wait_for_first_checkpoint(launcher, log_path)
+            os.kill(launcher.pid, signal.SIGINT)  # Ctrl-C reaches the launcher; the workers lead their own groups
+            _, stderr = launcher.communicate(timeout=120)
+        finally:
+            if launcher.poll() is None:
+                os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode == 130, stderr
+    done = json.loads((run_dir / "checkpoint" / "state.json").read_text())["epochs_done"]
+    assert stderr.strip().splitlines() == [f"error: stopped after {done}/3 epoch(s); continue with: "
+                                           f"invoke train --resume {run_dir} --workers 2"]
+    assert _manifest(run_dir)["status"] == "interrupted"

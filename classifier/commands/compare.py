@@ -28,7 +28,7 @@ from pathlib import Path
 
 from classifier.machinery import numerics
 from classifier.config import UserError
-from classifier.machinery.files import read_json
+from classifier.machinery.runs import read_object, read_run_files
 
 # Keys of runs.environment_record() whose change can change the numbers, split
 # into the machine's (hardware and the numerics variables) and the software's.
@@ -107,29 +107,18 @@ def load_finished_run(run_dir: Path) -> tuple[dict, dict]:
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.is_file():
         raise UserError(f"{run_dir} is not a run folder (no manifest.json in it)")
-    manifest = _read_object(manifest_path)
+    manifest = read_object(manifest_path)
+    if (run_dir / "config.json").is_file():
+        read_run_files(run_dir)  # a hand-edited config.json or manifest.json is refused here
     if manifest.get("status") != "complete" or not (run_dir / "metrics.json").is_file():
         raise UserError(f"{run_dir} did not finish (status {manifest.get('status')!r}); "
                         f"finish it with: invoke train --resume {run_dir}")
-    metrics = _read_object(run_dir / "metrics.json")
+    metrics = read_object(run_dir / "metrics.json")
     missing = [f"manifest.json's {key}" for key in ("config", "data", "weights_sha256") if key not in manifest]
     missing += [f"metrics.json's {key}" for key in METRICS if not isinstance(metrics.get(key), (int, float))]
     if missing:
         raise UserError(f"{run_dir} is damaged: {', '.join(missing)} is missing; train it again")
     return manifest, metrics
-
-
-def _read_object(path: Path) -> dict:
-    """A JSON object from `path`; a damaged file is a UserError naming it."""
-    try:
-        value = read_json(path)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise UserError(f"{path} is damaged (not valid JSON: {error}); train the run again") from None
-    except OSError as error:
-        raise UserError(f"{path} cannot be read: {error.strerror}") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path} is damaged (not a JSON object); train the run again")
-    return value
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from classifier.lecture.split import prepare
 from classifier.machinery.datasets import get_dataset
 from classifier.machinery.loading import read_verified
 from classifier.machinery.files import read_json, write_json, write_text
+from classifier.machinery.runs import read_object, read_run_files
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 TOLERANCE = 0.001  # largest accepted |export accuracy - metrics.json accuracy|
@@ -75,10 +76,11 @@ def parse_formats(value: str) -> tuple[str, ...]:
 
 def check_run(run_dir: Path) -> dict:
     """The finished run's config and metrics; a folder that is not a finished run is a UserError."""
-    if not (run_dir / "config.json").is_file():
-        raise UserError(f"{run_dir} is not a run folder (no config.json in it)")
-    manifest = run_dir / "manifest.json"
-    status = read_json(manifest).get("status") if manifest.is_file() else "unknown (no manifest.json)"
+    config, manifest = read_run_files(run_dir)
+    status = manifest.get("status") if manifest is not None else "unknown (no manifest.json)"
+    if config.get("trainer") == "torch" and status == "complete":
+        raise UserError(f"{run_dir} is a PyTorch run (--trainer torch); invoke export takes Keras runs "
+                        "(--trainer fit or tape) for now")
     if status != "complete":
         raise UserError(
             f"run {run_dir} did not finish (status {status}); export a complete run, "
@@ -87,7 +89,7 @@ def check_run(run_dir: Path) -> dict:
     for name in ("model.keras", "metrics.json"):
         if not (run_dir / name).is_file():
             raise UserError(f"run {run_dir} has no {name}; it is not a finished run")
-    return {"config": read_json(run_dir / "config.json"), "metrics": read_json(run_dir / "metrics.json")}
+    return {"config": config, "metrics": read_object(run_dir / "metrics.json")}
 
 
 def _check_runtimes(formats, int8: bool) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from classifier.config import Config, resolve_recipe
 from classifier.machinery import numerics, report
 from classifier.machinery.cluster import worker_role
-from classifier.machinery.lifecycle import Run, print_metrics, timings
+from classifier.machinery.lifecycle import Run, epochs_saved, print_metrics, timings
 from classifier.machinery.loading import load_dataset
 from classifier.machinery.runs import environment_record, resume_target, running_manifest, save_keras_model
 
@@ -48,10 +48,14 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
     # Before TensorFlow starts: it reads these settings once, when it is loaded.
     numerics_record = numerics.apply(config.numerics)
     # Imported here: after the numerics settings, and so that bad input above is reported without loading TensorFlow.
-    from classifier.lecture.runtime import DurationTime, devices
+    from classifier.lecture.runtime import DurationTime, devices, seed_everything
+    from classifier.machinery.checkpoints import readable_state
     from classifier.machinery.distribute import check_same_data, is_chief, make_strategy, start_devices
 
     strategy, gpus = start_devices(config)
+    # A damaged checkpoint is refused (or passed over for the one before) before the run folder changes.
+    resume_state = readable_state(resume_dir / "checkpoint") if resume_dir else None
+    seed_everything(config.seed, config.deterministic)
     with DurationTime("load data") as load_timer:
         dataset, splits, hashes = load_dataset(config)
     strategy = strategy or make_strategy(config)
@@ -61,12 +65,15 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
     run = Run.claim(config, resume_dir, chief=is_chief(strategy))
     run.start(running_manifest(config, dataset, splits, hashes, gpus=gpus, devices_used=devices(),
                                environment=environment_record(), numerics=numerics_record))
-    report.show_samples(splits[0].images, splits[0].labels, dataset.class_names, run.folder / "samples.png")
-    model, optimizer = create_model(config, dataset, strategy, run, len(splits[0]))
-    trained = train_model(config, run, (model, optimizer), strategy, splits, dataset.image_shape, verbose)
-    final_model, metrics, eval_seconds = test_model(config, model, strategy, dataset, splits[2])
-    seconds = {"load": load_timer.seconds, "train": trained["seconds"], "evaluate": eval_seconds}
-    return record(run, trained, final_model, metrics, seconds, dataset.class_names, len(splits[0]))
+    # Ctrl-C or a full disk from here on, in any phase, leaves a run that --resume continues.
+    with run.interruptible(lambda: epochs_saved(run.checkpoint_folder)):
+        report.show_samples(splits[0].images, splits[0].labels, dataset.class_names, run.folder / "samples.png")
+        model, optimizer = create_model(config, dataset, strategy, run, len(splits[0]))
+        trained = train_model(config, run, (model, optimizer, resume_state), strategy, splits, dataset.image_shape,
+                              verbose)
+        final_model, metrics, eval_seconds = test_model(config, model, strategy, dataset, splits[2])
+        seconds = {"load": load_timer.seconds, "train": trained["seconds"], "evaluate": eval_seconds}
+        return record(run, trained, final_model, metrics, seconds, dataset.class_names, len(splits[0]))
 
 
 def settle_config(config: Config, resume: str, given: frozenset[str] | None) -> tuple[Path | None, Config]:
@@ -105,21 +112,21 @@ def train_model(config: Config, run: Run, built, strategy, splits, image_shape, 
     """train_model(): the lecture's trainer, checkpointed after every epoch; returns what record() needs.
 
     Args:
-        built: (model, optimizer) from create_model.
+        built: (model, optimizer) from create_model, and the checkpoint state to resume from (None: none).
     """
     from classifier.lecture.runtime import DurationTime
     from classifier.machinery.checkpoints import Checkpoints
     from classifier.machinery.distribute import collective_failures, make_trainer
     from classifier.machinery.tensorboard import EpochSummaries
 
-    model, optimizer = built
+    model, optimizer, resume_state = built
     train, val, _ = splits
     checkpoints = Checkpoints(run.checkpoint_folder, model, optimizer, chief=run.chief)
     # TensorBoard's per-epoch scalars and graph come first, so the epoch timer in checkpoints leaves them out.
     # Only the chief writes them, as it writes the run folder.
     summaries = [EpochSummaries(run.folder, optimizer, image_shape)] if config.tensorboard and run.chief else []
     with strategy.scope():
-        initial_epoch = checkpoints.restore() if run.resumed else 0
+        initial_epoch = checkpoints.restore(resume_state)
         trainer = make_trainer(config, model, optimizer, strategy, callbacks=[*summaries, checkpoints], verbose=verbose)
     if initial_epoch:
         print(f"Resuming {run.folder.name} after epoch {initial_epoch}/{config.epochs}")
@@ -127,8 +134,7 @@ def train_model(config: Config, run: Run, built, strategy, splits, image_shape, 
     def epochs_done() -> int:
         return len(checkpoints.history["loss"])
 
-    with run.training(epochs_done), collective_failures(config, run, epochs_done), \
-            DurationTime("training") as train_timer:
+    with collective_failures(config, run, epochs_done), DurationTime("training") as train_timer:
         trainer.train((train.images, train.labels), (val.images, val.labels), initial_epoch=initial_epoch)
     for summary in summaries:
         summary.close()

@@ -25,8 +25,8 @@ from classifier.machinery.files import write_text
 from classifier.machinery.lifecycle import Run, print_metrics, timings
 from classifier.machinery.loading import load_dataset
 from classifier.machinery.runs import environment_record, running_manifest
-from classifier.machinery.torch_runs import (CHECKPOINT, import_torch, load_checkpoint, save_checkpoint,
-                                             save_torch_model, torch_environment)
+from classifier.machinery.torch_runs import (CHECKPOINT, epochs_saved, import_torch, load_checkpoint, read_checkpoint,
+                                             save_checkpoint, save_torch_model, torch_environment)
 
 
 def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
@@ -49,24 +49,27 @@ def train_torch(config: Config, resume_dir: Path | None = None) -> Path:
     start = time.perf_counter()
     dataset, splits, hashes = load_dataset(config)
     load_seconds = time.perf_counter() - start
+    # A damaged checkpoint is refused before the run folder changes.
+    resume_state = read_checkpoint(resume_dir / CHECKPOINT) if resume_dir else None
     run = Run.claim(config, resume_dir)
     run.start(running_manifest(config, dataset, splits, hashes,
                                environment={**environment_record(tensorflow=False), **torch_environment()},
                                numerics=numerics_record))
     train, _, test = splits
-    report.show_samples(train.images, train.labels, dataset.class_names, run.folder / "samples.png")
-    model, trainer = create_torch_model(config, dataset, run)
-    history, start_epoch, train_seconds, summaries = train_torch_model(config, run, trainer, splits)
-
-    start = time.perf_counter()
-    metrics = evaluate_torch(model, test, len(dataset.class_names), config.eval_batch_size)
-    seconds = {"load": load_seconds, "train": train_seconds, "evaluate": time.perf_counter() - start}
-    print_metrics(metrics)
-    # Seconds of train_seconds spent writing TensorBoard summaries (None: --tensorboard false, or no tensorboard).
-    run_timings = timings(seconds, trainer.epoch_seconds, start_epoch, len(train),
-                          summaries.seconds if summaries is not None else None)
-    return run.finish({**history, "epoch_seconds": trainer.epoch_seconds}, metrics, run_timings,
-                      dataset.class_names, save_torch_model(run.folder, model), tensorboard=summaries is not None)
+    # Ctrl-C or a full disk from here on, in any phase, leaves a run that --resume continues.
+    with run.interruptible(lambda: epochs_saved(run.folder / CHECKPOINT)):
+        report.show_samples(train.images, train.labels, dataset.class_names, run.folder / "samples.png")
+        model, trainer = create_torch_model(config, dataset, run)
+        history, start_epoch, train_seconds, summaries = train_torch_model(config, run, trainer, splits, resume_state)
+        start = time.perf_counter()
+        metrics = evaluate_torch(model, test, len(dataset.class_names), config.eval_batch_size)
+        seconds = {"load": load_seconds, "train": train_seconds, "evaluate": time.perf_counter() - start}
+        print_metrics(metrics)
+        # Seconds of train_seconds spent writing TensorBoard summaries (None: --tensorboard false, or no tensorboard).
+        run_timings = timings(seconds, trainer.epoch_seconds, start_epoch, len(train),
+                              summaries.seconds if summaries is not None else None)
+        return run.finish({**history, "epoch_seconds": trainer.epoch_seconds}, metrics, run_timings,
+                          dataset.class_names, save_torch_model(run.folder, model), tensorboard=summaries is not None)
 
 
 def create_torch_model(config: Config, dataset, run: Run):
@@ -83,9 +86,9 @@ def create_torch_model(config: Config, dataset, run: Run):
     return model, trainer
 
 
-def train_torch_model(config: Config, run: Run, trainer, splits):
+def train_torch_model(config: Config, run: Run, trainer, splits, resume_state: dict | None):
     """The lecture's loop, checkpointed after every epoch; returns (history, start epoch, seconds, summaries)."""
-    start_epoch = load_checkpoint(run.folder / CHECKPOINT, trainer) if run.resumed else 0
+    start_epoch = load_checkpoint(run.folder / CHECKPOINT, trainer, resume_state) if resume_state else 0
     if start_epoch:
         print(f"Resuming {run.folder.name} after epoch {start_epoch}/{config.epochs}")
     summaries = _epoch_summaries(run.folder) if config.tensorboard else None
@@ -99,10 +102,9 @@ def train_torch_model(config: Config, run: Run, trainer, splits):
         save_checkpoint(run.folder / CHECKPOINT, trainer)
 
     train, val, _ = splits
-    with run.training(lambda: len(trainer.history["loss"])):
-        start = time.perf_counter()
-        history = trainer.train(train, val, start_epoch=start_epoch, on_epoch_end=end_epoch)
-        train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    history = trainer.train(train, val, start_epoch=start_epoch, on_epoch_end=end_epoch)
+    train_seconds = time.perf_counter() - start
     if summaries is not None:
         summaries.close()
     return history, start_epoch, train_seconds, summaries

@@ -25,8 +25,10 @@ import threading
 import time
 from pathlib import Path
 
-from classifier.config import PROJECT_ROOT, Config, UserError, make_config, to_dict
+from classifier.config import PROJECT_ROOT, Config, Interrupted, UserError, make_config, to_dict
 from classifier.machinery.cluster import free_ports, tf_config
+from classifier.machinery.files import read_json, write_json
+from classifier.machinery.lifecycle import epochs_saved
 from classifier.machinery.runs import resume_target
 
 # After one worker has failed, how long the others get to stop by themselves
@@ -79,10 +81,10 @@ def start_local_workers(config: Config, workers: int, resume: str = "", given: f
         failed = _watch(processes, grace_seconds)
     except KeyboardInterrupt:
         _stop(processes)
-        raise
+        _interrupted(resume or _run_folder(lines), workers)
     for reader in readers:
         reader.join(timeout=5)
-    run_dir = next((line.split(": ", 1)[1] for line in reversed(lines) if line.startswith("Run folder: ")), "")
+    run_dir = _run_folder(lines)
     if failed is not None:
         index, code = failed
         reason = "was killed" if code < 0 else f"exited with code {code}"
@@ -93,6 +95,33 @@ def start_local_workers(config: Config, workers: int, resume: str = "", given: f
         hint = f"; continue with: invoke train --resume {target} --workers {workers}" if target else ""
         raise UserError(f"worker {index} {reason}{detail}; the other workers were stopped{hint}")
     return Path(run_dir)
+
+
+def _run_folder(lines: list[str]) -> str:
+    """The run folder the chief printed ("Run folder: PATH"), or "" before it made one."""
+    return next((line.split(": ", 1)[1] for line in reversed(lines) if line.startswith("Run folder: ")), "")
+
+
+def _interrupted(run_dir: str, workers: int) -> None:
+    """After Ctrl-C and the workers stopped: mark the chief's run folder as train_command would, and say how to go on.
+
+    The workers are killed rather than asked to stop (they lead their own
+    process groups, out of the terminal's reach), so the launcher writes the
+    chief's manifest: its checkpoint holds the last epoch every worker finished.
+    """
+    if not run_dir:
+        raise Interrupted("stopped before the chief made its run folder; nothing to continue")
+    run = Path(run_dir)
+    manifest_path = run / "manifest.json"
+    try:
+        manifest = read_json(manifest_path)
+    except (OSError, ValueError):
+        manifest = None
+    if isinstance(manifest, dict) and manifest.get("status") == "running":
+        write_json(manifest_path, {**manifest, "status": "interrupted"})
+    epochs = manifest.get("config", {}).get("epochs", "?") if isinstance(manifest, dict) else "?"
+    raise Interrupted(f"stopped after {epochs_saved(run / 'checkpoint')}/{epochs} epoch(s); "
+                      f"continue with: invoke train --resume {run} --workers {workers}")
 
 
 def _relay(process: subprocess.Popen, index: int, lines: list[str]) -> None:

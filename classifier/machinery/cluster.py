@@ -51,11 +51,26 @@ def worker_role() -> tuple[int, int]:
                         "(or start local workers with: invoke train --workers 2)")
     try:
         tf_config = json.loads(text)
-        workers = list(tf_config["cluster"]["worker"])
+        workers = tf_config["cluster"]["worker"]
         task = tf_config["task"]
-        index = int(task["index"])
     except (ValueError, KeyError, TypeError):
         raise UserError(f"TF_CONFIG {text!r} is not of the form {example}") from None
-    if task.get("type") != "worker" or not 0 <= index < len(workers):
-        raise UserError(f"TF_CONFIG's task {task!r} must be a worker with an index below {len(workers)}")
+    # Valid JSON of the wrong shape would reach TensorFlow, which fails with a traceback: name the bad part here.
+    if not isinstance(workers, list) or not workers:
+        raise UserError(f"TF_CONFIG's cluster.worker must be a list of \"host:port\" strings, got {workers!r}")
+    for address in workers:
+        _check_address(address)
+    index = task.get("index") if isinstance(task, dict) else None
+    if not isinstance(task, dict) or task.get("type") != "worker" or isinstance(index, bool) \
+            or not isinstance(index, int) or not 0 <= index < len(workers):
+        raise UserError(f"TF_CONFIG's task {task!r} must be a worker with an index below {len(workers)}, "
+                        'e.g. {"type": "worker", "index": 0}')
     return len(workers), index
+
+
+def _check_address(address) -> None:
+    """One worker address of TF_CONFIG: "host:port", the port a number from 1 to 65535."""
+    host, _, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UserError(f"TF_CONFIG's worker address {address!r} must be \"host:port\" with a port number "
+                        "from 1 to 65535, e.g. \"host1:12345\"")

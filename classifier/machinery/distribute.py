@@ -34,7 +34,7 @@ import tensorflow as tf
 from tensorflow import keras
 
 from classifier.config import Config, UserError
-from classifier.lecture.runtime import gpu_config, seed_everything
+from classifier.lecture.runtime import gpu_config
 from classifier.lecture.train import TRAINERS, TapeTrainer
 from classifier.machinery.cluster import worker_role
 from classifier.machinery.recipes import make_loss
@@ -48,7 +48,7 @@ COLLECTIVE_TIMEOUT_SECONDS = 120
 
 
 def start_devices(config: Config) -> tuple[tf.distribute.Strategy | None, list]:
-    """The lecture's gpu_config() and the seeds, after the multi-worker strategy where there is one.
+    """The lecture's gpu_config(), after the multi-worker strategy where there is one.
 
     MultiWorkerMirroredStrategy configures TensorFlow's runtime for the
     cluster, which is possible only before the first op, so it comes first.
@@ -57,9 +57,7 @@ def start_devices(config: Config) -> tuple[tf.distribute.Strategy | None, list]:
         (the multi-worker strategy, or None for make_strategy to choose later; gpu_config()'s GPUs).
     """
     strategy = make_multiworker_strategy() if config.strategy == "multiworker" else None
-    gpus = gpu_config()
-    seed_everything(config.seed, config.deterministic)
-    return strategy, gpus
+    return strategy, gpu_config()
 
 
 @contextlib.contextmanager

@@ -13,12 +13,33 @@ broken one; the temporary file is removed on failure.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 
 from classifier.config import UserError
+
+# The errors a write gets when the disk (or the user's quota) is full.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(UserError):
+    """A file could not be written for want of space; `path` names it."""
+
+    def __init__(self, path, advice: str = ""):
+        self.path = Path(path)
+        super().__init__(f"cannot write {self.path}: no space left on device" + (f"; {advice}" if advice else ""))
+
+
+def disk_full(error: BaseException) -> DiskFull | None:
+    """`error` as a DiskFull when it means the disk is full (a DiskFull, or an OSError ENOSPC/EDQUOT), else None."""
+    if isinstance(error, DiskFull):
+        return error
+    if isinstance(error, OSError) and error.errno in _NO_SPACE:
+        return DiskFull(error.filename or "a file")
+    return None
 
 
 @contextlib.contextmanager
@@ -38,6 +59,8 @@ def atomic_write(path: Path, mode: int | None = None):
     try:
         handle, name = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
     except OSError as error:
+        if error.errno in _NO_SPACE:
+            raise DiskFull(path) from None
         raise UserError(f"cannot write {path}: {error.strerror}") from None
     os.close(handle)
     temporary = Path(name)
@@ -47,6 +70,8 @@ def atomic_write(path: Path, mode: int | None = None):
         _fsync(temporary)
         os.replace(temporary, path)
     except OSError as error:
+        if error.errno in _NO_SPACE:
+            raise DiskFull(path) from None
         raise UserError(f"cannot write {path}: {error.strerror or error}") from None
     finally:
         temporary.unlink(missing_ok=True)

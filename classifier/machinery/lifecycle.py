@@ -2,9 +2,9 @@
 
     run = Run.claim(config, resume_dir)                # a new folder with config.json, or the stopped one
     run.start(running_manifest(...))                   # manifest.json, status "running"
-    with run.training(epochs_done):                    # Ctrl-C: status "interrupted", one line, exit 130
-        trainer.train(...)
-    run.finish(history, metrics, timings, class_names, weights_sha256, tensorboard=True)
+    with run.interruptible(epochs_done):               # Ctrl-C or a full disk in any phase: "interrupted", one line
+        ... build, train, test ...
+        run.finish(history, metrics, timings, class_names, weights_sha256, tensorboard=True)
 
 A folder is claimed only after the data has loaded, so a failed download or a
 --limit that does not fit leaves no run folder behind. The workers of a
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from classifier import config as config_module
 from classifier.config import Config, Interrupted, to_dict
-from classifier.machinery.files import write_json
+from classifier.machinery.files import DiskFull, disk_full, read_json, write_json
 from classifier.machinery.runs import create_run_dir, finish_run
 
 
@@ -63,23 +63,44 @@ class Run:
         write_json(self.folder / "manifest.json", manifest)
 
     def stopped(self) -> None:
-        """Mark the run interrupted: its checkpoint keeps the last finished epoch for --resume."""
+        """Mark the run interrupted (unless it finished): its checkpoint keeps the last finished epoch for --resume."""
+        if self.manifest.get("status") == "complete":
+            return
         self.manifest["status"] = "interrupted"
-        write_json(self.folder / "manifest.json", self.manifest)
+        try:
+            write_json(self.folder / "manifest.json", self.manifest)
+        except DiskFull:
+            pass  # The manifest keeps "running"; the caller's line still says what happened and what to do.
 
     @contextlib.contextmanager
-    def training(self, epochs_done):
-        """Around the training loop: Ctrl-C marks the run interrupted and says how to continue it.
+    def interruptible(self, epochs_done):
+        """Ctrl-C or a full disk inside (setup, an epoch, evaluation, writing): mark the run, say how to continue.
+
+        The one line names the --resume command whatever phase the run was in:
+        the checkpoint holds the last finished epoch, and every file is
+        written under a temporary name first, so nothing half-written is left
+        (files.atomic_write, checkpoints.py). A run that had finished is left as it is.
 
         Args:
-            epochs_done: a callable giving the number of finished epochs when training stops.
+            epochs_done: called after the stop for the epochs the checkpoint holds (None: not known).
+
+        Raises:
+            Interrupted: after Ctrl-C.
+            DiskFull: the disk filled up; its message names the file.
         """
         try:
             yield self
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Exception) as error:
+            full = disk_full(error)
+            if (full is None and not isinstance(error, KeyboardInterrupt)) or self.manifest.get("status") == "complete":
+                raise
             self.stopped()
-            raise Interrupted(f"stopped after {epochs_done()}/{self.config.epochs} epoch(s); "
-                              f"continue with: invoke train --resume {self.folder}") from None
+            done = epochs_done()
+            stopped = f"stopped after {done}/{self.config.epochs} epoch(s)" if done is not None else "stopped"
+            resume = f"invoke train --resume {self.folder}"
+            if full is not None:
+                raise DiskFull(full.path, f"{stopped}; free some space, then continue with: {resume}") from None
+            raise Interrupted(f"{stopped}; continue with: {resume}") from None
 
     def finish(self, history: dict, metrics: dict, timings: dict, class_names, weights_sha256: str,
                tensorboard: bool) -> Path:
@@ -99,6 +120,14 @@ class Run:
             print(f"TensorBoard: tensorboard --logdir {self.folder.parent}")
         print(f"Run folder: {self.folder}")
         return self.folder
+
+
+def epochs_saved(checkpoint_folder: Path) -> int:
+    """The epochs a TensorFlow run's checkpoint holds (its state.json), 0 when there is none yet."""
+    try:
+        return int(read_json(Path(checkpoint_folder) / "state.json")["epochs_done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def timings(seconds: dict, epoch_seconds: list[float], start_epoch: int, num_images: int,

@@ -5,9 +5,12 @@
 
 TensorFlow and its oneDNN library read these settings from the environment
 once, when they start, and never again. So `apply(mode)` must run before the
-first `import tensorflow` in the process: `tasks.py` calls it first thing,
-and it refuses (UserError) when TensorFlow is already loaded with other
-values, since the settings could no longer take effect.
+first `import tensorflow` in the process: `train_command` (commands.py) and
+`train_torch` (torch_run.py) call it before they import TensorFlow or torch,
+`reproduce` before it reruns a run, and `bench` applies it to each child's
+environment; `tasks.py` only resolves the mode's name. It refuses
+(UserError) when TensorFlow is already loaded with other values, since the
+settings could no longer take effect.
 
 Why each portable setting is needed (measured on Fashion-MNIST, see docs/reproducibility.md,
 the table of portable settings):

@@ -10,8 +10,9 @@ Fashion-MNIST in under 3 minutes on 2 CPU cores (benchmarks/NOTES.md):
     random left-right mirroring in training, the mirror image's answer
     averaged in at test time.
 
-Everything here is built from Keras' own layers and schedules, so a saved
-`model.keras` loads with plain `keras.models.load_model`, without this package.
+The saved model is built from Keras' own layers and is not compiled, so a
+`model.keras` of either recipe loads with plain `keras.models.load_model`,
+without this package (tests/test_recipes.py loads one that `invoke train` wrote).
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
 
     Keras' SparseCategoricalCrossentropy has no label smoothing, so the
     integer labels become one-hot rows for CategoricalCrossentropy's. Only
-    training uses it: the saved model is not compiled, so loading it needs
-    nothing from here.
+    training uses it: the saved model is `inference_model`'s uncompiled
+    wrapper, so loading it needs nothing from here (tests/test_recipes.py
+    loads a model.keras of `invoke train --recipe fast` in a Python without
+    this package).
     """
 
     def __init__(self, label_smoothing: float, reduction: str | None = "sum_over_batch_size",
@@ -122,12 +125,31 @@ def inference_model(model: keras.Model, config: Config) -> keras.Model:
     """
     if config.recipe != "fast":
         return model
+    network = _inference_network(model)
     image = layers.Input(shape=model.input_shape[1:], name="image")
     mirrored = keras.ops.flip(image, axis=2)
-    average = layers.Average(name="mirror_average")([model(image), model(mirrored)])
+    average = layers.Average(name="mirror_average")([network(image), network(mirrored)])
     # Not compiled: it is evaluated by calling it, and saved without an
     # optimizer, so that loading it elsewhere needs nothing but Keras.
     return keras.Model(inputs=image, outputs=average, name="fast-classifier-mirrored")
+
+
+def _inference_network(model: keras.Model) -> keras.Model:
+    """The trained layers on a new input, without the training-only mirroring; it shares every weight.
+
+    Two reasons not to save the trained model itself. `fit` compiled it with
+    the recipe's smoothed loss, and a nested model's compile config is saved
+    and rebuilt even by `load_model(compile=False)`, so model.keras would need
+    this package. And RandomFlip mirrors whenever a caller leaves `training`
+    out, as `model(images)` and the SavedModel that `model.export` writes do;
+    it does nothing at test time, so it is left out. The registry's networks
+    are chains of layers, so calling them in order rebuilds the graph.
+    """
+    x = image = layers.Input(shape=model.input_shape[1:], name="pixels")
+    for layer in model.layers:
+        if not isinstance(layer, (layers.InputLayer, layers.RandomFlip)):
+            x = layer(x)
+    return keras.Model(inputs=image, outputs=x, name=model.name)
 
 
 def use_mixed_precision(config: Config) -> bool:

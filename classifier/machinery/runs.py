@@ -50,6 +50,45 @@ def create_run_dir(runs_root: Path, config: Config) -> Path:
     raise UserError(f"runs folder {runs_root} already holds 999 runs named {base}*")
 
 
+def read_run_files(run_dir: Path) -> tuple[dict, dict | None]:
+    """A run folder's config.json and manifest.json (None when there is none), checked before anything changes.
+
+    `train --resume`, `export` and `reproduce` read these first, so that a
+    file damaged or edited by hand is refused in one line while the folder is
+    still as it was.
+
+    Raises:
+        UserError: no config.json; a file that is not the JSON object the lab
+            wrote; or config.json and the manifest's copy of it differ.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise UserError(f"{run_dir} is not a run folder (no config.json in it)")
+    config = read_object(run_dir / "config.json")
+    manifest = read_object(run_dir / "manifest.json") if (run_dir / "manifest.json").is_file() else None
+    if manifest is not None and "config" in manifest and manifest["config"] != config:
+        keys = sorted(key for key in {*config, *manifest["config"]} if config.get(key) != manifest["config"].get(key))
+        differences = ", ".join(f"{key} {config.get(key)!r} against {manifest['config'].get(key)!r}" for key in keys)
+        raise UserError(f"{run_dir}: config.json and manifest.json disagree ({differences}), so one was edited; "
+                        "put it back as the run wrote it, or start a new run")
+    return config, manifest
+
+
+def read_object(path: Path) -> dict:
+    """The JSON object in `path`; a file that is not one is a UserError saying it is damaged."""
+    try:
+        data = read_json(path)
+    except ValueError as error:
+        raise UserError(f"{path} is damaged (not JSON: {getattr(error, 'msg', error)}); "
+                        "put back the file the run wrote, or start a new run") from None
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is damaged (not the JSON object the lab writes); "
+                        "put back the file the run wrote, or start a new run")
+    return data
+
+
 def environment_record(tensorflow: bool = True) -> dict:
     """What a rerun needs to know about this machine and software to expect the same numbers.
 
@@ -160,11 +199,16 @@ def resume_target(run_dir: Path) -> tuple[Path, Config]:
     """The stopped run folder `--resume` names, and its own config (from its config.json).
 
     Raises:
-        UserError: the folder is not a run folder, or its run has already finished.
+        UserError: the folder is not a run folder, its run has already finished, or its
+            config.json or manifest.json is damaged or was edited (read_run_files).
     """
     if not (run_dir / "config.json").is_file():
         raise UserError(f"--resume {run_dir} is not a run folder (no config.json in it)")
-    manifest = run_dir / "manifest.json"
-    if manifest.is_file() and read_json(manifest).get("status") == "complete":
+    config, manifest = read_run_files(run_dir)
+    if manifest is not None and manifest.get("status") == "complete":
         raise UserError(f"--resume {run_dir} has already finished; start a new run instead")
-    return run_dir, make_config(**read_json(run_dir / "config.json"))
+    try:
+        return run_dir, make_config(**config)
+    except UserError as error:
+        raise UserError(f"{run_dir / 'config.json'} was changed by hand: {error}; put it back as the run wrote it, "
+                        "or start a new run") from None

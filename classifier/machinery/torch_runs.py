@@ -12,6 +12,7 @@ one line rather than a traceback.
 
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 
@@ -54,11 +55,11 @@ def save_torch_model(run_dir: Path, model) -> str:
     `model.load_state_dict(torch.load("model.pt"))` restores the weights whose
     SHA-256 the manifest holds.
     """
-    torch = import_torch()
     from classifier.lecture.torch_train import weights_sha256
 
     with atomic_write(run_dir / "model.pt") as temporary:
-        torch.save(model.state_dict(), temporary)
+        # Through Python's own write (save_checkpoint says why).
+        temporary.write_bytes(to_bytes(model.state_dict()))
     return weights_sha256(model)
 
 
@@ -83,24 +84,76 @@ def checkpoint_dict(trainer) -> dict:
 
 def save_checkpoint(path: Path, trainer) -> Path:
     """Write `checkpoint_dict(trainer)` to `path` atomically (files.atomic_write: temporary name, fsync, rename)."""
-    torch = import_torch()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as temporary:
-        torch.save(checkpoint_dict(trainer), temporary)
+        # torch.save writing to a file reports a full disk as RuntimeError
+        # "[enforce fail at inline_container.cc...]"; Python's write gives
+        # OSError ENOSPC, which atomic_write names (files.DiskFull).
+        temporary.write_bytes(to_bytes(checkpoint_dict(trainer)))
     return path
 
 
-def load_checkpoint(path: Path, trainer) -> int:
-    """Restore a checkpoint into `trainer` (a TorchTrainer); returns the epochs it had finished (0 if none)."""
+def to_bytes(value) -> bytes:
+    """`value` as torch.save writes it."""
     torch = import_torch()
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def epochs_saved(path: Path) -> int | None:
+    """The epochs the checkpoint at `path` holds: 0 without one, None when it cannot be read."""
+    if not Path(path).exists():
+        return 0
+    torch = import_torch()
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["epochs_done"])
+    except Exception:  # noqa: BLE001 - any damage means "not known"; the caller only reports it
+        return None
+
+
+def read_checkpoint(path: Path) -> dict | None:
+    """The checkpoint dict at `path`, None when there is none (killed before the first epoch ended).
+
+    Raises:
+        UserError: the file is damaged (torch keeps one checkpoint, so there is none to fall back to).
+    """
     path = Path(path)
     if not path.exists():
+        return None
+    torch = import_torch()
+    try:
+        # weights_only=False: the dict holds NumPy's and Python's RNG states, and
+        # it is a file this lab wrote into its own run folder.
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        int(state["epochs_done"])
+        return state
+    except Exception:  # noqa: BLE001 - torch.load fails in many ways on a damaged file; all mean the same
+        raise UserError(f"the checkpoint {path} is damaged, so this run cannot continue; start a new run with "
+                        f"the settings in {path.parent.parent / 'config.json'}") from None
+
+
+def load_checkpoint(path: Path, trainer, state: dict | None = None) -> int:
+    """Restore a checkpoint into `trainer` (a TorchTrainer); returns the epochs it had finished (0 if none).
+
+    Args:
+        path: the checkpoint file.
+        trainer: the trainer to fill.
+        state: the checkpoint as `read_checkpoint(path)` already read it (default: read it now).
+
+    Raises:
+        UserError: a damaged file, or a checkpoint of another model (an edited config.json).
+    """
+    torch = import_torch()
+    state = read_checkpoint(path) if state is None else state
+    if state is None:
         return 0  # killed before the first epoch ended: start again from the seed
-    # weights_only=False: the dict holds NumPy's and Python's RNG states, and
-    # it is a file this lab wrote into its own run folder.
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    trainer.model.load_state_dict(state["model"])
+    try:
+        trainer.model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise UserError(f"the checkpoint {path} does not fit this run's model; was its config.json edited? "
+                        "Put it back as the run wrote it, or start a new run") from None
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.generator.set_state(state["rng"]["loader"])
     torch.set_rng_state(state["rng"]["torch"])
