@@ -76,7 +76,7 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tiny_dataset, tmp_p
                                                             trainer_name, recipe):
     """train_command stopped by Ctrl-C after epoch 1, then train_command(resume=...), as `invoke train --resume`."""
     from classifier.config import Interrupted
-from classifier.commands.train import train_command
+    from classifier.commands.train import train_command
     from classifier.machinery.download import import_from
 
     dataset, source = tiny_dataset
