@@ -52,7 +52,7 @@ fi
 
 cd "$(dirname "$0")"
 
-# Notebooks are stored without outputs (classifier/notebook_outputs.py): the
+# Notebooks are stored without outputs (classifier/machinery/notebook_outputs.py): the
 # lab's Jupyter settings (as in the container) make `jupyter lab` from .venv
 # save the lecture's notebooks without them, and git's nbstripout filter
 # (.gitattributes; nbstripout from requirements/lab.lock) keeps any that
