@@ -284,12 +284,12 @@ def lock(c, upgrade=False):
 
 @task(help={
     "run": "a finished run folder, e.g. runs/20261127-150831-fashion_mnist-sequential_add-fit",
-    "format": "savedmodel, tflite, onnx, or several comma-separated (default: all three)",
+    "format": "savedmodel, tflite, onnx, or several comma-separated (default: all three; a --trainer torch run: onnx)",
     "int8": "also write an int8-quantized TFLite and report its accuracy drop and size",
     "data_dir": _CONFIG_HELP["data_dir"],
 })
 def export(c, run, format="savedmodel,tflite,onnx", int8=False, data_dir=""):
-    """Export a run's model (SavedModel, TFLite, ONNX), check each on the test set, write export.md."""
+    """Export a run's model (SavedModel, TFLite, ONNX; a torch run: ONNX), check each on the test set, write export.md."""
     from classifier.commands.export import ExportMismatch, export_run, markdown_table
 
     try:
