@@ -59,3 +59,8 @@ def worker_role() -> tuple[int, int]:
     if task.get("type") != "worker" or not 0 <= index < len(workers):
         raise UserError(f"TF_CONFIG's task {task!r} must be a worker with an index below {len(workers)}")
     return len(workers), index
+
+
+def chief_address() -> str:
+    """host:port of worker 0 in TF_CONFIG, where a torch.distributed process group meets (check `worker_role` first)."""
+    return json.loads(os.environ["TF_CONFIG"])["cluster"]["worker"][0]
