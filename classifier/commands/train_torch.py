@@ -121,7 +121,7 @@ def train_torch_model(config: Config, run: Run, trainer, splits):
     # run.home: the stopped run, which the other workers of a resumed multi-worker run read too.
     start_epoch = load_checkpoint(run.home / CHECKPOINT, trainer) if run.resumed else 0
     if start_epoch:
-        print(f"Resuming {run.folder.name} after epoch {start_epoch}/{config.epochs}")
+        print(f"Resuming {run.home.name} after epoch {start_epoch}/{config.epochs}")
     summaries = _epoch_summaries(run.folder) if config.tensorboard else None
 
     def end_epoch(epoch: int, trainer) -> None:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from classifier.config import PROJECT_ROOT, Config, UserError, make_config, to_dict
-from classifier.machinery.cluster import free_ports, tf_config
+from classifier.machinery.cluster import check_batch_split, free_ports, tf_config
 from classifier.machinery.runs import resume_target
 
 # After one worker has failed, how long the others get to stop by themselves
@@ -57,8 +57,11 @@ def start_local_workers(config: Config, workers: int, resume: str = "", given: f
         if saved.strategy != "multiworker":
             raise UserError(f"--resume {resume} was trained with --strategy {saved.strategy}; "
                             "continue it without --workers")
-    # Checked here, once, rather than by every worker: e.g. --trainer torch has no multi-worker strategy.
-    settings = json.dumps(to_dict(make_config(config, strategy="multiworker")))
+    # Checked here, once, rather than by every worker: e.g. a bad --model, or a torch batch the workers cannot share.
+    settings = make_config(config, strategy="multiworker")
+    if settings.trainer == "torch":
+        check_batch_split(settings.batch_size, workers)  # each torch worker takes an equal share of every batch
+    settings = json.dumps(to_dict(settings))
     ports = free_ports(workers)
     keys = ",".join(sorted((given or frozenset()) | {"strategy"}))
     processes = []

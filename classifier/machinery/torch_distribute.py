@@ -35,7 +35,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from classifier.config import Config, UserError
 from classifier.lecture.torch_train import TorchTrainer, to_tensors
-from classifier.machinery.cluster import chief_address, worker_role
+from classifier.machinery.cluster import check_batch_split, chief_address, worker_role
 
 # How long a worker waits for the others to join, or in a gradient exchange,
 # before it gives up. A worker that was killed is noticed at once (its
@@ -64,9 +64,7 @@ def join_group(config: Config) -> Group:
         UserError: TF_CONFIG is missing or bad, or the global batch does not split evenly between the workers.
     """
     world_size, rank = worker_role()
-    if config.batch_size % world_size:
-        raise UserError(f"--batch-size {config.batch_size} does not split evenly between {world_size} workers; "
-                        f"pick a multiple of {world_size}")
+    check_batch_split(config.batch_size, world_size)
     # NCCL needs a GPU per worker; with fewer GPUs than workers, gloo works on any tensor.
     gpus = torch.cuda.device_count()
     backend = "nccl" if gpus >= world_size else "gloo"
