@@ -91,7 +91,8 @@ def data(c, dataset="cifar10", data_dir="", from_="", mirror="", torchvision_roo
     "numerics": "fastest (TensorFlow's choices for this machine) or portable (the same weights on other "
                 "machines, see docs/reproducibility.md; the lab image's default); default: $CLASSIFIER_NUMERICS or fastest",
     "tensorboard": "true (default): write TensorBoard event files into RUN/tensorboard; false: none",
-    "workers": "start this many multiworker processes on this machine (127.0.0.1), e.g. 2 for a class demo",
+    "workers": "start this many multiworker processes on this machine (127.0.0.1), e.g. 2 for a class demo "
+               "(with --trainer torch: torch.distributed, gloo on CPU, NCCL with a GPU per worker)",
 })
 def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=None, seed=None,
           val_split=None, limit=None, runs_dir=None, data_dir=None, recipe=None, strategy=None, resume="",

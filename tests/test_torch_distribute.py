@@ -114,3 +114,27 @@ def _wait_for_first_checkpoint(launcher, log_path, timeout=600):
                 return run_dir, int(line.split("pid ")[1].split(",")[0])
         time.sleep(0.05)
     raise AssertionError(f"no checkpoint within {timeout} s:\n{log_path.read_text()[-2000:]}")
+
+
+def test_only_a_lost_worker_becomes_the_resume_line(tmp_path):
+    """gloo's transport error is one line with the resume command; any other RuntimeError is a bug and passes through."""
+    from classifier.config import UserError, make_config
+    from classifier.machinery.torch_distribute import lost_workers
+
+    class Run:
+        home = tmp_path / "run"
+        stopped_calls = 0
+
+        def stopped(self):
+            self.stopped_calls += 1
+
+    run, config = Run(), make_config(trainer="torch", epochs=3)
+    gloo = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:2455: "
+                        "Connection reset by peer. This is typically caused by a remote worker hanging")
+    with pytest.raises(UserError) as raised, lost_workers(config, run, lambda: 1):
+        raise gloo
+    assert str(raised.value).endswith(f"after 1/3 epoch(s); continue with: invoke train --resume {run.home} --workers N")
+    assert run.stopped_calls == 1
+    with pytest.raises(RuntimeError, match="deterministic"), lost_workers(config, run, lambda: 1):
+        raise RuntimeError("an op has no deterministic implementation")
+    assert run.stopped_calls == 1

@@ -6,12 +6,16 @@ starts two training processes on 127.0.0.1, each with its own free port and
 TF_CONFIG, running `--strategy multiworker` (classifier/machinery/distribute.py) as
 separate machines would. Worker 0, the chief, writes the run folder; its
 output is shown as is, the other workers' lines start with "[worker N]".
+With `--trainer torch` the same processes join a torch.distributed group at
+worker 0's address instead (classifier/machinery/torch_distribute.py):
+
+    invoke train --trainer torch --dataset fashion_mnist --workers 2 --limit 6000 --epochs 2
 
 A watchdog stops the demo when a worker dies: the others fail on their own
 within distribute.COLLECTIVE_TIMEOUT_SECONDS, and whatever is still running
 after that and a grace period is killed, so nothing waits for ever.
 `--resume RUN --workers 2` continues a stopped run from its last checkpoint.
-This module does not import TensorFlow; the workers do.
+This module imports neither TensorFlow nor torch; the workers do.
 """
 
 from __future__ import annotations

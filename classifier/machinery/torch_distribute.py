@@ -138,10 +138,21 @@ def lost_workers(config: Config, run, epochs_done):
     """
     try:
         yield
-    except (dist.DistBackendError, RuntimeError) as error:
-        if not dist.is_initialized():
+    except RuntimeError as error:
+        if not _lost_a_worker(error):
             raise
         run.stopped()
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
         raise UserError(f"a worker stopped or cannot be reached ({first[:120]}) after {epochs_done()}/{config.epochs} "
                         f"epoch(s); continue with: invoke train --resume {run.home} --workers N") from None
+
+
+def _lost_a_worker(error: RuntimeError) -> bool:
+    """Whether `error` says that a collective lost another worker, rather than being a bug of its own.
+
+    NCCL's and the store's failures are torch.distributed.DistError; gloo's
+    come as a plain RuntimeError from its transport (measured with torch 2.13:
+    "gloo/transport/tcp/pair.cc:537] Read error ...: Connection reset by peer").
+    """
+    text = str(error)
+    return isinstance(error, dist.DistError) or "gloo/transport" in text or "Timed out" in text
