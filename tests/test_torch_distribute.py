@@ -91,6 +91,10 @@ def test_a_killed_worker_stops_the_other_then_resume_is_bit_identical(fashion_la
                 f"continue with: invoke train --resume {run_dir} --workers 2")
     assert stderr.strip().splitlines() == [expected]
     assert _manifest(run_dir)["status"] == "interrupted"
+    # The killed worker could not delete its scratch folder; the launcher did.
+    log = log_path.read_text()
+    scratch = next(line for line in log.splitlines() if "Scratch folder of this worker: " in line).split(": ", 1)[1]
+    assert not os.path.exists(scratch)
     assert torch.load(run_dir / "checkpoint" / "last.pt", weights_only=False)["epochs_done"] == 1
 
     result = run_invoke("train", "--resume", str(run_dir), "--workers", "2", env=ONE_THREAD, timeout=900)

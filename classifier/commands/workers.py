@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,6 +90,7 @@ def start_local_workers(config: Config, workers: int, resume: str = "", given: f
         raise
     for reader in readers:
         reader.join(timeout=5)
+    _remove_scratch_folders(lines)
     run_dir = next((line.split(": ", 1)[1] for line in reversed(lines) if line.startswith("Run folder: ")), "")
     if failed is not None:
         index, code = failed
@@ -102,6 +104,14 @@ def start_local_workers(config: Config, workers: int, resume: str = "", given: f
     return Path(run_dir)
 
 
+def _remove_scratch_folders(lines: list[str]) -> None:
+    """Delete the other workers' scratch folders; one that finished deleted its own, a killed one could not."""
+    marker = "Scratch folder of this worker: "
+    for line in lines:
+        if line.startswith("[worker ") and marker in line:
+            shutil.rmtree(line.split(marker, 1)[1], ignore_errors=True)
+
+
 def _relay(process: subprocess.Popen, index: int, lines: list[str]) -> None:
     """Print a worker's output as it comes: the chief's as is, the others' after "[worker N] "."""
     for line in process.stdout:
@@ -112,6 +122,7 @@ def _relay(process: subprocess.Popen, index: int, lines: list[str]) -> None:
             if not line.startswith("error: "):
                 print(line, flush=True)
         else:
+            lines.append(f"[worker {index}] {line}")
             print(f"[worker {index}] {line}", flush=True)
 
 
