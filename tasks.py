@@ -91,7 +91,8 @@ def data(c, dataset="cifar10", data_dir="", from_="", mirror="", torchvision_roo
     "numerics": "fastest (TensorFlow's choices for this machine) or portable (the same weights on other "
                 "machines, see docs/reproducibility.md; the lab image's default); default: $CLASSIFIER_NUMERICS or fastest",
     "tensorboard": "true (default): write TensorBoard event files into RUN/tensorboard; false: none",
-    "workers": "start this many multiworker processes on this machine (127.0.0.1), e.g. 2 for a class demo",
+    "workers": "start this many multiworker processes on this machine (127.0.0.1), e.g. 2 for a class demo "
+               "(with --trainer torch: torch.distributed, gloo on CPU, NCCL with a GPU per worker)",
 })
 def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=None, seed=None,
           val_split=None, limit=None, runs_dir=None, data_dir=None, recipe=None, strategy=None, resume="",
@@ -314,12 +315,12 @@ def lock(c, upgrade=False):
 
 @task(help={
     "run": "a finished run folder, e.g. runs/20261127-150831-fashion_mnist-sequential_add-fit",
-    "format": "savedmodel, tflite, onnx, or several comma-separated (default: all three)",
+    "format": "savedmodel, tflite, onnx, or several comma-separated (default: all three; a --trainer torch run: onnx)",
     "int8": "also write an int8-quantized TFLite and report its accuracy drop and size",
     "data_dir": _CONFIG_HELP["data_dir"],
 })
 def export(c, run, format="savedmodel,tflite,onnx", int8=False, data_dir=""):
-    """Export a run's model (SavedModel, TFLite, ONNX), check each on the test set, write export.md."""
+    """Export a run's model (SavedModel, TFLite, ONNX; a torch run: ONNX), check each on the test set, write export.md."""
     from classifier.commands.export import ExportMismatch, export_run, markdown_table
 
     try:

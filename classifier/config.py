@@ -123,10 +123,11 @@ def validate(config: Config) -> None:
     _one_of("recipe", config.recipe, registry.RECIPES)
     _one_of("strategy", config.strategy, registry.STRATEGIES)
     if config.trainer in registry.TORCH_TRAINERS:
-        for key, lecture in (("recipe", "lecture"), ("strategy", "default")):
-            if getattr(config, key) != lecture:
+        # "multiworker" is torch.distributed there (machinery/torch_distribute.py), started by --workers N.
+        for key, accepted in (("recipe", ("lecture",)), ("strategy", ("default", "multiworker"))):
+            if getattr(config, key) not in accepted:
                 raise UserError(f"--{key} {getattr(config, key)} is for the TensorFlow trainers (fit, tape); "
-                                f"--trainer torch takes --{key} {lecture} only")
+                                f"--trainer torch takes --{key} {' or '.join(accepted)} only")
     _one_of("numerics", config.numerics, registry.NUMERICS)
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(config, key) < 1:

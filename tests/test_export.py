@@ -155,3 +155,64 @@ def test_export_of_a_real_fashion_mnist_run(fashion_lab):
     for name in ("savedmodel", "tflite", "onnx"):
         assert abs(rows[name]["accuracy"] - metrics["accuracy"]) <= 0.001
     assert "| onnx | onnxruntime" in result.stdout and result.stdout == (run / "export.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def torch_run(fashion_lab):
+    """A finished `invoke train --trainer torch --limit 600 --epochs 1` run on the real Fashion-MNIST (model.pt)."""
+    from conftest import require_torch
+
+    require_torch()
+    run, _ = train_fashion(fashion_lab, "--trainer", "torch", "--limit", "600", "--epochs", "1")
+    return run
+
+
+def test_a_torch_run_exports_to_onnx_checked_against_its_metrics(torch_run, fashion_lab):
+    result = run_invoke("export", str(torch_run), "--data-dir", str(fashion_lab / "data"), env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((torch_run / "metrics.json").read_text())
+    table = json.loads((torch_run / "export.json").read_text())
+    rows = {row["format"]: row for row in table["rows"]}
+    assert list(rows) == ["torch", "onnx"]
+    assert table["test_images"] == metrics["num_images"]
+    assert rows["torch"]["path"] == "model.pt" and rows["torch"]["runtime"].startswith("torch ")
+    assert rows["onnx"]["runtime"].startswith("onnxruntime") and rows["onnx"]["path"] == "export/model.onnx"
+    assert abs(rows["onnx"]["accuracy"] - metrics["accuracy"]) <= 0.001 and rows["onnx"]["within_tolerance"] is True
+    assert rows["onnx"]["size_bytes"] == (torch_run / "export" / "model.onnx").stat().st_size > 0
+    # The default formats name the two TensorFlow ones as skipped, with the reason, in the same table.
+    assert table["skipped"] == {name: "a TensorFlow format; a torch run exports to onnx" for name in ("savedmodel", "tflite")}
+    assert "| savedmodel | skipped: a TensorFlow format; a torch run exports to onnx |" in result.stdout
+    assert "| onnx | onnxruntime" in result.stdout and "speed vs torch" in result.stdout
+    assert result.stdout == (torch_run / "export.md").read_text()
+    assert sorted(p.name for p in (torch_run / "export").iterdir()) == ["model.onnx"]
+
+
+@pytest.mark.parametrize("args", [("--format", "savedmodel,tflite"), ("--format", "onnx", "--int8")])
+def test_tensorflow_formats_of_a_torch_run_are_one_line_naming_onnx(torch_run, args):
+    before = sorted(p.name for p in torch_run.iterdir())
+    result = run_invoke("export", str(torch_run), *args, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "trained with --trainer torch, which exports to onnx" in result.stderr
+    assert result.stderr.strip().endswith(f"invoke export {torch_run} --format onnx")
+    assert sorted(p.name for p in torch_run.iterdir()) == before
+
+
+def test_the_lecture_faithful_torch_model_is_named_as_random_at_evaluation(fashion_lab):
+    """torch_lecture drops out at evaluation: metrics.json's two accuracies differ, and the table says why exports differ."""
+    from conftest import require_torch
+
+    require_torch()
+    run, _ = train_fashion(fashion_lab, "--trainer", "torch", "--model", "torch_lecture", "--limit", "600",
+                           "--epochs", "1", "--seed", "3")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["accuracy"] != metrics["argmax_accuracy"]
+    result = run_invoke("export", str(run), "--data-dir", str(fashion_lab / "data"), env={"OMP_NUM_THREADS": "1"})
+    # Exit 1 with the mismatch, unless the two random accuracies happen to agree within the tolerance.
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    note = f"Note: metrics.json's two test accuracies differ ({metrics['accuracy']:.4f} and {metrics['argmax_accuracy']:.4f})"
+    table = (run / "export.md").read_text()
+    assert table.splitlines()[1].startswith(note) and "pitfall 2" in table
+    if result.returncode == 1:
+        assert "onnx accuracy" in result.stderr and "--model torch_module" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1

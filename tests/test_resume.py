@@ -309,12 +309,3 @@ def test_a_hand_damaged_run_folder_is_refused_before_anything_changes(finished_r
     _assert_refused(run_invoke(*args), expected, run_dir, before)
     assert not (tmp_path / "reruns").exists()
 
-
-def test_export_of_a_torch_run_says_export_takes_keras_runs(finished_runs):
-    _, torch_run = finished_runs
-    if torch_run is None:
-        pytest.skip("PyTorch is not installed")
-    before = _snapshot(torch_run)
-    _assert_refused(run_invoke("export", str(torch_run)),
-                    f"{torch_run} is a PyTorch run (--trainer torch); invoke export takes Keras runs "
-                    "(--trainer fit or tape) for now", torch_run, before)

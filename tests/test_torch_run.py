@@ -212,7 +212,7 @@ def test_sigkill_during_an_epoch_then_resume_is_bit_identical(fashion_lab, tmp_p
      "error: model 'functional' is a Keras model; --trainer torch trains one of: torch_module, torch_sequential"),
     (("--trainer", "fit", "--model", "torch_module"), "error: model 'torch_module' is a PyTorch module; train it with --trainer torch"),
     (("--trainer", "torch", "--strategy", "mirrored"),
-     "error: --strategy mirrored is for the TensorFlow trainers (fit, tape); --trainer torch takes --strategy default only"),
+     "error: --strategy mirrored is for the TensorFlow trainers (fit, tape); --trainer torch takes --strategy default or multiworker only"),
     (("--trainer", "torch", "--recipe", "fast"), "error: --recipe fast is for the TensorFlow trainers"),
 ])
 def test_bad_torch_input_is_one_line_and_exit_2(tmp_path, args, message):

@@ -10,7 +10,12 @@ runtime, never by Keras: the SavedModel's `serving_default` signature through
 (`ai-edge-litert`), the `.onnx` file in `onnxruntime`. Each must reach the
 run's test accuracy (metrics.json) within TOLERANCE on the same test images.
 An int8-quantized TFLite (`--int8`) reports its accuracy drop and size
-instead. The table (format, file size, accuracy, latency per image on this
+instead.
+
+A `--trainer torch` run (model.pt) exports to ONNX through `torch.onnx.export`,
+checked in onnxruntime the same way against the torch model's own accuracy;
+SavedModel and TFLite are TensorFlow's formats, so the table names them as
+skipped, and asking for them alone is a one-line error. The table (format, file size, accuracy, latency per image on this
 CPU) goes to `export.json` and `export.md` in the run folder; the files go to
 `RUN/export/`.
 """
@@ -24,7 +29,8 @@ import shutil
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +44,7 @@ from classifier.machinery.files import read_json, write_json, write_text
 from classifier.machinery.runs import read_object, read_run_files
 
 FORMATS = ("savedmodel", "tflite", "onnx")
+TORCH_FORMATS = ("onnx",)  # what a --trainer torch run exports to
 TOLERANCE = 0.001  # largest accepted |export accuracy - metrics.json accuracy|
 EXPORT_DIR = "export"
 _FILE_NAMES = {"savedmodel": "savedmodel", "tflite": "model.tflite", "tflite_int8": "model_int8.tflite", "onnx": "model.onnx"}
@@ -53,7 +60,7 @@ class ExportMismatch(Exception):
 
 @dataclass
 class Row:
-    format: str  # "keras" (the reference), "savedmodel", "tflite", "tflite_int8", "onnx"
+    format: str  # "keras" or "torch" (the reference), "savedmodel", "tflite", "tflite_int8", "onnx"
     runtime: str  # what ran it
     path: str  # relative to the run folder
     size_bytes: int
@@ -78,26 +85,42 @@ def check_run(run_dir: Path) -> dict:
     """The finished run's config and metrics; a folder that is not a finished run is a UserError."""
     config, manifest = read_run_files(run_dir)
     status = manifest.get("status") if manifest is not None else "unknown (no manifest.json)"
-    if config.get("trainer") == "torch" and status == "complete":
-        raise UserError(f"{run_dir} is a PyTorch run (--trainer torch); invoke export takes Keras runs "
-                        "(--trainer fit or tape) for now")
     if status != "complete":
         raise UserError(
             f"run {run_dir} did not finish (status {status}); export a complete run, "
             f"or finish it first with: invoke train --resume {run_dir}"
         )
-    for name in ("model.keras", "metrics.json"):
+    for name in (model_file(config), "metrics.json"):
         if not (run_dir / name).is_file():
             raise UserError(f"run {run_dir} has no {name}; it is not a finished run")
     return {"config": config, "metrics": read_object(run_dir / "metrics.json")}
 
 
-def _check_runtimes(formats, int8: bool) -> None:
+def model_file(config: dict) -> str:
+    """The file a run keeps its trained model in: model.pt for a --trainer torch run, else model.keras."""
+    return "model.pt" if config.get("trainer") == "torch" else "model.keras"
+
+
+def torch_formats(run_dir: Path, chosen: tuple[str, ...], int8: bool) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The chosen formats a torch run can take, and {skipped format: why}; none at all is a UserError."""
+    if int8:
+        raise UserError(f"--int8 writes an int8 TFLite, a TensorFlow format; run {run_dir} was trained with "
+                        f"--trainer torch, which exports to {', '.join(TORCH_FORMATS)}: invoke export {run_dir} --format onnx")
+    kept = tuple(name for name in chosen if name in TORCH_FORMATS)
+    if not kept:
+        raise UserError(f"--format {','.join(chosen)}: TensorFlow formats; run {run_dir} was trained with --trainer torch, "
+                        f"which exports to {', '.join(TORCH_FORMATS)}: invoke export {run_dir} --format onnx")
+    reason = f"a TensorFlow format; a torch run exports to {', '.join(TORCH_FORMATS)}"
+    return kept, {name: reason for name in chosen if name not in kept}
+
+
+def _check_runtimes(formats, int8: bool, torch_run: bool = False) -> None:
     """Name the missing package before any work starts."""
     needed = {"tflite": "ai_edge_litert", "onnx": "onnxruntime"}
     modules = [needed[name] for name in formats if name in needed]
     if "onnx" in formats:
-        modules += ["tf2onnx", "onnx"]
+        # Keras converts with tf2onnx; torch.onnx.export needs only the onnx package.
+        modules += ["onnx"] if torch_run else ["tf2onnx", "onnx"]
     if int8 and "ai_edge_litert" not in modules:
         modules.append("ai_edge_litert")
     import importlib.util
@@ -126,33 +149,96 @@ def export_run(run: str | Path, formats: str = ",".join(FORMATS), int8: bool = F
     run_dir = Path(run)
     chosen = parse_formats(formats)
     record = check_run(run_dir)
-    _check_runtimes(chosen, int8)
+    torch_run = record["config"].get("trainer") == "torch"
+    chosen, skipped = torch_formats(run_dir, chosen, int8) if torch_run else (chosen, {})
+    _check_runtimes(chosen, int8, torch_run)
     config = make_config(**{**record["config"], **({"data_dir": data_dir} if data_dir else {})})
     reference = float(record["metrics"]["accuracy"])
 
     train, test = _test_split(config)
-    # Imported here: bad input above is reported without loading TensorFlow.
+    out = run_dir / EXPORT_DIR
+    out.mkdir(exist_ok=True)
+    if torch_run:
+        rows = _torch_rows(run_dir, config, out, test, reference)
+    else:
+        rows = _keras_rows(run_dir, chosen, int8, out, (train, test), reference)
+
+    for row in rows[1:]:
+        row.path = f"{EXPORT_DIR}/{Path(row.path).name}"
+    note = random_model_note(record["metrics"])
+    result = _write_table(run_dir, reference, rows, len(test), skipped, note)
+    off = [row for row in rows if row.within_tolerance is False]
+    if off:
+        raise ExportMismatch("; ".join(
+            [f"{row.format} accuracy {row.accuracy:.4f} differs from metrics.json's {reference:.4f} by more than {TOLERANCE}"
+             for row in off] + ([note] if note else [])
+        ))
+    return result
+
+
+def random_model_note(metrics: dict) -> str:
+    """A sentence for a run whose model is random at evaluation (its two test accuracies differ), else "".
+
+    evaluate_torch calls the model twice on the test set (accuracy, then
+    argmax_accuracy); only a model that drops out at evaluation, like the
+    lecture's `F.dropout(x)` in torch_lecture, gives two different numbers.
+    Its export keeps the dropout (ONNX's Dropout in training mode), so no
+    export can match metrics.json within TOLERANCE except by chance.
+    """
+    first, second = metrics["accuracy"], metrics.get("argmax_accuracy", metrics["accuracy"])
+    if abs(first - second) < 1e-6:  # float32 rounding, far below one image in 10,000
+        return ""
+    return (f"metrics.json's two test accuracies differ ({first:.4f} and {second:.4f}): the model drops out at "
+            "evaluation too (the lecture's F.dropout(x), pitfall 2 in classifier/lecture/torch_models.py), so its "
+            "accuracy changes from call to call and its exports can match it only by chance; "
+            "a corrected build (--model torch_module) exports exactly")
+
+
+def _keras_rows(run_dir: Path, chosen, int8: bool, out: Path, splits, reference: float) -> list[Row]:
+    """The Keras model as the reference row, then one row per chosen format."""
+    # Imported here: bad input is reported without loading TensorFlow.
     import tensorflow as tf
     from tensorflow import keras
 
     model = keras.models.load_model(run_dir / "model.keras", compile=False)
-    out = run_dir / EXPORT_DIR
-    out.mkdir(exist_ok=True)
     keras_call = tf.function(lambda images: model(images, training=False))
     rows = [Row("keras", f"keras {keras.__version__}", "model.keras", (run_dir / "model.keras").stat().st_size,
-                reference, 0.0, _latency_ms(lambda x: keras_call(x).numpy(), test.images), True)]
+                reference, 0.0, _latency_ms(lambda x: keras_call(x).numpy(), splits[1].images), True)]
+    return rows + _export_formats(model, chosen, int8, out, splits, reference)
 
-    rows += _export_formats(model, chosen, int8, out, (train, test), reference)
 
-    for row in rows[1:]:
-        row.path = f"{EXPORT_DIR}/{Path(row.path).name}"
-    result = _write_table(run_dir, reference, rows, len(test))
-    off = [row for row in rows if row.within_tolerance is False]
-    if off:
-        raise ExportMismatch(
-            "; ".join(f"{row.format} accuracy {row.accuracy:.4f} differs from metrics.json's {reference:.4f} by more than {TOLERANCE}" for row in off)
-        )
-    return result
+def _torch_rows(run_dir: Path, config, out: Path, test, reference: float) -> list[Row]:
+    """The torch model (model.pt) as the reference row, then its ONNX export run in onnxruntime."""
+    import onnxruntime
+
+    from classifier.lecture.torch_train import to_tensors
+    from classifier.machinery.torch_runs import export_torch_onnx, import_torch, load_torch_model
+
+    torch = import_torch()
+    dataset = get_dataset(config.dataset)
+    model = load_torch_model(run_dir, config.model, dataset.image_shape, len(dataset.class_names))
+    # The torch model and its ONNX file take what training fed it: channels first, in [-1, 1].
+    test = replace(test, images=to_tensors(test)[0].numpy())
+
+    def torch_predict(images: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(images)).numpy()
+
+    rows = [Row("torch", f"torch {torch.__version__}", "model.pt", (run_dir / "model.pt").stat().st_size,
+                reference, 0.0, _latency_ms(torch_predict, test.images), True)]
+    with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-") as scratch:
+        path = Path(scratch) / _FILE_NAMES["onnx"]
+        try:
+            with _native_stderr_captured(), warnings.catch_warnings():
+                # The TorchScript exporter warns that it is deprecated (export_torch_onnx says why it is used).
+                warnings.simplefilter("ignore")
+                export_torch_onnx(model, path, test.images[:1])
+                predict = _onnx_runtime(path)
+        except Exception as error:  # the exporter raises many types; each ends here as one line
+            raise UserError(f"onnx export of {config.model} failed: {_short(error)}") from None
+        rows.append(_measure("onnx", f"onnxruntime {onnxruntime.__version__}", predict, path, test, reference))
+        _publish(path, out / _FILE_NAMES["onnx"])
+    return rows
 
 
 def _export_formats(model, chosen, int8: bool, out: Path, splits, reference: float) -> list[Row]:
@@ -398,31 +484,38 @@ def _publish(source: Path, target: Path) -> None:
 # The table.
 
 
-def _write_table(run_dir: Path, reference: float, rows: list[Row], num_images: int) -> dict:
-    """export.json and export.md, keeping rows of earlier exports of formats not redone now."""
+def _write_table(run_dir: Path, reference: float, rows: list[Row], num_images: int, skipped: dict[str, str],
+                 note: str) -> dict:
+    """export.json and export.md, keeping rows of earlier exports of formats not redone now.
+
+    `skipped`: {format: why} for formats the run cannot take; `note`: random_model_note's sentence or "".
+    """
     json_path = run_dir / "export.json"
     earlier = read_json(json_path).get("rows", []) if json_path.is_file() else []
     now = {row.format for row in rows}
     merged = [row for row in earlier if row["format"] not in now] + [asdict(row) for row in rows]
-    order = ["keras", *FORMATS, "tflite_int8"]
+    order = ["keras", "torch", *FORMATS, "tflite_int8"]
     merged.sort(key=lambda row: order.index(row["format"]))
     result = {"reference": "metrics.json accuracy", "reference_accuracy": reference, "tolerance": TOLERANCE,
-              "test_images": num_images, "cpu": _cpu(), "rows": merged}
+              "test_images": num_images, "cpu": _cpu(), "rows": merged, "skipped": skipped,
+              "note": note}
     write_json(json_path, result)
     write_text(run_dir / "export.md", markdown_table(result))
     return result
 
 
 def markdown_table(result: dict) -> str:
-    """The export table as Markdown: one row per format, the Keras model first as the reference."""
+    """The export table as Markdown: one row per format, the run's own model (Keras or torch) first as the reference."""
+    reference = next((row for row in result["rows"] if row["format"] in ("keras", "torch")), None)
     lines = [
         f"Test accuracy in metrics.json: {result['reference_accuracy']:.4f}; every export must match it within "
         f"{result['tolerance']} (int8 reports its drop). Latency: median of {_LATENCY_IMAGES} single-image calls on {result['cpu']}.",
+        *([f"Note: {result['note']}."] if result.get("note") else []),
         "",
-        "| format | runtime | file | size | accuracy | vs metrics.json | latency ms/image | speed vs keras |",
+        f"| format | runtime | file | size | accuracy | vs metrics.json | latency ms/image | speed vs {reference['format'] if reference else 'keras'} |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    base = next((row["latency_ms"] for row in result["rows"] if row["format"] == "keras"), None)
+    base = reference["latency_ms"] if reference else None
     for row in result["rows"]:
         verdict = {True: "ok", False: "MISMATCH", None: "int8"}[row["within_tolerance"]]
         ratio = f"{base / row['latency_ms']:.2f}x" if base else ""
@@ -430,6 +523,8 @@ def markdown_table(result: dict) -> str:
             f"| {row['format']} | {row['runtime']} | `{row['path']}` | {_human(row['size_bytes'])} | {row['accuracy']:.4f} | "
             f"{round(row['accuracy'] - result['reference_accuracy'], 4) + 0.0:+.4f} {verdict} | {row['latency_ms']:.3f} | {ratio} |"
         )
+    for name, why in result.get("skipped", {}).items():
+        lines.append(f"| {name} | skipped: {why} | | | | | | |")
     return "\n".join(lines) + "\n"
 
 

@@ -6,18 +6,23 @@ starts two training processes on 127.0.0.1, each with its own free port and
 TF_CONFIG, running `--strategy multiworker` (classifier/machinery/distribute.py) as
 separate machines would. Worker 0, the chief, writes the run folder; its
 output is shown as is, the other workers' lines start with "[worker N]".
+With `--trainer torch` the same processes join a torch.distributed group at
+worker 0's address instead (classifier/machinery/torch_distribute.py):
+
+    invoke train --trainer torch --dataset fashion_mnist --workers 2 --limit 6000 --epochs 2
 
 A watchdog stops the demo when a worker dies: the others fail on their own
 within distribute.COLLECTIVE_TIMEOUT_SECONDS, and whatever is still running
 after that and a grace period is killed, so nothing waits for ever.
 `--resume RUN --workers 2` continues a stopped run from its last checkpoint.
-This module does not import TensorFlow; the workers do.
+This module imports neither TensorFlow nor torch; the workers do.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +31,7 @@ import time
 from pathlib import Path
 
 from classifier.config import PROJECT_ROOT, Config, Interrupted, UserError, make_config, to_dict
-from classifier.machinery.cluster import free_ports, tf_config
+from classifier.machinery.cluster import check_batch_split, free_ports, tf_config
 from classifier.machinery.files import read_json, write_json
 from classifier.machinery.lifecycle import epochs_saved
 from classifier.machinery.runs import resume_target
@@ -59,20 +64,12 @@ def start_local_workers(config: Config, workers: int, resume: str = "", given: f
         if saved.strategy != "multiworker":
             raise UserError(f"--resume {resume} was trained with --strategy {saved.strategy}; "
                             "continue it without --workers")
-    # Checked here, once, rather than by every worker: e.g. --trainer torch has no multi-worker strategy.
-    settings = json.dumps(to_dict(make_config(config, strategy="multiworker")))
-    ports = free_ports(workers)
-    keys = ",".join(sorted((given or frozenset()) | {"strategy"}))
-    processes = []
+    # Checked here, once, rather than by every worker: e.g. a bad --model, or a torch batch the workers cannot share.
+    settings = make_config(config, strategy="multiworker")
+    if settings.trainer == "torch":
+        check_batch_split(settings.batch_size, workers)  # each torch worker takes an equal share of every batch
+    processes = _start(json.dumps(to_dict(settings)), workers, resume, ",".join(sorted((given or frozenset()) | {"strategy"})))
     lines: list[str] = []
-    for index in range(workers):
-        command = [sys.executable, "-m", "classifier.commands.workers", "--config", settings, "--given", keys,
-                   "--resume", resume]
-        environment = {**os.environ, "TF_CONFIG": tf_config(ports, index), "PYTHONUNBUFFERED": "1"}
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=environment, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        print(f"[workers] worker {index}: pid {process.pid}, 127.0.0.1:{ports[index]}", flush=True)
-        processes.append(process)
     readers = [threading.Thread(target=_relay, args=(process, index, lines), daemon=True)
                for index, process in enumerate(processes)]
     for reader in readers:
@@ -84,6 +81,7 @@ def start_local_workers(config: Config, workers: int, resume: str = "", given: f
         _interrupted(resume or _run_folder(lines), workers)
     for reader in readers:
         reader.join(timeout=5)
+    _remove_scratch_folders(lines)
     run_dir = _run_folder(lines)
     if failed is not None:
         index, code = failed
@@ -95,6 +93,21 @@ def start_local_workers(config: Config, workers: int, resume: str = "", given: f
         hint = f"; continue with: invoke train --resume {target} --workers {workers}" if target else ""
         raise UserError(f"worker {index} {reason}{detail}; the other workers were stopped{hint}")
     return Path(run_dir)
+
+
+def _start(settings: str, workers: int, resume: str, keys: str) -> list[subprocess.Popen]:
+    """Start the worker processes on 127.0.0.1, each in its own session, told its place by TF_CONFIG."""
+    ports = free_ports(workers)
+    processes = []
+    for index in range(workers):
+        command = [sys.executable, "-m", "classifier.commands.workers", "--config", settings, "--given", keys,
+                   "--resume", resume]
+        environment = {**os.environ, "TF_CONFIG": tf_config(ports, index), "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=environment, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        print(f"[workers] worker {index}: pid {process.pid}, 127.0.0.1:{ports[index]}", flush=True)
+        processes.append(process)
+    return processes
 
 
 def _run_folder(lines: list[str]) -> str:
@@ -124,6 +137,14 @@ def _interrupted(run_dir: str, workers: int) -> None:
                       f"continue with: invoke train --resume {run} --workers {workers}")
 
 
+def _remove_scratch_folders(lines: list[str]) -> None:
+    """Delete the other workers' scratch folders; one that finished deleted its own, a killed one could not."""
+    marker = "Scratch folder of this worker: "
+    for line in lines:
+        if line.startswith("[worker ") and marker in line:
+            shutil.rmtree(line.split(marker, 1)[1], ignore_errors=True)
+
+
 def _relay(process: subprocess.Popen, index: int, lines: list[str]) -> None:
     """Print a worker's output as it comes: the chief's as is, the others' after "[worker N] "."""
     for line in process.stdout:
@@ -134,6 +155,7 @@ def _relay(process: subprocess.Popen, index: int, lines: list[str]) -> None:
             if not line.startswith("error: "):
                 print(line, flush=True)
         else:
+            lines.append(f"[worker {index}] {line}")
             print(f"[worker {index}] {line}", flush=True)
 
 

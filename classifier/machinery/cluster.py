@@ -74,3 +74,15 @@ def _check_address(address) -> None:
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise UserError(f"TF_CONFIG's worker address {address!r} must be \"host:port\" with a port number "
                         "from 1 to 65535, e.g. \"host1:12345\"")
+
+
+def chief_address() -> str:
+    """host:port of worker 0 in TF_CONFIG, where a torch.distributed process group meets (check `worker_role` first)."""
+    return json.loads(os.environ["TF_CONFIG"])["cluster"]["worker"][0]
+
+
+def check_batch_split(batch_size: int, workers: int) -> None:
+    """A global batch that the workers cannot share evenly is a UserError (torch's workers take batch_size / workers each)."""
+    if batch_size % workers:
+        raise UserError(f"--batch-size {batch_size} does not split evenly between {workers} workers; "
+                        f"pick a multiple of {workers}")

@@ -164,3 +164,31 @@ def load_checkpoint(path: Path, trainer, state: dict | None = None) -> int:
     trainer.history = state["history"]
     trainer.epoch_seconds = state["epoch_seconds"]
     return int(state["epochs_done"])
+
+
+def load_torch_model(run_dir: Path, model_name: str, image_shape, num_classes: int):
+    """The run's nn.Module with RUN/model.pt's weights, in eval mode, on the CPU (for `invoke export`)."""
+    torch = import_torch()
+    from classifier.lecture.torch_models import build_torch_model
+
+    model = build_torch_model(model_name, tuple(image_shape), num_classes)
+    model.load_state_dict(torch.load(Path(run_dir) / "model.pt", map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def export_torch_onnx(model, path: Path, example) -> None:
+    """Write `model` to `path` as ONNX with `torch.onnx.export`, the batch size left free.
+
+    Args:
+        model: an nn.Module in eval mode.
+        path: the .onnx file to write.
+        example: one batch of channels-first float32 images (a NumPy array), traced to record the graph.
+    """
+    torch = import_torch()
+    # dynamo=False: the TorchScript exporter. torch's default, the dynamo
+    # exporter, needs the onnxscript package, which requirements/lab.lock does
+    # not hold (onnx and onnxruntime are there); the TorchScript exporter needs
+    # nothing more and converts the lecture's conv/pool/linear networks exactly.
+    torch.onnx.export(model, (torch.from_numpy(example),), str(path), dynamo=False,
+                      input_names=["images"], output_names=["outputs"],
+                      dynamic_axes={"images": {0: "batch"}, "outputs": {0: "batch"}})
