@@ -19,6 +19,7 @@ from pathlib import Path
 import nbclient
 import nbformat
 import pytest
+from jupyter_client.kernelspec import KernelSpecManager
 
 from conftest import ROOT, require_torch, run_folder_from, run_invoke
 
@@ -68,8 +69,13 @@ def execute(path: Path, tmp_path: Path, monkeypatch, fashion_source) -> tuple[st
                        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}.items():
         monkeypatch.setenv(key, value)  # the kernel inherits this process's environment
     notebook = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
-                                     resources={"metadata": {"path": str(path.parent)}})
+    # The kernel the notebook names, as JupyterLab and nbclient pick it: "pytorch" for 04 (in the GPU
+    # image a separate environment), "python3" for the others.
+    kernel = notebook.metadata.kernelspec.name
+    if kernel not in KernelSpecManager().find_kernel_specs():
+        pytest.fail(f"{path.name} names the Jupyter kernel {kernel!r}, which this environment does not have: "
+                    "./setup.sh installs it (python -m ipykernel install --sys-prefix --name pytorch ...)")
+    client = nbclient.NotebookClient(notebook, timeout=900, resources={"metadata": {"path": str(path.parent)}})
     client.execute()
     outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
     text = "\n".join(output.get("text", "") + str(output.get("data", {}).get("text/plain", "")) for output in outputs)
