@@ -132,6 +132,10 @@ def check_torch(lock_dir: Path = PROJECT_ROOT / "requirements") -> list[Check]:
     try:
         import torch
     except ImportError as error:
+        if kernel := _torch_kernel():
+            python, version = kernel
+            return [Check("torch", OK, f"{version} in its own environment, the Jupyter kernel \"Python (PyTorch)\" "
+                                       f"({python}); check it with {python} -m invoke doctor")]
         return [Check("torch", WARN, f"not importable ({error}): invoke train --trainer torch and notebook 04 need it", fix)]
     wanted = locked_versions(lock_dir / f"torch-{variant}.lock").get("torch") if (lock_dir / f"torch-{variant}.lock").is_file() else None
     if wanted and torch.__version__ != wanted:
@@ -148,6 +152,31 @@ def check_torch(lock_dir: Path = PROJECT_ROOT / "requirements") -> list[Check]:
     for device in devices:
         checks.append(_torch_conv2d_check(torch, device))
     return checks
+
+
+def _torch_kernel() -> tuple[str, str] | None:
+    """The Python of the "pytorch" Jupyter kernel and the torch it imports, where that is another environment.
+
+    The GPU image keeps PyTorch's CUDA build out of TensorFlow's environment
+    (docker/Dockerfile says why); notebook 04 runs in that kernel.
+
+    Returns:
+        (its python, torch's version), or None without such a kernel.
+    """
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        python = KernelSpecManager().get_kernel_spec("pytorch").argv[0]
+    except Exception:  # noqa: BLE001 - no Jupyter, or no such kernel: nothing to report
+        return None
+    if python in ("python", "python3") or Path(python).parent.parent == Path(sys.prefix):
+        return None  # this very environment
+    try:
+        result = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True,
+                                text=True, timeout=300)
+    except OSError:
+        return None
+    return (python, result.stdout.strip()) if result.returncode == 0 and result.stdout.strip() else None
 
 
 def _torch_conv2d_check(torch, device: str) -> Check:

@@ -1,5 +1,6 @@
 """`invoke doctor` passes on a healthy environment and names planted faults with their fix."""
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -82,3 +83,25 @@ def test_doctor_reports_planted_faults_and_exits_non_zero(tmp_path):
     assert "fix: invoke data --dataset mnist" in result.stdout
     assert "2 problem(s) found" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_torch_in_its_own_kernel_environment_is_found_not_missing(tmp_path, monkeypatch):
+    # The GPU image: torch is not importable here (TensorFlow's environment) but the "pytorch" kernel's Python has it.
+    from classifier import doctor
+
+    python = tmp_path / "venv-torch" / "python"
+    python.parent.mkdir()
+    python.write_text('#!/bin/sh\n[ "$1" = -c ] && echo 2.13.0\n')
+    python.chmod(0o755)
+    kernel = tmp_path / "jupyter" / "kernels" / "pytorch"
+    kernel.mkdir(parents=True)
+    (kernel / "kernel.json").write_text(json.dumps({"argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                                                    "display_name": "Python (PyTorch)", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    checks = doctor.check_torch()
+    assert [(check.name, check.status) for check in checks] == [("torch", OK)]
+    assert checks[0].detail == (f'2.13.0 in its own environment, the Jupyter kernel "Python (PyTorch)" ({python}); '
+                                f"check it with {python} -m invoke doctor")
+    (kernel / "kernel.json").unlink()  # without the kernel: the warning, as before
+    assert [(check.name, check.status) for check in doctor.check_torch()] == [("torch", WARN)]
