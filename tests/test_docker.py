@@ -198,13 +198,26 @@ def _build_arguments() -> list[str]:
     return ["build", "--variant", "cpu", "--network", "host"] + (["--base-image", base] if base else [])
 
 
+def _pip_wheel_folders() -> dict[str, str]:
+    """This machine's pip wheel folders (find-links) for the test user, whose login environment has none.
+
+    `invoke build` stages PyTorch's CPU wheel from wherever the user's pip
+    finds it; the person running the tests (CI: root) has it in such a folder.
+    """
+    folders = os.environ.get("PIP_FIND_LINKS") or subprocess.run(
+        [sys.executable, "-m", "pip", "config", "get", "global.find-links"], capture_output=True, text=True).stdout.strip()
+    return {"PIP_FIND_LINKS": folders} if folders else {}
+
+
 @pytest.fixture(scope="session")
 def built(user, clone) -> dict:
     """`invoke build --variant cpu --base-image ... --network host`, run once by the user in the clone."""
     started = time.perf_counter()
-    result = user.invoke(*_build_arguments(), cwd=clone, timeout=3600)
+    result = user.invoke(*_build_arguments(), cwd=clone, env=_pip_wheel_folders(), timeout=3600)
     seconds = time.perf_counter() - started
     assert result.returncode == 0, f"invoke build failed:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}"
+    if _pip_wheel_folders():  # the user's pip has PyTorch's CPU wheel: the build context has it too
+        assert list((clone / "docker" / "wheels").glob("torch-*+cpu-*.whl")), "invoke build staged no PyTorch wheel"
     # tests/test_browser.py runs first and builds the same image (conftest.py's lab_test_image): then this is a tag.
     print(f"\n[timing] invoke build (first in this session) {seconds:.0f} s, "
           f"{result.stdout.count('Using cache')} steps from Docker's cache")
@@ -538,7 +551,7 @@ def test_source_only_change_rebuilds_only_the_source_layer(user, clone, built):
     if os.getuid() == 0:
         os.chown(probe, user.uid, user.gid)
     started = time.perf_counter()
-    result = user.invoke(*_build_arguments(), cwd=clone, timeout=1800)
+    result = user.invoke(*_build_arguments(), cwd=clone, env=_pip_wheel_folders(), timeout=1800)
     seconds = time.perf_counter() - started
     probe.unlink()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
