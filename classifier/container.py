@@ -300,7 +300,7 @@ def _download_wheels(entries: list[str], folder: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def stage_torch_wheels(lock: Path = TORCH_CPU_LOCK, folder: Path = WHEELS_DIR) -> list[Path]:
+def stage_torch_wheels(lock: Path | None = TORCH_CPU_LOCK, folder: Path = WHEELS_DIR) -> list[Path]:
     """Put the locked PyTorch CPU wheel into the build context, from where this machine's pip finds it.
 
     PyTorch's CPU wheel is on PyTorch's own index, not PyPI. Where pip finds it
@@ -312,13 +312,15 @@ def stage_torch_wheels(lock: Path = TORCH_CPU_LOCK, folder: Path = WHEELS_DIR) -
     staging folder and is moved in only when complete.
 
     Args:
-        lock: the hash-locked file whose local-version pins (`+cpu`) to stage.
+        lock: the hash-locked file whose local-version pins (`+cpu`) to stage; None
+            (or a lock without such pins, as torch-gpu.lock) empties the folder, so
+            that an image without PyTorch's CPU build does not carry its wheel.
         folder: the wheel folder in the build context.
 
     Returns:
         The wheels in the folder afterwards (empty when pip could not find them).
     """
-    entries = _local_wheel_pins(lock)
+    entries = _local_wheel_pins(lock) if lock else []
     wanted = _wheel_hashes(entries)
     folder.mkdir(parents=True, exist_ok=True)
     kept = set()
@@ -369,8 +371,7 @@ def build(
     command = build_command(variant, tag=tag, base_image=base_image, uid=uid, gid=gid,
                             network=network, torch=torch, cache_from=cache_from)
     check_engine()
-    if torch and variant == "cpu":
-        stage_torch_wheels()
+    stage_torch_wheels(TORCH_CPU_LOCK if torch and variant == "cpu" else None)
     built = command[command.index("-t") + 1]
     started = time.monotonic()
     _stream(command, "docker build")

@@ -878,6 +878,9 @@ def test_build_stages_the_locked_local_wheel_and_drops_stale_ones(wheel_source, 
     # A second build finds the wheel in place and keeps it (same file, so the same cached layer).
     inode = staged[0].stat().st_ino
     assert lab_container.stage_torch_wheels(lock, folder) == staged and staged[0].stat().st_ino == inode
+    # The GPU image, or one without PyTorch: the folder is emptied of wheels, so the image does not carry it.
+    assert lab_container.stage_torch_wheels(None, folder) == []
+    assert [path.name for path in folder.iterdir()] == ["README.md"]
 
 
 def test_without_the_wheel_the_folder_stays_empty_and_the_build_says_it_asks_the_index(wheel_source, tmp_path,
