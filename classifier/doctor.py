@@ -154,23 +154,28 @@ def check_torch(lock_dir: Path = PROJECT_ROOT / "requirements") -> list[Check]:
     return checks
 
 
-def _torch_kernel() -> tuple[str, str] | None:
-    """The Python of the "pytorch" Jupyter kernel and the torch it imports, where that is another environment.
+def torch_kernel_python() -> str | None:
+    """The Python of the "pytorch" Jupyter kernel when it is another environment than this one, else None.
 
     The GPU image keeps PyTorch's CUDA build out of TensorFlow's environment
-    (docker/Dockerfile says why); notebook 04 runs in that kernel.
-
-    Returns:
-        (its python, torch's version), or None without such a kernel.
+    (docker/Dockerfile says why): /opt/venv-torch, behind the kernel that notebook 04 names.
     """
     try:
         from jupyter_client.kernelspec import KernelSpecManager
 
         python = KernelSpecManager().get_kernel_spec("pytorch").argv[0]
-    except Exception:  # noqa: BLE001 - no Jupyter, or no such kernel: nothing to report
+    except Exception:  # noqa: BLE001 - no Jupyter, or no such kernel: nothing to point at
         return None
     if python in ("python", "python3") or Path(python).parent.parent == Path(sys.prefix):
         return None  # this very environment
+    return python
+
+
+def _torch_kernel() -> tuple[str, str] | None:
+    """(the "pytorch" kernel's Python, the torch version it imports) where that is another environment, else None."""
+    python = torch_kernel_python()
+    if python is None:
+        return None
     try:
         result = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True,
                                 text=True, timeout=300)

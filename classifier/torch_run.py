@@ -33,6 +33,12 @@ def import_torch():
     try:
         import torch
     except ImportError:
+        from classifier.doctor import torch_kernel_python
+
+        if other := torch_kernel_python():  # the GPU image: PyTorch in an environment of its own
+            raise UserError(f"--trainer torch needs PyTorch, which is in its own environment here: run "
+                            f"`{other} -m invoke train ... --trainer torch` (notebooks: the kernel "
+                            f"\"Python (PyTorch)\")") from None
         raise UserError("--trainer torch needs PyTorch, which is not installed in this environment; install it "
                         "with ./setup.sh, or: pip install --require-hashes -r requirements/torch-cpu.lock") from None
     return torch

@@ -1,12 +1,14 @@
 """`invoke doctor` passes on a healthy environment and names planted faults with their fix."""
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
+from classifier.config import UserError
 from classifier.doctor import FAIL, OK, WARN, Check, check_datasets, check_graphviz, check_versions, locked_versions, python_check
 from conftest import FASHION_MNIST_DEBIAN, run_invoke
 
@@ -85,7 +87,7 @@ def test_doctor_reports_planted_faults_and_exits_non_zero(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_torch_in_its_own_kernel_environment_is_found_not_missing(tmp_path, monkeypatch):
+def test_torch_in_its_own_kernel_environment_is_found_by_doctor_and_named_by_train(tmp_path, monkeypatch):
     # The GPU image: torch is not importable here (TensorFlow's environment) but the "pytorch" kernel's Python has it.
     from classifier import doctor
 
@@ -103,5 +105,11 @@ def test_torch_in_its_own_kernel_environment_is_found_not_missing(tmp_path, monk
     assert [(check.name, check.status) for check in checks] == [("torch", OK)]
     assert checks[0].detail == (f'2.13.0 in its own environment, the Jupyter kernel "Python (PyTorch)" ({python}); '
                                 f"check it with {python} -m invoke doctor")
+    # `invoke train --trainer torch` there names the environment to run it in.
+    from classifier.torch_run import import_torch
+
+    with pytest.raises(UserError, match=re.escape(f"in its own environment here: run `{python} -m invoke train ... "
+                                                  '--trainer torch` (notebooks: the kernel "Python (PyTorch)")')):
+        import_torch()
     (kernel / "kernel.json").unlink()  # without the kernel: the warning, as before
     assert [(check.name, check.status) for check in doctor.check_torch()] == [("torch", WARN)]
