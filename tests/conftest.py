@@ -256,7 +256,7 @@ def require_torch():
     """Import torch for a test module: skip without it, except in CI, which must have it (setup.sh installs it).
 
     An environment made without PyTorch on purpose (LAB_TORCH=0: `LAB_TORCH=0 ./setup.sh`,
-    or the lab image built without WITH_TORCH=1) skips even in CI.
+    or the lab image built with `invoke build --no-torch`, WITH_TORCH=0) skips even in CI.
     """
     try:
         import torch
