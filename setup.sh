@@ -114,6 +114,13 @@ elif [[ "${LAB_TORCH:-1}" != 0 ]]; then
   echo "  python3 -m venv .venv-torch && .venv-torch/bin/pip install --require-hashes -r requirements/torch-gpu.lock" \
        "&& .venv-torch/bin/pip install --no-deps -e ." >&2
 fi
+# The Jupyter kernels the notebooks name: "python3" (01-03) and "pytorch" (04).
+# Here one environment holds both frameworks, so both run .venv's Python; the
+# GPU image has a separate PyTorch environment behind "pytorch" (docker/Dockerfile).
+.venv/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python (TensorFlow)" >/dev/null
+if .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/python -m ipykernel install --sys-prefix --name pytorch --display-name "Python (PyTorch)" >/dev/null
+fi
 .venv/bin/pip install --quiet --no-deps --no-build-isolation -e .
 notebook_settings
 echo "lab ready: .venv/bin/invoke --list"

@@ -259,9 +259,9 @@ _VARIANT_HELP = "gpu (CUDA TensorFlow, default) or cpu (hosts without an NVIDIA 
     "base_image": "build FROM this image instead of the pinned python:3.11 slim one (e.g. a local stand-in)",
     "network": "network for the build's apt-get and pip, e.g. host where the engine has no bridge network",
     "cache_from": "reuse the layers of this image, e.g. the class's published image after `docker pull`",
-    "torch": "add PyTorch's CPU build for notebook 04 and --trainer torch (cpu variant only; +0.9 GB)",
+    "torch": "PyTorch beside TensorFlow, for notebook 04 and --trainer torch (default; --no-torch leaves it out)",
 })
-def build(c, variant="gpu", base_image="", network="", cache_from="", torch=False):
+def build(c, variant="gpu", base_image="", network="", cache_from="", torch=True):
     """Build the lab image (classifier-lab:VARIANT) as your user's UID/GID."""
     from classifier.commands import container
 

@@ -302,7 +302,7 @@ def require_torch():
     """Import torch for a test module: skip without it, except in CI, which must have it (setup.sh installs it).
 
     An environment made without PyTorch on purpose (LAB_TORCH=0: `LAB_TORCH=0 ./setup.sh`,
-    or the lab image built without WITH_TORCH=1) skips even in CI.
+    or the lab image built with `invoke build --no-torch`, WITH_TORCH=0) skips even in CI.
     """
     try:
         import torch
@@ -371,7 +371,8 @@ def standin_base_image() -> str | None:
 
 @pytest.fixture(scope="session")
 def lab_test_image():
-    """The CPU lab image for the browser and Dev Containers tests: $LAB_IMAGE, or classifier-lab:test-cpu built here.
+    """The CPU lab image, TensorFlow and PyTorch, for the browser and Dev Containers tests: $LAB_IMAGE, or
+    classifier-lab:test-cpu built here.
 
     Without a Docker engine: a skip with the reason, a failure in CI. The tag is
     removed at the end of the session (LAB_TEST_KEEP_IMAGE=1 keeps it); its layers
@@ -388,6 +389,8 @@ def lab_test_image():
     from classifier.commands import container
 
     uid, gid = container_user_ids()
+    # As `invoke build` does: PyTorch's CPU wheel into the build context, where the build's pip finds it.
+    container.stage_torch_wheels()
     command = container.build_command("cpu", tag=LAB_TEST_IMAGE, base_image=standin_base_image(), uid=uid, gid=gid,
                                       network="host")
     started = time.perf_counter()

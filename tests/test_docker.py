@@ -21,6 +21,7 @@ classifier/commands/container.py that need no engine are tested at the end.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import pwd
@@ -197,13 +198,26 @@ def _build_arguments() -> list[str]:
     return ["build", "--variant", "cpu", "--network", "host"] + (["--base-image", base] if base else [])
 
 
+def _pip_wheel_folders() -> dict[str, str]:
+    """This machine's pip wheel folders (find-links) for the test user, whose login environment has none.
+
+    `invoke build` stages PyTorch's CPU wheel from wherever the user's pip
+    finds it; the person running the tests (CI: root) has it in such a folder.
+    """
+    folders = os.environ.get("PIP_FIND_LINKS") or subprocess.run(
+        [sys.executable, "-m", "pip", "config", "get", "global.find-links"], capture_output=True, text=True).stdout.strip()
+    return {"PIP_FIND_LINKS": folders} if folders else {}
+
+
 @pytest.fixture(scope="session")
 def built(user, clone) -> dict:
     """`invoke build --variant cpu --base-image ... --network host`, run once by the user in the clone."""
     started = time.perf_counter()
-    result = user.invoke(*_build_arguments(), cwd=clone, timeout=3600)
+    result = user.invoke(*_build_arguments(), cwd=clone, env=_pip_wheel_folders(), timeout=3600)
     seconds = time.perf_counter() - started
     assert result.returncode == 0, f"invoke build failed:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}"
+    if _pip_wheel_folders():  # the user's pip has PyTorch's CPU wheel: the build context has it too
+        assert list((clone / "docker" / "wheels").glob("torch-*+cpu-*.whl")), "invoke build staged no PyTorch wheel"
     # tests/test_browser.py runs first and builds the same image (conftest.py's lab_test_image): then this is a tag.
     print(f"\n[timing] invoke build (first in this session) {seconds:.0f} s, "
           f"{result.stdout.count('Using cache')} steps from Docker's cache")
@@ -354,6 +368,7 @@ def test_build_makes_the_image_compose_runs_as_the_user(user, built):
     assert config["Entrypoint"] == ["/usr/bin/tini", "--"]
     assert config["Healthcheck"]["Test"][0] == "CMD"
     assert "TF_FORCE_GPU_ALLOW_GROWTH=true" in config["Env"]
+    assert "LAB_TORCH=1" in config["Env"]  # both halves of the lecture
     # --force-rm: every step's container was removed again (the engine may be shared, so ask the build's log).
     started = set(re.findall(r"Running in ([0-9a-f]{12})", built["stdout"]))
     removed = set(re.findall(r"Removing intermediate container ([0-9a-f]{12})", built["stdout"]))
@@ -460,46 +475,68 @@ def _copy_fashion(clone: Path, user: HostUser) -> str:
     return "/workspace/fashion-source"
 
 
-def _assert_run_belongs_to(runs: Path, user: HostUser, image: str) -> dict:
-    folders = [path for path in runs.iterdir() if path.is_dir()]
-    assert len(folders) == 1, folders
-    run = folders[0]
-    manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["data"]["dataset"] == "fashion_mnist"
-    assert manifest["environment"]["container_image"] == image
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["num_images"] == 10000
-    written = [run, *run.rglob("*"), *(runs.parent / "data").rglob("*")]
-    wrong = [(str(p), p.stat().st_uid) for p in written if (p.stat().st_uid, p.stat().st_gid) != (user.uid, user.gid)]
-    assert not wrong, f"files not owned by {user.uid}:{user.gid}: {wrong[:5]}"
-    return manifest
+def _assert_run_belongs_to(runs: Path, user: HostUser, image: str, count: int = 1) -> list[dict]:
+    """The runs' folders (count of them) are complete, name the image, and belong to the user; their manifests."""
+    folders = sorted(path for path in runs.iterdir() if path.is_dir())
+    assert len(folders) == count, folders
+    manifests = []
+    for run in folders:
+        manifest = json.loads((run / "manifest.json").read_text())
+        assert manifest["status"] == "complete" and manifest["data"]["dataset"] == "fashion_mnist"
+        assert manifest["environment"]["container_image"] == image
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["num_images"] == 10000
+        written = [run, *run.rglob("*"), *(runs.parent / "data").rglob("*")]
+        wrong = [(str(p), p.stat().st_uid) for p in written
+                 if (p.stat().st_uid, p.stat().st_gid) != (user.uid, user.gid)]
+        assert not wrong, f"files not owned by {user.uid}:{user.gid}: {wrong[:5]}"
+        manifests.append(manifest)
+    return manifests
 
 
 _TRAIN = ("invoke data --dataset fashion_mnist --from {source}"
           " && invoke train --dataset fashion_mnist --limit 600 --epochs 1 --batch-size 64")
 
 
+# The lecture's second half in the same container: PyTorch's trainer, one OpenMP thread on a shared CPU.
+_TRAIN_TORCH = ("OMP_NUM_THREADS=1 invoke train --dataset fashion_mnist --limit 600 --epochs 1 --batch-size 64"
+                " --model torch_module --trainer torch")
+
+
 @pytest.mark.docker
 def test_shell_trains_as_the_user_under_tini_and_returns_the_commands_status(user, clone, built):
-    # One container (each costs a copy of the image on vfs): who runs, PID 1, a training, then exit 7.
+    # One container (each costs a copy of the image on vfs): who runs, PID 1, the Jupyter kernels,
+    # a TensorFlow and a PyTorch training, then exit 7.
     source = _copy_fashion(clone, user)
-    command = f"id -u; id -g; cat /proc/1/comm; dot -V 2>&1; {_TRAIN.format(source=source)} && exit 7"
+    command = (f"id -u; id -g; cat /proc/1/comm; dot -V 2>&1; jupyter kernelspec list --json > kernels.json"
+               f" && {_TRAIN.format(source=source)} && {_TRAIN_TORCH} && exit 7")
     result = user.invoke("shell", "--variant", "cpu", "-c", command, cwd=clone, timeout=1200)
     assert result.returncode == 7, result.stdout[-3000:] + result.stderr[-3000:]
     uid, gid, init, dot = result.stdout.strip().splitlines()[:4]
     assert (int(uid), int(gid)) == (user.uid, user.gid) and init == "tini" and "graphviz" in dot
-    _assert_run_belongs_to(clone / "runs", user, IMAGE)
+    manifests = _assert_run_belongs_to(clone / "runs", user, IMAGE, count=2)
+    assert sorted(manifest["config"]["trainer"] for manifest in manifests) == ["fit", "torch"]
+    torch_run = next(path for path in (clone / "runs").iterdir() if path.name.endswith("-torch"))
+    assert (torch_run / "model.pt").stat().st_size > 0
+    # The notebooks name their kernels: 01-03 "python3", 04 "pytorch"; in the CPU image one environment holds both.
+    kernels = json.loads((clone / "kernels.json").read_text())["kernelspecs"]
+    assert {name: kernel["spec"]["display_name"] for name, kernel in kernels.items()} == {
+        "python3": "Python (TensorFlow)", "pytorch": "Python (PyTorch)"}
+    assert kernels["pytorch"]["spec"]["argv"][0] == "/opt/venv/bin/python"
     assert _project_containers(clone) == []  # run --rm
 
 
 @pytest.mark.docker
 def test_quick_tests_and_notebooks_pass_inside_the_container(user, clone, built):
     source = _copy_fashion(clone, user)
-    # The image holds no PyTorch unless built with --torch (WITH_TORCH=1), so the PyTorch notebook is left to the host.
+    # Every notebook, PyTorch's 04 too (in its named kernel, "Python (PyTorch)"), and the `invoke train
+    # --trainer torch` that test_notebooks.py compares it with: the image holds both halves of the lecture.
+    # PyTorch's unit tests (tests/test_torch_*.py) run on the host; here notebook 04 and the shell test's
+    # --trainer torch run exercise the image's PyTorch, without running its unit tests a second time in CI.
     command = ('python -m pytest -q -p no:cacheprovider -m "not slow and not docker and not gpu"'
-               f" && FASHION_MNIST_DIR={source} CI=true python -m pytest -q -p no:cacheprovider tests/test_notebooks.py"
-               " -k 'not 04_pytorch'")
-    result = user.invoke("shell", "--variant", "cpu", "-c", command, cwd=clone, timeout=1800)
+               " --ignore-glob='tests/test_torch_*'"
+               f" && FASHION_MNIST_DIR={source} CI=true python -m pytest -q -p no:cacheprovider tests/test_notebooks.py")
+    result = user.invoke("shell", "--variant", "cpu", "-c", command, cwd=clone, timeout=2400)
     output = result.stdout[-4000:]
     assert result.returncode == 0, f"pytest in the container failed:\n{output}\n{result.stderr[-2000:]}"
     summaries = [line for line in output.splitlines() if " passed" in line and " in " in line]
@@ -517,7 +554,7 @@ def test_source_only_change_rebuilds_only_the_source_layer(user, clone, built):
     if os.getuid() == 0:
         os.chown(probe, user.uid, user.gid)
     started = time.perf_counter()
-    result = user.invoke(*_build_arguments(), cwd=clone, timeout=1800)
+    result = user.invoke(*_build_arguments(), cwd=clone, env=_pip_wheel_folders(), timeout=1800)
     seconds = time.perf_counter() - started
     probe.unlink()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
@@ -534,11 +571,15 @@ def test_source_only_change_rebuilds_only_the_source_layer(user, clone, built):
 
 
 @pytest.mark.docker
-def test_by_hand_compose_route_from_a_fresh_clone(user, workdir, built):
+def test_by_hand_compose_route_from_a_fresh_clone(user, workdir, clone, built):
     # docs/container.md's route without invoke: .env with the user's ids, compose builds (all cached here), runs, trains.
     checkout = _fresh_clone(user, workdir, "byhand")
     assert (checkout / "data" / ".gitkeep").exists() and (checkout / "runs").stat().st_uid == user.uid
     user.run("sh", "-c", 'printf "LAB_UID=%s\\nLAB_GID=%s\\n" "$(id -u)" "$(id -g)" > .env', cwd=checkout)
+    # Where PyTorch's index is out of reach, docker/wheels/ holds its CPU wheel (as `invoke build` leaves it;
+    # here the session clone's): the build installs from it, and the layers are those already built.
+    for wheel in (clone / "docker" / "wheels").glob("*.whl"):
+        assert user.run("cp", "-p", str(wheel), str(checkout / "docker" / "wheels"), cwd=checkout).returncode == 0
     compose = lab_container.compose_command() + ["-f", "docker-compose.cpu.yml"]
     env = {"COMPOSE_HTTP_TIMEOUT": "600", "LAB_BUILD_NETWORK": "host", "LAB_BASE_IMAGE": _base_image() or ""}
     build = user.run(*compose, "build", cwd=checkout, env=env, timeout=1800)
@@ -791,3 +832,69 @@ def test_doctor_in_the_container_reports_the_nvidia_runtime_driver_and_cuda(vari
         assert checks[name].status == status and detail in checks[name].detail, checks[name]
     if smi and smi[1] == "11.4":
         assert "update the host's NVIDIA driver" in checks["nvidia driver"].fix
+
+
+# docker/wheels/: the wheel no index the build reaches has, staged by `invoke build` from pip's own sources.
+
+def _fake_wheel(folder: Path, name: str, version: str) -> Path:
+    """A minimal wheel pip accepts (METADATA, WHEEL, RECORD), standing in for PyTorch's 190 MB CPU wheel."""
+    import zipfile
+
+    dist_info = f"{name}-{version}.dist-info"
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr(f"{dist_info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        wheel.writestr(f"{dist_info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(f"{dist_info}/RECORD", "")
+    return path
+
+
+@pytest.fixture
+def wheel_source(tmp_path, monkeypatch):
+    """A find-links folder holding a local-version wheel, a lock that pins it by hash, and pip pointed at that folder only."""
+    links = tmp_path / "links"
+    links.mkdir()
+    wheel = _fake_wheel(links, "labtorchstandin", "2.13.0+cpu")
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    lock = tmp_path / "torch-cpu.lock"
+    lock.write_text("# header\nnumpy==2.4.6 \\\n    --hash=sha256:" + "0" * 64 + "\n    # via torch\n"
+                    f"labtorchstandin==2.13.0+cpu \\\n    --hash=sha256:{digest}\n    # via classifier (pyproject.toml)\n")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    return lock, wheel
+
+
+def test_build_stages_the_locked_local_wheel_and_drops_stale_ones(wheel_source, tmp_path):
+    lock, wheel = wheel_source
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    (folder / "README.md").write_text("kept\n")
+    stale = _fake_wheel(folder, "labtorchstandin", "2.12.0+cpu")  # an earlier lock's wheel
+    staged = lab_container.stage_torch_wheels(lock, folder)
+    # Only the pin with a local version (+cpu) is staged: numpy comes from PyPI in the build.
+    assert [path.name for path in staged] == [wheel.name]
+    assert staged[0].read_bytes() == wheel.read_bytes() and staged[0].stat().st_mode & 0o777 == 0o644
+    assert not stale.exists() and sorted(path.name for path in folder.iterdir()) == ["README.md", wheel.name]
+    # A second build finds the wheel in place and keeps it (same file, so the same cached layer).
+    inode = staged[0].stat().st_ino
+    assert lab_container.stage_torch_wheels(lock, folder) == staged and staged[0].stat().st_ino == inode
+    # The GPU image, or one without PyTorch: the folder is emptied of wheels, so the image does not carry it.
+    assert lab_container.stage_torch_wheels(None, folder) == []
+    assert [path.name for path in folder.iterdir()] == ["README.md"]
+
+
+def test_without_the_wheel_the_folder_stays_empty_and_the_build_says_it_asks_the_index(wheel_source, tmp_path,
+                                                                                        capsys):
+    lock, wheel = wheel_source
+    wheel.unlink()  # pip finds it nowhere
+    folder = tmp_path / "wheels"
+    assert lab_container.stage_torch_wheels(lock, folder) == []
+    assert list(folder.iterdir()) == []  # no staging folder, no half-written wheel
+    assert capsys.readouterr().out == ("note: pip on this machine has no copy of labtorchstandin==2.13.0+cpu; "
+                                       "the build downloads it from PyTorch's CPU index\n")
+
+
+def test_the_real_torch_lock_stages_only_pytorchs_cpu_wheel():
+    entries = lab_container._local_wheel_pins(lab_container.TORCH_CPU_LOCK)
+    assert [entry.split(" ", 1)[0] for entry in entries] == ["torch==2.13.0+cpu"]
+    assert all(line.startswith(("torch==", "    --hash=sha256:")) for line in entries[0].splitlines())

@@ -1,5 +1,6 @@
 """`invoke doctor` passes on a healthy environment and names planted faults with their fix."""
 
+import json
 import os
 import re
 import shutil
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from classifier.commands.doctor import FAIL, OK, WARN, Check, check_datasets, check_graphviz, check_versions, locked_versions, python_check
+from classifier.config import UserError
 from conftest import FASHION_MNIST_DEBIAN, run_invoke
 
 
@@ -121,3 +123,31 @@ def test_doctor_fails_a_data_folder_that_is_a_file(tmp_path):
     assert ["fix: point --data-dir or CLASSIFIER_DATA_DIR at a folder (default ./data), or move the file away"] in rows
     assert not any(row[1].startswith("data ") and row[1] != "data folder" for row in rows if len(row) > 1)
     assert blocker.read_text() == "not a folder"
+
+
+def test_torch_in_its_own_kernel_environment_is_found_by_doctor_and_named_by_train(tmp_path, monkeypatch):
+    # The GPU image: torch is not importable here (TensorFlow's environment) but the "pytorch" kernel's Python has it.
+    from classifier.commands import doctor
+
+    python = tmp_path / "venv-torch" / "python"
+    python.parent.mkdir()
+    python.write_text('#!/bin/sh\n[ "$1" = -c ] && echo 2.13.0\n')
+    python.chmod(0o755)
+    kernel = tmp_path / "jupyter" / "kernels" / "pytorch"
+    kernel.mkdir(parents=True)
+    (kernel / "kernel.json").write_text(json.dumps({"argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                                                    "display_name": "Python (PyTorch)", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    checks = doctor.check_torch()
+    assert [(check.name, check.status) for check in checks] == [("torch", OK)]
+    assert checks[0].detail == (f'2.13.0 in its own environment, the Jupyter kernel "Python (PyTorch)" ({python}); '
+                                f"check it with {python} -m invoke doctor")
+    # `invoke train --trainer torch` there names the environment to run it in.
+    from classifier.machinery.torch_runs import import_torch
+
+    with pytest.raises(UserError, match=re.escape(f"in its own environment here: run `{python} -m invoke train ... "
+                                                  '--trainer torch` (notebooks: the kernel "Python (PyTorch)")')):
+        import_torch()
+    (kernel / "kernel.json").unlink()  # without the kernel: the warning, as before
+    assert [(check.name, check.status) for check in doctor.check_torch()] == [("torch", WARN)]

@@ -281,11 +281,10 @@ def test_bench_measures_the_torch_trainer(fashion_lab, tmp_path, monkeypatch):
     assert "| torch |" in (tmp_path / "bench.md").read_text()
 
 
-def test_the_image_gets_pytorch_only_when_asked_and_only_on_the_cpu_variant():
+def test_both_images_get_pytorch_unless_built_with_no_torch():
     from classifier.commands import container
-    from classifier.config import UserError
 
-    assert "WITH_TORCH=1" in container.build_command("cpu", torch=True)
-    assert not any("WITH_TORCH" in part for part in container.build_command("cpu"))
-    with pytest.raises(UserError, match="--torch needs --variant cpu"):
-        container.build("gpu", torch=True)
+    for variant in ("cpu", "gpu"):
+        # The Dockerfile's WITH_TORCH=1 is the default; only `invoke build --no-torch` passes WITH_TORCH=0.
+        assert not any("WITH_TORCH" in part for part in container.build_command(variant))
+        assert "WITH_TORCH=0" in container.build_command(variant, torch=False)

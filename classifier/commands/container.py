@@ -1,6 +1,6 @@
 """The lab container from the host: build, start, enter, stop, and lock its dependencies.
 
-    invoke build --variant cpu --network host   # -> build(): the image classifier-lab:cpu
+    invoke build --variant cpu --network host   # -> build(): the image classifier-lab:cpu, TensorFlow and PyTorch
     invoke lab --variant cpu                    # -> lab_up(): starts it, waits until healthy, prints the URL
     invoke shell -c "invoke train --limit 600"  # -> shell(): a command (or bash) in a fresh lab container
     invoke down                                 # -> down()
@@ -16,6 +16,7 @@ it raises, a failed start removes the containers it created.
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
 import re
@@ -35,6 +36,11 @@ VARIANTS = ("gpu", "cpu")
 IMAGE_NAME = "classifier-lab"
 ENV_FILE = REPO_ROOT / ".env"
 COMPOSE_FILES = {"gpu": "docker-compose.yml", "cpu": "docker-compose.cpu.yml"}
+# Wheels the build installs that no index it reaches may have (PyTorch's CPU
+# build is not on PyPI). In the build context, git-ignored; docker/Dockerfile
+# installs from here, or from PyTorch's CPU index when it holds no wheel.
+WHEELS_DIR = REPO_ROOT / "docker" / "wheels"
+TORCH_CPU_LOCK = REPO_ROOT / "requirements" / "torch-cpu.lock"
 # Folders compose mounts into the container. They are in git (with a
 # .gitkeep) and created here too, so that Docker never creates them as root.
 MOUNTED_FOLDERS = ("data", "runs")
@@ -222,7 +228,7 @@ def build_command(
     uid: int | None = None,
     gid: int | None = None,
     network: str | None = None,
-    torch: bool = False,
+    torch: bool = True,
     cache_from: str | None = None,
 ) -> list[str]:
     """The `docker build` command line for a variant (see `build`)."""
@@ -242,9 +248,95 @@ def build_command(
         command += ["--cache-from", cache_from]
     if network:
         command += ["--network", network]
-    if torch:
-        command += ["--build-arg", "WITH_TORCH=1"]
+    if not torch:
+        command += ["--build-arg", "WITH_TORCH=0"]
     return command + ["."]
+
+
+def _local_wheel_pins(lock: Path) -> list[str]:
+    """The entries of a hash-locked file whose version has a local part (`torch==2.13.0+cpu`): on no public index.
+
+    Returns:
+        Each entry as requirement lines (the pin and its --hash lines), ready for `pip download -r`.
+    """
+    entries: list[str] = []
+    lines = lock.read_text().splitlines()
+    for index, line in enumerate(lines):
+        if "==" in line and "+" in line.split("==", 1)[1] and not line.startswith((" ", "#")):
+            block = [line]
+            for following in lines[index + 1:]:
+                if not following.strip().startswith("--hash"):
+                    break
+                block.append(following)
+            entries.append("\n".join(block).rstrip(" \\") + "\n")
+    return entries
+
+
+def _wheel_hashes(entries: list[str]) -> set[str]:
+    return set(re.findall(r"--hash=sha256:([0-9a-f]{64})", "".join(entries)))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download_wheels(entries: list[str], folder: Path) -> None:
+    """`pip download` the entries (with their hashes) into a staging folder, then move the wheels into folder."""
+    staging = folder / f".staging-{os.getpid()}"
+    staging.mkdir(exist_ok=True)
+    try:
+        (staging / "requirements.txt").write_text("".join(entries))
+        result = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
+                                 "-r", str(staging / "requirements.txt"), "-d", str(staging)],
+                                capture_output=True, text=True, timeout=1800, stdin=subprocess.DEVNULL)
+        for wheel in staging.glob("*.whl") if result.returncode == 0 else []:
+            wheel.chmod(0o644)  # as a checkout's files are: the build's cache key includes the mode
+            os.replace(wheel, folder / wheel.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def stage_torch_wheels(lock: Path | None = TORCH_CPU_LOCK, folder: Path = WHEELS_DIR) -> list[Path]:
+    """Put the locked PyTorch CPU wheel into the build context, from where this machine's pip finds it.
+
+    PyTorch's CPU wheel is on PyTorch's own index, not PyPI. Where pip finds it
+    in a local wheel folder (find-links in its configuration) or an index it uses,
+    `pip download` copies it into docker/wheels/ and the build installs it from
+    there; elsewhere the folder stays empty and the build asks PyTorch's index.
+    Wheels already there with a locked hash are kept, others removed, so the
+    build context holds exactly the lock's wheel. The download goes to a
+    staging folder and is moved in only when complete.
+
+    Args:
+        lock: the hash-locked file whose local-version pins (`+cpu`) to stage; None
+            (or a lock without such pins, as torch-gpu.lock) empties the folder, so
+            that an image without PyTorch's CPU build does not carry its wheel.
+        folder: the wheel folder in the build context.
+
+    Returns:
+        The wheels in the folder afterwards (empty when pip could not find them).
+    """
+    entries = _local_wheel_pins(lock) if lock else []
+    wanted = _wheel_hashes(entries)
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = set()
+    for path in folder.glob("*.whl"):
+        digest = _sha256(path)
+        if digest in wanted:
+            kept.add(digest)
+        else:  # an earlier lock's wheel: it would only make the build context larger
+            path.unlink()
+    if wanted - kept:
+        _download_wheels(entries, folder)
+    wheels = sorted(folder.glob("*.whl"))
+    if entries and not wheels:
+        print(f"note: pip on this machine has no copy of {entries[0].split(' ', 1)[0]}; "
+              "the build downloads it from PyTorch's CPU index", flush=True)
+    return wheels
 
 
 def build(
@@ -255,7 +347,7 @@ def build(
     uid: int | None = None,
     gid: int | None = None,
     network: str | None = None,
-    torch: bool = False,
+    torch: bool = True,
     cache_from: str | None = None,
 ) -> str:
     """Build the lab image, showing docker's output; a failure ends in one line naming its cause.
@@ -266,19 +358,20 @@ def build(
         base_image: overrides the Dockerfile's pinned BASE_IMAGE (CI: the local stand-in).
         uid, gid: the container user's ids; default the host user's (1000 for root).
         network: build network, e.g. "host" where the engine has no bridge network.
-        torch: add PyTorch's CPU build (cpu variant only; docker/Dockerfile's WITH_TORCH says why).
+        torch: PyTorch beside TensorFlow (the default): in the CPU image, its CPU
+            build (from docker/wheels/, which `stage_torch_wheels` fills, or
+            PyTorch's index); in the GPU image, its CUDA build in an environment
+            of its own (docker/Dockerfile's WITH_TORCH says why).
         cache_from: an image whose layers the build may reuse, e.g. the class's
             published image pulled beforehand: only the user and source layers are then built.
 
     Returns:
         The image tag that was built.
     """
-    if torch and variant != "cpu":
-        raise ContainerError("--torch needs --variant cpu: PyTorch's CUDA build cannot share the GPU image with "
-                             "TensorFlow's (both write site-packages/nvidia/cudnn/lib; docker/Dockerfile says more)")
-    check_engine()
     command = build_command(variant, tag=tag, base_image=base_image, uid=uid, gid=gid,
                             network=network, torch=torch, cache_from=cache_from)
+    check_engine()
+    stage_torch_wheels(TORCH_CPU_LOCK if torch and variant == "cpu" else None)
     built = command[command.index("-t") + 1]
     started = time.monotonic()
     _stream(command, "docker build")

@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 from classifier.config import PROJECT_ROOT
+from classifier.machinery.torch_runs import torch_kernel_python
 
 OK, INFO, WARN, FAIL = "OK", "INFO", "WARN", "FAIL"
 
@@ -143,6 +144,10 @@ def check_torch(lock_dir: Path = PROJECT_ROOT / "requirements") -> list[Check]:
     try:
         import torch
     except ImportError as error:
+        if kernel := _torch_kernel():
+            python, version = kernel
+            return [Check("torch", OK, f"{version} in its own environment, the Jupyter kernel \"Python (PyTorch)\" "
+                                       f"({python}); check it with {python} -m invoke doctor")]
         return [Check("torch", WARN, f"not importable ({error}): invoke train --trainer torch and notebook 04 need it", fix)]
     wanted = locked_versions(lock_dir / f"torch-{variant}.lock").get("torch") if (lock_dir / f"torch-{variant}.lock").is_file() else None
     if wanted and torch.__version__ != wanted:
@@ -159,6 +164,19 @@ def check_torch(lock_dir: Path = PROJECT_ROOT / "requirements") -> list[Check]:
     for device in devices:
         checks.append(_torch_conv2d_check(torch, device))
     return checks
+
+
+def _torch_kernel() -> tuple[str, str] | None:
+    """(the "pytorch" kernel's Python, the torch version it imports) where that is another environment, else None."""
+    python = torch_kernel_python()
+    if python is None:
+        return None
+    try:
+        result = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True,
+                                text=True, timeout=300)
+    except OSError:
+        return None
+    return (python, result.stdout.strip()) if result.returncode == 0 and result.stdout.strip() else None
 
 
 def _torch_conv2d_check(torch, device: str) -> Check:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,30 @@ def import_torch():
     try:
         import torch
     except ImportError:
+        if other := torch_kernel_python():  # the GPU image: PyTorch in an environment of its own
+            raise UserError(f"--trainer torch needs PyTorch, which is in its own environment here: run "
+                            f"`{other} -m invoke train ... --trainer torch` (notebooks: the kernel "
+                            f"\"Python (PyTorch)\")") from None
         raise UserError("--trainer torch needs PyTorch, which is not installed in this environment; install it "
                         "with ./setup.sh, or: pip install --require-hashes -r requirements/torch-cpu.lock") from None
     return torch
+
+
+def torch_kernel_python() -> str | None:
+    """The Python of the "pytorch" Jupyter kernel when it is another environment than this one, else None.
+
+    The GPU image keeps PyTorch's CUDA build out of TensorFlow's environment
+    (docker/Dockerfile says why): /opt/venv-torch, behind the kernel that notebook 04 names.
+    """
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        python = KernelSpecManager().get_kernel_spec("pytorch").argv[0]
+    except Exception:  # noqa: BLE001 - no Jupyter, or no such kernel: nothing to point at
+        return None
+    if python in ("python", "python3") or Path(python).parent.parent == Path(sys.prefix):
+        return None  # this very environment
+    return python
 
 
 def torch_environment() -> dict:
