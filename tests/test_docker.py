@@ -526,15 +526,19 @@ def test_shell_trains_as_the_user_under_tini_and_returns_the_commands_status(use
     assert _project_containers(clone) == []  # run --rm
 
 
+# The quick tests that run in the container too (test_quick_tests_and_notebooks_pass_inside_the_container).
+IN_CONTAINER_TESTS = ("tests/test_config.py", "tests/test_models.py", "tests/test_tensors.py",
+                      "tests/test_evaluate.py", "tests/test_report.py", "tests/test_layers.py")
+
+
 @pytest.mark.docker
 def test_quick_tests_and_notebooks_pass_inside_the_container(user, clone, built):
     source = _copy_fashion(clone, user)
-    # Every notebook, PyTorch's 04 too (in its named kernel, "Python (PyTorch)"), and the `invoke train
-    # --trainer torch` that test_notebooks.py compares it with: the image holds both halves of the lecture.
-    # PyTorch's unit tests (tests/test_torch_*.py) run on the host; here notebook 04 and the shell test's
-    # --trainer torch run exercise the image's PyTorch, without running its unit tests a second time in CI.
-    command = ('python -m pytest -q -p no:cacheprovider -m "not slow and not docker and not gpu"'
-               " --ignore-glob='tests/test_torch_*'"
+    # What the image adds to the host's environment: its packages (the same locks), paths and user. The host
+    # runs the whole suite; here the tests that build the lecture's networks, tensors and pictures in-process,
+    # then every notebook, PyTorch's 04 too (in its named kernel, "Python (PyTorch)"), each compared with the
+    # `invoke train` that gives its numbers. The whole quick tier a second time cost CI about 10 minutes.
+    command = ("python -m pytest -q -p no:cacheprovider " + " ".join(IN_CONTAINER_TESTS) +
                f" && FASHION_MNIST_DIR={source} CI=true python -m pytest -q -p no:cacheprovider tests/test_notebooks.py")
     result = user.invoke("shell", "--variant", "cpu", "-c", command, cwd=clone, timeout=2400)
     output = result.stdout[-4000:]
