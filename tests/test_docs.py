@@ -28,11 +28,15 @@ def task_names() -> list[str]:
 
 
 def help_flags(task: str) -> set[str]:
-    """The long flags `invoke --help TASK` lists, without their dashes."""
+    """The long flags `invoke --help TASK` lists, without their dashes.
+
+    A flag that is on by default shows as `--[no-]NAME`; people type `--no-NAME`, so the docs name that.
+    """
     result = run_invoke("--help", task)
     assert result.returncode == 0, result.stderr
     options = result.stdout.split("Options:", 1)[1]
-    return set(re.findall(r"^  (?:-\w(?: \w+)?, )?--([a-z0-9-]+)", options, flags=re.M))
+    return {("no-" if negated else "") + name for negated, name in
+            re.findall(r"^  (?:-\w(?: \w+)?, )?--(\[no-\])?([a-z0-9-]+)", options, flags=re.M)}
 
 
 def docs_sections() -> dict[str, str]:
