@@ -139,6 +139,9 @@ def test_devcontainer_up_then_exec_runs_the_quick_tests(cli, tmp_path, request):
     workspace = tmp_path / "lab"
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
+    # PyTorch's CPU wheel, which lab_test_image staged as `invoke build` does: git ignores it, and
+    # without it the copy's build context differs and its pip step would ask PyTorch's index.
+    files += [str(path.relative_to(ROOT)) for path in (ROOT / "docker" / "wheels").glob("*.whl")]
     for name in files:
         if (ROOT / name).is_file():
             (workspace / name).parent.mkdir(parents=True, exist_ok=True)
