@@ -102,3 +102,12 @@ def test_docs_links_point_at_files_and_headings_that_exist(page):
 def _anchor(heading: str) -> str:
     """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to dashes."""
     return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+def test_docs_package_names_every_module():
+    """docs/package.md's promise, "every module in one line": a new module must be added there."""
+    text = (DOCS / "package.md").read_text()
+    modules = sorted(path.relative_to(ROOT).as_posix() for path in (ROOT / "classifier").rglob("*.py")
+                     if path.name != "__init__.py")
+    assert len(modules) >= 30
+    assert [module for module in modules if f"`{Path(module).name}`" not in text] == []
