@@ -224,7 +224,12 @@ def course(c, script, args=""):
 
     from classifier.commands.course import run_script
 
-    status = _run(run_script, script, tuple(shlex.split(args)))
+    try:
+        words = tuple(shlex.split(args))
+    except ValueError as error:  # e.g. an unclosed quote
+        raise Exit(f"error: --args {args!r} cannot be split into words ({error}); quote it as a shell would",
+                   code=2) from None
+    status = _run(run_script, script, words)
     if status:
         raise Exit(code=status)
 

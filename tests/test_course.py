@@ -155,3 +155,12 @@ def test_a_missing_script_is_one_line(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (f"error: {tmp_path / 'tf_classifier_basic.py'} is not a file; give the path of "
                                      "a course script, e.g. ../detlec/01_classifiers/tf_classifier_basic.py")
+
+
+def test_script_arguments_with_an_unclosed_quote_are_one_line(tmp_path):
+    script = tmp_path / "tf_tensor.py"
+    script.write_text("print('ran')\n")
+    result = run_invoke("course", str(script), "--args", "--name 'unclosed")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "ran" not in result.stdout
+    assert result.stderr.strip() == ("error: --args \"--name 'unclosed\" cannot be split into words "
+                                     "(No closing quotation); quote it as a shell would")
