@@ -13,6 +13,7 @@ batch 32, 3 epochs:
 - `--resume` of that run with two workers against an uninterrupted two-worker run.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -116,21 +117,12 @@ def test_two_workers_match_one_process(fashion_lab, two_workers):
 @pytest.mark.slow
 def test_a_killed_worker_stops_the_others_then_resume_finishes(fashion_lab, two_workers, tmp_path):
     log_path = tmp_path / "workers.log"
-    command = [sys.executable, "-m", "invoke", "train", "--dataset", "fashion_mnist",
-               "--data-dir", str(fashion_lab / "data"), "--runs-dir", str(fashion_lab / "runs"), *ARGS,
-               "--workers", "2"]
-    with open(log_path, "w") as log:
-        launcher = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.PIPE, text=True,
-                                    start_new_session=True)
-        try:
-            run_dir, worker_pid = _wait_for_first_checkpoint(launcher, log_path)
-            time.sleep(0.5)  # inside epoch 2
-            os.kill(worker_pid, signal.SIGKILL)
-            killed_at = time.monotonic()
-            _, stderr = launcher.communicate(timeout=240)
-        finally:
-            if launcher.poll() is None:
-                os.killpg(launcher.pid, signal.SIGKILL)
+    with _two_worker_launcher(fashion_lab, log_path) as launcher:
+        run_dir, worker_pid = _wait_for_first_checkpoint(launcher, log_path)
+        time.sleep(0.5)  # inside epoch 2
+        os.kill(worker_pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, stderr = launcher.communicate(timeout=240)
     print(f"the launcher ended {time.monotonic() - killed_at:.1f} s after the kill")
     assert launcher.returncode == 2
     expected = (f"error: worker 1 was killed; the other workers were stopped; "
@@ -149,6 +141,22 @@ def test_a_killed_worker_stops_the_others_then_resume_finishes(fashion_lab, two_
           f"uninterrupted {uninterrupted_metrics['accuracy']:.4f}; "
           f"same weights: {resumed['weights_sha256'] == uninterrupted['weights_sha256']}")
     assert resumed["weights_sha256"] == uninterrupted["weights_sha256"]
+
+
+@contextlib.contextmanager
+def _two_worker_launcher(fashion_lab, log_path):
+    """`invoke train --workers 2` in its own session, stdout to log_path; killed on the way out if still running."""
+    command = [sys.executable, "-m", "invoke", "train", "--dataset", "fashion_mnist",
+               "--data-dir", str(fashion_lab / "data"), "--runs-dir", str(fashion_lab / "runs"), *ARGS,
+               "--workers", "2"]
+    with open(log_path, "w") as log:
+        launcher = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True)
+        try:
+            yield launcher
+        finally:
+            if launcher.poll() is None:
+                os.killpg(launcher.pid, signal.SIGKILL)
 
 
 def _wait_for_first_checkpoint(launcher, log_path, timeout=600):
@@ -170,19 +178,10 @@ def _wait_for_first_checkpoint(launcher, log_path, timeout=600):
 @pytest.mark.slow
 def test_ctrl_c_during_a_two_worker_run_marks_it_and_says_how_to_resume(fashion_lab, tmp_path):
     log_path = tmp_path / "workers.log"
-    command = [sys.executable, "-m", "invoke", "train", "--dataset", "fashion_mnist",
-               "--data-dir", str(fashion_lab / "data"), "--runs-dir", str(fashion_lab / "runs"), *ARGS,
-               "--workers", "2"]
-    with open(log_path, "w") as log:
-        launcher = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.PIPE, text=True,
-                                    start_new_session=True)
-        try:
-            run_dir, _ = _wait_for_first_checkpoint(launcher, log_path)
-            os.kill(launcher.pid, signal.SIGINT)  # Ctrl-C reaches the launcher; the workers lead their own groups
-            _, stderr = launcher.communicate(timeout=120)
-        finally:
-            if launcher.poll() is None:
-                os.killpg(launcher.pid, signal.SIGKILL)
+    with _two_worker_launcher(fashion_lab, log_path) as launcher:
+        run_dir, _ = _wait_for_first_checkpoint(launcher, log_path)
+        os.kill(launcher.pid, signal.SIGINT)  # Ctrl-C reaches the launcher; the workers lead their own groups
+        _, stderr = launcher.communicate(timeout=120)
     assert launcher.returncode == 130, stderr
     done = json.loads((run_dir / "checkpoint" / "state.json").read_text())["epochs_done"]
     assert stderr.strip().splitlines() == [f"error: stopped after {done}/3 epoch(s); continue with: "
