@@ -219,7 +219,7 @@ def plot(c, dataset=None, model=None, output=""):
     "args": "arguments for the script, as one string",
 })
 def course(c, script, args=""):
-    """Run one of the course's own scripts unchanged, with TensorFlow's legacy Keras (Keras 2), offline."""
+    """Run one of the course's own scripts unchanged, offline (TensorFlow: legacy Keras 2; PyTorch: .venv-torch)."""
     import shlex
 
     from classifier.commands.course import run_script

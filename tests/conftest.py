@@ -141,6 +141,59 @@ def make_cifar_archive(path: Path, kind="cifar10", per_batch=20, num_test=30, se
     return buffer.getvalue()
 
 
+# The first lines of a child that runs the course's own lines (tests/test_course*.py): every network
+# connection attempt is reported on stderr and refused, so a loader that would download fails visibly.
+# Unix sockets stay: a DataLoader's worker processes hand their batches over one.
+NO_NETWORK = '''
+import socket, sys
+
+def _refuse(*args, **kwargs):
+    print("NETWORK ATTEMPT", args[1:2], file=sys.stderr)
+    raise OSError("network disabled by the test")
+
+_connect = socket.socket.connect
+
+def _connect_locally(self, address, *args):
+    if self.family != socket.AF_UNIX:
+        _refuse(self, address)
+    return _connect(self, address, *args)
+
+socket.socket.connect = _connect_locally
+socket.create_connection = _refuse
+socket.getaddrinfo = _refuse
+'''
+# Proxies that lead nowhere, for a loader that would go through one.
+NO_PROXY = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+
+
+def torchvision_md5_lines(class_name: str, generated: dict[str, str]) -> str:
+    """Lines for such a child: torchvision checks a generated CIFAR archive's MD5s where it checks the published ones.
+
+    Args:
+        class_name: CIFAR10 or CIFAR100 (torchvision's class, whose tables name the files).
+        generated: {file name: MD5} of the generated archive and its members (`cifar_member_md5s`).
+    """
+    return f'''
+from torchvision.datasets import cifar as _cifar, utils as _utils
+import torchvision as _torchvision
+
+_tables = _torchvision.datasets.{class_name}
+_published = {{md5: name for name, md5 in _tables.train_list + _tables.test_list}}
+_published[_tables.meta["md5"]] = _tables.meta["filename"]
+_published[_tables.tgz_md5] = _tables.filename
+_substitute = {{md5: {generated!r}[name] for md5, name in _published.items()}}
+_check = _utils.check_integrity
+_cifar.check_integrity = _utils.check_integrity = lambda fpath, md5=None: _check(fpath, _substitute.get(md5, md5))
+'''
+
+
+def cifar_member_md5s(archive: Path) -> dict[str, str]:
+    """{file name: MD5} of a CIFAR archive's members, and of the archive itself, as torchvision checks them."""
+    with tarfile.open(archive, "r:gz") as tar:
+        md5s = {Path(m.name).name: hashlib.md5(tar.extractfile(m).read()).hexdigest() for m in tar if m.isfile()}
+    return {**md5s, Path(archive).name: hashlib.md5(Path(archive).read_bytes()).hexdigest()}
+
+
 @pytest.fixture
 def http_root(tmp_path):
     """A folder served over HTTP on 127.0.0.1; yields (folder, base_url, request_log)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
-import hashlib
 import io
 import os
 import subprocess
@@ -17,7 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_cifar_archive, run_invoke, sha256_bytes
+from conftest import (
+    NO_NETWORK,
+    NO_PROXY,
+    cifar_member_md5s,
+    make_cifar_archive,
+    run_invoke,
+    sha256_bytes,
+    torchvision_md5_lines,
+)
 
 # Published SHA-256s that Keras 3.15 checks for CIFAR; a generated archive stands in under its own hash.
 _KERAS_CIFAR_HASHES = {
@@ -25,23 +32,8 @@ _KERAS_CIFAR_HASHES = {
     "cifar100": "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
 }
 
-# Each child starts without network: every connection attempt raises and is reported.
-_NO_NETWORK = '''
-import socket, sys
-
-def _refuse(*args, **kwargs):
-    print("NETWORK ATTEMPT", args[1:2], file=sys.stderr)
-    raise OSError("network disabled by the test")
-
-socket.socket.connect = _refuse
-socket.create_connection = _refuse
-socket.getaddrinfo = _refuse
-'''
-# Proxies that lead nowhere, for a loader that would go through one.
-_NO_PROXY = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
-
 # The Keras child: the lecture's lines.
-_CHILD = _NO_NETWORK + '''
+_CHILD = NO_NETWORK + '''
 import numpy as np
 import tensorflow as tf
 
@@ -65,7 +57,7 @@ np.savez(sys.argv[1], x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_
 def _load_offline(name: str, keras_home, output, substitute=None) -> subprocess.CompletedProcess:
     """Run the lecture's load_data() lines in a child process with the network disabled."""
     script = textwrap.dedent(_CHILD).format(name=name, substitute=substitute or {})
-    environment = {**os.environ, "KERAS_HOME": str(keras_home), **_NO_PROXY}
+    environment = {**os.environ, "KERAS_HOME": str(keras_home), **NO_PROXY}
     return subprocess.run([sys.executable, "-c", script, str(output)], env=environment,
                           capture_output=True, text=True, timeout=300)
 
@@ -188,26 +180,12 @@ def test_mnist_says_why_keras_cannot_be_served():
 
 # --- torchvision ---------------------------------------------------------------------------------
 
-# The child: no network, then the course's lines from detlec's 01_classifiers/pt_classifier.py, as it writes
-# them (root='./data' relative to the folder the script runs in).
-_TORCHVISION_CHILD = _NO_NETWORK + '''
+# The course's lines from detlec's 01_classifiers/pt_classifier.py, as it writes them (root='./data' relative
+# to the folder the script runs in), in a child without network.
+_TORCHVISION_LINES = '''
 import numpy as np
 import torchvision
 
-GENERATED = {generated!r}
-if GENERATED:
-    # A generated archive cannot have the published MD5s: torchvision checks the generated files' instead.
-    from torchvision.datasets import cifar, utils
-
-    tables = torchvision.datasets.{name}
-    published = {{md5: name for name, md5 in tables.train_list + tables.test_list}}
-    published[tables.meta["md5"]] = tables.meta["filename"]
-    published[tables.tgz_md5] = tables.filename
-    substitute = {{md5: GENERATED[name] for md5, name in published.items()}}
-    _check = utils.check_integrity
-    cifar.check_integrity = utils.check_integrity = lambda fpath, md5=None: _check(fpath, substitute.get(md5, md5))
-
-# The course's lines, as its script writes them:
 trainset = torchvision.datasets.{name}(root='./data', train=True, download=True)
 testset = torchvision.datasets.{name}(root='./data', train=False, download=True)
 
@@ -247,8 +225,10 @@ def _find_torchvision_python() -> str:
 
 def _torchvision_offline(python: str, name: str, course_folder, output, generated=None) -> subprocess.CompletedProcess:
     """Run the course's torchvision lines in `course_folder` (its ./data) in a child with the network disabled."""
-    script = textwrap.dedent(_TORCHVISION_CHILD).format(name=name, generated=generated or {})
-    environment = {**os.environ, **_NO_PROXY}
+    # A generated archive cannot have the published MD5s: torchvision checks the generated files' instead.
+    substitute = torchvision_md5_lines(name, generated) if generated else ""
+    script = NO_NETWORK + substitute + _TORCHVISION_LINES.format(name=name)
+    environment = {**os.environ, **NO_PROXY}
     return subprocess.run([python, "-c", script, str(output)], cwd=course_folder, env=environment,
                           capture_output=True, text=True, timeout=300)
 
@@ -266,13 +246,6 @@ def _assert_torchvision_same_as_lab(arrays_path, dataset, data_dir):
     np.testing.assert_array_equal(torch_arrays["y_train"], train_labels)
     np.testing.assert_array_equal(torch_arrays["y_test"], test_labels)
     return torch_arrays
-
-
-def _member_md5s(archive) -> dict[str, str]:
-    """{file name: MD5} of a CIFAR archive's members, and of the archive itself, as torchvision checks them."""
-    with tarfile.open(archive, "r:gz") as tar:
-        md5s = {Path(m.name).name: hashlib.md5(tar.extractfile(m).read()).hexdigest() for m in tar if m.isfile()}
-    return {**md5s, Path(archive).name: hashlib.md5(Path(archive).read_bytes()).hexdigest()}
 
 
 @pytest.mark.parametrize("name, class_name", [("cifar10", "CIFAR10"), ("cifar100", "CIFAR100")])
@@ -298,7 +271,7 @@ def test_course_torchvision_lines_read_the_labs_cifar_offline(tmp_path, monkeypa
     before = {path.name: os.stat(path).st_mtime_ns for path in folder.iterdir()}
 
     result = _torchvision_offline(python, class_name, course, tmp_path / "arrays.npz",
-                                  generated=_member_md5s(source / published.files[0].name))
+                                  generated=cifar_member_md5s(source / published.files[0].name))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "NETWORK ATTEMPT" not in result.stderr
     # torchvision accepted the laid-out folder as it was: it did not fall back to extracting the archive again.

@@ -1,7 +1,8 @@
 """The course's own scripts, unchanged, in the lab: `invoke course SCRIPT`.
 
-    invoke data --dataset cifar10                      # once: fills Keras' cache (classifier/machinery/course_loaders.py)
+    invoke data --dataset cifar10 --torchvision-root ../detlec/01_classifiers/data   # once (docs/data.md)
     invoke course ../detlec/01_classifiers/tf_classifier_basic.py
+    invoke course ../detlec/01_classifiers/pt_classifier.py
 
 The course's TensorFlow scripts (goodgodgd/detlec, 01_classifiers) were
 written for Keras 2. In Keras 3, which TensorFlow 2.21 ships, their
@@ -9,14 +10,25 @@ written for Keras 2. In Keras 3, which TensorFlow 2.21 ships, their
 `layers.Dense(units=num_class)` refuses (`ValueError: Received an invalid
 value for units`). TensorFlow's own way back is its legacy Keras: with
 `TF_USE_LEGACY_KERAS=1`, `tf.keras` and `tensorflow.keras` are tf_keras, the
-Keras 2 line (requirements/course.lock), and the scripts run as written. The
-script runs with this environment's Python in the current folder (where it
-writes its pictures and where `./data` is), as `python SCRIPT` would; its
-`load_data()` reads the files `invoke data` verified, offline.
+Keras 2 line (requirements/course.lock), and the scripts run as written.
+
+A script that imports torch or torchvision (`pt_classifier.py`) needs a
+torchvision that loads, which the lab's own environment cannot give on the
+CPU route: PyPI's torchvision is a CUDA build that fails beside PyTorch's CPU
+build (`operator torchvision::nms does not exist`), and PyTorch's CPU build of
+torchvision is only on PyTorch's own index. PyPI's CUDA build of torch with
+its torchvision (requirements/torch-gpu.lock) runs on a CPU too: it is the
+PyTorch environment, `.venv-torch` on the host, /opt/venv-torch in the GPU
+image, or any Python named by $LAB_TORCH_PYTHON, and the script runs there.
+
+Either way the script runs in the current folder (where it writes its
+pictures and where `./data` is), as `python SCRIPT` would, and its loaders
+read the files `invoke data` verified, offline.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -28,21 +40,105 @@ from classifier.config import UserError
 LEGACY_KERAS = {"TF_USE_LEGACY_KERAS": "1"}
 INSTALL_HINT = "pip install --no-deps --require-hashes -r requirements/course.lock"
 
+# The modules that make a script a PyTorch one.
+TORCH_MODULES = frozenset({"torch", "torchvision"})
+# Where the PyTorch environment is looked for, after $LAB_TORCH_PYTHON: the checkout's (setup.sh says how
+# to make it), the GPU image's (docker/Dockerfile), then this one (where a torchvision that loads was installed).
+TORCH_PYTHONS = (Path(__file__).resolve().parents[2] / ".venv-torch" / "bin" / "python",
+                 Path("/opt/venv-torch/bin/python"), Path(sys.executable))
+# Exit status 0 where torchvision is installed.
+FIND_TORCHVISION = "import importlib.util as u, sys; sys.exit(not u.find_spec('torchvision'))"
+TORCH_ENV_HINT = ("python3 -m venv .venv-torch && .venv-torch/bin/pip install --require-hashes "
+                  "-r requirements/torch-gpu.lock")
+
 
 def run_script(script: str, args: tuple[str, ...] = ()) -> int:
-    """Run a course script with TensorFlow's legacy Keras and return its exit status.
+    """Run a course script in the environment it needs and return its exit status.
+
+    A TensorFlow script runs with this Python and TensorFlow's legacy Keras; a
+    PyTorch one (it imports torch or torchvision) with the PyTorch environment's.
 
     Args:
-        script: the script's path, e.g. tf_classifier_basic.py.
+        script: the script's path, e.g. tf_classifier_basic.py or pt_classifier.py.
         args: command-line arguments for it.
 
     Raises:
-        UserError: the script is not a file, or tf_keras is not installed.
+        UserError: the script is not a file, or the environment it needs is missing.
     """
     path = Path(script)
     if not path.is_file():
         raise UserError(f"{script} is not a file; give the path of a course script, e.g. "
                         "../detlec/01_classifiers/tf_classifier_basic.py")
+    if imports_torch(path):
+        return subprocess.run([torch_python(script), str(path), *args]).returncode
     if find_spec("tf_keras") is None:
         raise UserError(f"TensorFlow's legacy Keras (tf_keras) is not installed here; install it with: {INSTALL_HINT}")
     return subprocess.run([sys.executable, str(path), *args], env={**os.environ, **LEGACY_KERAS}).returncode
+
+
+def imports_torch(path: Path) -> bool:
+    """Whether a script imports torch or torchvision anywhere (read, not run).
+
+    A script Python cannot read counts as a TensorFlow one: running it shows
+    the student Python's own message for the bad line.
+    """
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError):
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names = [node.module]
+        else:
+            continue
+        if any(name.partition(".")[0] in TORCH_MODULES for name in names):
+            return True
+    return False
+
+
+def torch_python(script: str) -> str:
+    """The Python of the PyTorch environment: $LAB_TORCH_PYTHON, else the first of TORCH_PYTHONS with torchvision.
+
+    Args:
+        script: the script's path as given, for the message.
+
+    Returns:
+        The interpreter's path.
+
+    Raises:
+        UserError: $LAB_TORCH_PYTHON has no torchvision, or no environment here has one (what to do differs
+            in the CPU image, where PyTorch's CPU build has none).
+    """
+    if named := os.environ.get("LAB_TORCH_PYTHON"):
+        if not has_torchvision(named):
+            raise UserError(f"LAB_TORCH_PYTHON={named} is not a Python with torchvision; point it at the PyTorch "
+                            f"environment's (e.g. .venv-torch/bin/python, made with: {TORCH_ENV_HINT}) or unset it")
+        return named
+    for candidate in TORCH_PYTHONS:
+        if has_torchvision(str(candidate)):
+            return str(candidate)
+    if os.environ.get("LAB_VARIANT") == "cpu":  # docker/Dockerfile sets it
+        raise UserError(f"{script} imports torch/torchvision, and this CPU image's PyTorch (the CPU build) has no "
+                        "torchvision (its CPU build is only on PyTorch's own index); run the script on the host "
+                        f"(after: {TORCH_ENV_HINT}) or in the GPU image (invoke build --variant gpu), where it runs "
+                        "on a CPU too")
+    raise UserError(f"{script} imports torch/torchvision, and no Python here has torchvision; make the PyTorch "
+                    f"environment with: {TORCH_ENV_HINT} (or set LAB_TORCH_PYTHON to a Python that has it)")
+
+
+def has_torchvision(python: str) -> bool:
+    """Whether a Python runs and finds torchvision (looked up, not imported: a CUDA build takes seconds to import).
+
+    Args:
+        python: the interpreter's path.
+
+    Returns:
+        False where it is missing, cannot run, or has no torchvision.
+    """
+    try:
+        found = subprocess.run([python, "-c", FIND_TORCHVISION], capture_output=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return found.returncode == 0
