@@ -8,9 +8,12 @@ built with tests/test_docker.py's very build arguments (conftest.py's
 `lab_test_image`), so one of the two builds is only a tag from Docker's
 cache. Without an engine (outside CI), or with `BROWSER_LAB=host`, against
 JupyterLab and TensorBoard started from the test's own Python environment.
-Either way: without the token JupyterLab refuses; with it, notebook 02 is
-opened and run top to bottom through JupyterLab's Run menu, no output cell is
-an error and the plots rendered; TensorBoard shows a run's scalars.
+Either way: without the token JupyterLab refuses; with it, notebook 02 and
+notebook 04 (on its own kernel, "Python (PyTorch)") are opened and run top to
+bottom through JupyterLab's Run menu, on a few hundred images for one epoch
+(NOTEBOOK_LIMIT and NOTEBOOK_EPOCHS, which compose passes on): no output cell
+is an error or a stderr block, the plots rendered, the lecture's lines printed;
+TensorBoard shows a run's scalars.
 Playwright's own browser download cannot work offline, so Debian's
 /usr/bin/chromium is used.
 """
@@ -43,6 +46,12 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("BROWSER_SCREENSHOTS", ROOT / "test-output" / "browser"))
 IN_CI = os.environ.get("CI") == "true"
 NOTEBOOK = "notebooks/02_keras_classifier.ipynb"
+TORCH_NOTEBOOK = "notebooks/04_pytorch_classifier.ipynb"
+# The notebooks' size in the lab: a few hundred images, one epoch (each notebook's first cell reads them).
+NOTEBOOK_SIZE = {"NOTEBOOK_LIMIT": "600", "NOTEBOOK_EPOCHS": "1"}
+# The notebook in front: JupyterLab keeps its layout on the server, so the second notebook's page
+# reopens the first one's tab too, hidden behind it.
+PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +132,7 @@ def _host_lab(root: Path):
         _unavailable("jupyterlab/tensorboard are not installed (pip install -r requirements/lab.lock)")
     token, lab_port, board_port = uuid.uuid4().hex, _free_port(), _free_port()
     environment = {
-        **os.environ, "MPLBACKEND": "Agg", "NOTEBOOK_LIMIT": "600", "NOTEBOOK_EPOCHS": "1",
+        **os.environ, **NOTEBOOK_SIZE, "MPLBACKEND": "Agg",
         "CLASSIFIER_DATA_DIR": str(root / "data"), "CLASSIFIER_RUNS_DIR": str(root / "runs"),
         "PYTHONPATH": str(root), "JUPYTER_CONFIG_DIR": str(root / ".jupyter-config"),
         # The lab image's classroom settings (no news question, no update check), as students see them.
@@ -172,7 +181,8 @@ def _compose_lab(root: Path, image: str):
                                f"LAB_PORT={lab_port}\nTENSORBOARD_PORT={board_port}\n")
     compose = [*container.compose_command(), "-f", "docker-compose.cpu.yml", "-p", f"classifier-browser-{token[:8]}"]
     # On vfs storage creating a container copies the whole image: more than docker-compose 1.x's 60 s read timeout.
-    environment = {**os.environ, "COMPOSE_HTTP_TIMEOUT": "600", "DOCKER_CLIENT_TIMEOUT": "600"}
+    # The notebooks' size goes from this environment into the lab's (docker/compose.services.yml passes it on).
+    environment = {**os.environ, **NOTEBOOK_SIZE, "COMPOSE_HTTP_TIMEOUT": "600", "DOCKER_CLIENT_TIMEOUT": "600"}
 
     def stop():
         subprocess.run([*compose, "down", "--timeout", "5"], cwd=root, env=environment, capture_output=True, timeout=300)
@@ -249,53 +259,104 @@ def test_without_the_token_the_lab_refuses(lab, page):
     assert "/login" in page.url and page.locator(".jp-NotebookPanel").count() == 0
 
 
-def test_notebook_02_runs_top_to_bottom_in_jupyterlab(lab, page):
-    lab_url, token, _, _, _ = lab
-    page.goto(f"{lab_url}/lab/tree/{NOTEBOOK}?token={token}")
-    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
+def _run_all(page, lab_url: str, token: str, notebook: str, prefix: str):
+    """Open a notebook in JupyterLab and run it through the Run menu until every cell ran or one failed.
+
+    Returns (code cells, error outputs, stderr outputs, rendered images) as locators.
+    """
+    page.goto(f"{lab_url}/lab/tree/{notebook}?token={token}")
+    page.wait_for_selector(f"{PANEL} .jp-Cell", timeout=120_000)
     # The kernel is ready when the status bar says Idle.
     page.wait_for_function("document.body.innerText.includes('Idle')", timeout=120_000)
     # JupyterLab's first-start question about news would cover the output; answer it.
     answer = page.get_by_role("button", name="No", exact=True)
     if answer.count():
         answer.first.click()
-    _shot(page, "02-notebook-opened")
+    _shot(page, f"{prefix}-opened")
     page.get_by_role("menuitem", name="Run", exact=True).click()
-    _shot(page, "03-run-menu")
+    _shot(page, f"{prefix}-run-menu")
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
     # Done when every code cell has an execution number, or a cell failed (Run All then stops),
     # and none is still running or queued ([*]).
     page.wait_for_function(
-        """() => {
-            const panel = document.querySelector('.jp-NotebookPanel');
+        """(selector) => {
+            const panel = document.querySelector(selector);
             // textContent, not innerText: JupyterLab skips rendering cells out of view, and their innerText is empty.
             const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent.trim());
             const failed = panel.querySelector("[data-mime-type='application/vnd.jupyter.error']") !== null;
             return prompts.length > 0 && !prompts.some(p => p.includes('*'))
                 && (failed || prompts.every(p => /^\\[\\d+\\]:$/.test(p)));
         }""",
+        arg=PANEL,
         timeout=900_000,
         polling=2000,
     )
     page.wait_for_timeout(2000)
-    cells = page.locator(".jp-NotebookPanel .jp-CodeCell")
-    errors = page.locator(".jp-NotebookPanel [data-mime-type='application/vnd.jupyter.error']")
-    images = page.locator(".jp-NotebookPanel .jp-RenderedImage img")
-    shot = _shot(page, "04-notebook-ran")
-    print(f"\n[browser] notebook 02: {cells.count()} code cells ran, {errors.count()} error outputs, "
-          f"{images.count()} images; {shot}")
+    outputs = f"{PANEL} [data-mime-type='application/vnd.jupyter"
+    return (page.locator(f"{PANEL} .jp-CodeCell"), page.locator(f"{outputs}.error']"),
+            page.locator(f"{outputs}.stderr']"), page.locator(f"{PANEL} .jp-RenderedImage img"))
+
+
+def _shots_top_to_bottom(page, prefix: str, pages: int = 12) -> list[Path]:
+    """Screenshots of the whole notebook, one viewport at a time from its first cell, for a person to read."""
+    scroller = page.locator(f"{PANEL} .jp-WindowedPanel-outer").first
+    shots = []
+    for index in range(pages):
+        scroller.evaluate(f"box => {{ box.scrollTop = {index} * box.clientHeight; }}")
+        page.wait_for_timeout(500)
+        shots.append(_shot(page, f"{prefix}-{index + 1:02d}"))
+        # Asked after the cells drew: JupyterLab's height of cells not yet drawn is an estimate.
+        if scroller.evaluate("""box => {
+                const cells = box.querySelectorAll('.jp-Cell');
+                return cells[cells.length - 1].getBoundingClientRect().bottom <= box.getBoundingClientRect().bottom;
+            }"""):
+            break
+    return shots
+
+
+def _assert_ran_clean(page, cells, errors, stderr, images, minimum_images: int) -> str:
+    """Every cell ran, no error or stderr block, each plot decoded by the browser; returns the notebook's text."""
     assert errors.count() == 0, errors.first.inner_text()[-2000:]
-    prompts = page.locator(".jp-NotebookPanel .jp-CodeCell .jp-InputPrompt").all_text_contents()
-    assert all(prompt.strip()[1:-2].isdigit() for prompt in prompts), prompts
-    # The sample grid, the learning curves and the confusion matrix, each decoded by the browser.
-    assert images.count() >= 3
+    assert stderr.count() == 0, stderr.first.text_content()[-2000:]
+    prompts = page.locator(f"{PANEL} .jp-CodeCell .jp-InputPrompt").all_text_contents()
+    assert len(prompts) == cells.count() and all(prompt.strip()[1:-2].isdigit() for prompt in prompts), prompts
+    assert images.count() >= minimum_images
     for index in range(images.count()):
         images.nth(index).scroll_into_view_if_needed()
         size = images.nth(index).evaluate("img => [img.complete, img.naturalWidth, img.naturalHeight]")
         assert size[0] and size[1] > 100 and size[2] > 100, size
+    return page.locator(PANEL).text_content()
+
+
+def test_notebook_02_runs_top_to_bottom_in_jupyterlab(lab, page):
+    lab_url, token, _, _, _ = lab
+    cells, errors, stderr, images = _run_all(page, lab_url, token, NOTEBOOK, "02-notebook")
+    shot = _shot(page, "04-notebook-ran")
+    print(f"\n[browser] notebook 02: {cells.count()} code cells ran, {errors.count()} error outputs, "
+          f"{stderr.count()} stderr outputs, {images.count()} images; {shot}")
+    # The sample grid, the learning curves and the confusion matrix.
+    text = _assert_ran_clean(page, cells, errors, stderr, images, minimum_images=3)
     _shot(page, "04b-notebook-plots")
-    text = page.locator(".jp-NotebookPanel").text_content()
+    _shots_top_to_bottom(page, "04c-notebook-02")
     assert "test accuracy" in text
+
+
+def test_notebook_04_runs_on_the_pytorch_kernel_in_jupyterlab(lab, page):
+    lab_url, token, _, _, _ = lab
+    kernels = json.loads(page.request.get(f"{lab_url}/api/kernelspecs?token={token}").text())["kernelspecs"]
+    if "pytorch" not in kernels:
+        _unavailable(f"this JupyterLab has no pytorch kernel (it has {sorted(kernels)}; ./setup.sh installs it)")
+    cells, errors, stderr, images = _run_all(page, lab_url, token, TORCH_NOTEBOOK, "06-notebook-04")
+    sessions = json.loads(page.request.get(f"{lab_url}/api/sessions?token={token}").text())
+    assert [s["kernel"]["name"] for s in sessions if s["path"].endswith(Path(TORCH_NOTEBOOK).name)] == ["pytorch"]
+    shots = _shots_top_to_bottom(page, "07-notebook-04")
+    print(f"\n[browser] notebook 04: {cells.count()} code cells ran, {errors.count()} error outputs, "
+          f"{stderr.count()} stderr outputs, {images.count()} images; {shots[0].parent}/07-notebook-04-*.png")
+    text = _assert_ran_clean(page, cells, errors, stderr, images, minimum_images=1)  # the sample grid
+    assert "Python (PyTorch)" in page.locator("body").inner_text()  # the kernel's name, as the student sees it
+    for line in ("d loss / d w at w=2: 30.0", "Load fashion_mnist dataset: (480, 1, 28, 28) (480,)",
+                 "[Training] epoch=0, val_loss=", "test accuracy", "two evaluations of the same images agree: False"):
+        assert line in text, line
 
 
 def test_tensorboard_shows_the_runs_scalars(lab, page):

@@ -506,10 +506,12 @@ _TRAIN_TORCH = ("OMP_NUM_THREADS=1 invoke train --dataset fashion_mnist --limit 
 @pytest.mark.docker
 def test_shell_trains_as_the_user_under_tini_and_returns_the_commands_status(user, clone, built):
     # One container (each costs a copy of the image on vfs): who runs, PID 1, the Jupyter kernels,
-    # a TensorFlow and a PyTorch training, then exit 7.
+    # a TensorFlow and a PyTorch training, the course's PyTorch script (no torchvision here), then exit 7.
     source = _copy_fashion(clone, user)
     command = (f"id -u; id -g; cat /proc/1/comm; dot -V 2>&1; jupyter kernelspec list --json > kernels.json"
-               f" && {_TRAIN.format(source=source)} && {_TRAIN_TORCH} && exit 7")
+               f" && {_TRAIN.format(source=source)} && {_TRAIN_TORCH}"
+               " && printf 'import torchvision\\n' > /tmp/pt_classifier.py"
+               " && { invoke course /tmp/pt_classifier.py > course.txt 2>&1; echo $? >> course.txt; } && exit 7")
     result = user.invoke("shell", "--variant", "cpu", "-c", command, cwd=clone, timeout=1200)
     assert result.returncode == 7, result.stdout[-3000:] + result.stderr[-3000:]
     uid, gid, init, dot = result.stdout.strip().splitlines()[:4]
@@ -523,6 +525,11 @@ def test_shell_trains_as_the_user_under_tini_and_returns_the_commands_status(use
     assert {name: kernel["spec"]["display_name"] for name, kernel in kernels.items()} == {
         "python3": "Python (TensorFlow)", "pytorch": "Python (PyTorch)"}
     assert kernels["pytorch"]["spec"]["argv"][0] == "/opt/venv/bin/python"
+    # PyTorch's CPU build has no torchvision in the image: one line says where the script runs instead.
+    course_line, course_status = (clone / "course.txt").read_text().splitlines()
+    assert course_status == "2" and course_line.startswith(
+        "error: /tmp/pt_classifier.py imports torch/torchvision, and this CPU image's PyTorch (the CPU build) has no "
+        "torchvision"), course_line
     assert _project_containers(clone) == []  # run --rm
 
 

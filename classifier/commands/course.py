@@ -122,8 +122,7 @@ def torch_python(script: str) -> str:
     if os.environ.get("LAB_VARIANT") == "cpu":  # docker/Dockerfile sets it
         raise UserError(f"{script} imports torch/torchvision, and this CPU image's PyTorch (the CPU build) has no "
                         "torchvision (its CPU build is only on PyTorch's own index); run the script on the host "
-                        f"(after: {TORCH_ENV_HINT}) or in the GPU image (invoke build --variant gpu), where it runs "
-                        "on a CPU too")
+                        f"(after: {TORCH_ENV_HINT}) or in the GPU image (invoke build --variant gpu)")
     raise UserError(f"{script} imports torch/torchvision, and no Python here has torchvision; make the PyTorch "
                     f"environment with: {TORCH_ENV_HINT} (or set LAB_TORCH_PYTHON to a Python that has it)")
 
