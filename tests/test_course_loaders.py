@@ -63,19 +63,21 @@ def _load_offline(name: str, keras_home, output, substitute=None) -> subprocess.
 
 
 def _assert_same_as_lab(arrays_path, dataset, data_dir):
+    """The arrays a course loader gave (the child saved them) equal the lab's loader's; returns them."""
     from classifier.machinery.datasets import load_arrays
     from classifier.machinery.download import dataset_folder
 
     (train_images, train_labels), (test_images, test_labels) = load_arrays(dataset, dataset_folder(dataset, data_dir))
-    keras_arrays = np.load(arrays_path)
-    if dataset.image_shape[2] == 1:  # Keras gives MNIST-style images without the channel axis
+    arrays = np.load(arrays_path)
+    if dataset.image_shape[2] == 1:  # both give MNIST-style images without the channel axis
         train_images, test_images = train_images[..., 0], test_images[..., 0]
-    np.testing.assert_array_equal(keras_arrays["x_train"], train_images)
-    np.testing.assert_array_equal(keras_arrays["x_test"], test_images)
-    # Keras gives CIFAR's labels as (N, 1), which the lecture flattens with y_train[:, 0].
-    np.testing.assert_array_equal(keras_arrays["y_train"].reshape(-1), train_labels)
-    np.testing.assert_array_equal(keras_arrays["y_test"].reshape(-1), test_labels)
-    return keras_arrays
+    # Images HWC uint8, as the course transposes them for torch.
+    np.testing.assert_array_equal(arrays["x_train"], train_images)
+    np.testing.assert_array_equal(arrays["x_test"], test_images)
+    # Keras gives CIFAR's labels as (N, 1), which the lecture flattens with y_train[:, 0]; torchvision as (N,).
+    for key, labels in (("y_train", train_labels), ("y_test", test_labels)):
+        np.testing.assert_array_equal(arrays[key][:, 0] if arrays[key].ndim == 2 else arrays[key], labels)
+    return arrays
 
 
 # Keras' cifar10 loader fills arrays of exactly 10,000 images per batch file, so that
@@ -233,21 +235,6 @@ def _torchvision_offline(python: str, name: str, course_folder, output, generate
                           capture_output=True, text=True, timeout=300)
 
 
-def _assert_torchvision_same_as_lab(arrays_path, dataset, data_dir):
-    from classifier.machinery.datasets import load_arrays
-    from classifier.machinery.download import dataset_folder
-
-    (train_images, train_labels), (test_images, test_labels) = load_arrays(dataset, dataset_folder(dataset, data_dir))
-    torch_arrays = np.load(arrays_path)
-    if dataset.image_shape[2] == 1:  # torchvision gives MNIST-style images without the channel axis
-        train_images, test_images = train_images[..., 0], test_images[..., 0]
-    np.testing.assert_array_equal(torch_arrays["x_train"], train_images)  # HWC uint8, as the course transposes it
-    np.testing.assert_array_equal(torch_arrays["x_test"], test_images)
-    np.testing.assert_array_equal(torch_arrays["y_train"], train_labels)
-    np.testing.assert_array_equal(torch_arrays["y_test"], test_labels)
-    return torch_arrays
-
-
 @pytest.mark.parametrize("name, class_name", [("cifar10", "CIFAR10"), ("cifar100", "CIFAR100")])
 def test_course_torchvision_lines_read_the_labs_cifar_offline(tmp_path, monkeypatch, capsys, name, class_name):
     from classifier.machinery import datasets as data
@@ -276,7 +263,7 @@ def test_course_torchvision_lines_read_the_labs_cifar_offline(tmp_path, monkeypa
     assert "NETWORK ATTEMPT" not in result.stderr
     # torchvision accepted the laid-out folder as it was: it did not fall back to extracting the archive again.
     assert {path.name: os.stat(path).st_mtime_ns for path in folder.iterdir()} == before
-    arrays = _assert_torchvision_same_as_lab(tmp_path / "arrays.npz", data.DATASETS[name], tmp_path / "data")
+    arrays = _assert_same_as_lab(tmp_path / "arrays.npz", data.DATASETS[name], tmp_path / "data")
     assert arrays["x_train"].shape == (60, 32, 32, 3) and arrays["x_test"].shape == (16, 32, 32, 3)
 
 
@@ -297,7 +284,7 @@ def test_course_torchvision_line_reads_real_fashion_mnist_offline(tmp_path, fash
     loaded = _torchvision_offline(python, "FashionMNIST", course, tmp_path / "arrays.npz")
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert "NETWORK ATTEMPT" not in loaded.stderr
-    arrays = _assert_torchvision_same_as_lab(tmp_path / "arrays.npz", DATASETS["fashion_mnist"], tmp_path / "data")
+    arrays = _assert_same_as_lab(tmp_path / "arrays.npz", DATASETS["fashion_mnist"], tmp_path / "data")
     assert arrays["x_train"].shape == (60000, 28, 28) and arrays["x_test"].shape == (10000, 28, 28)
 
 
