@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import types
@@ -113,12 +114,17 @@ def test_portable_on_aarch64_runs_eigens_kernels_and_clears_the_x86_cap(monkeypa
     ("processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes crc32 atomics fphp asimdhp\n"
      "CPU implementer\t: 0x41\nCPU part\t: 0xd0b\n\nprocessor\t: 1\n",
      {"vendor": "0x41", "cpu_model": "implementer 0x41 part 0xd0b", "isa": "asimd", "emulated": None}),
-    # QEMU user emulation passes the x86-64 host's /proc/cpuinfo through.
+    # QEMU user emulation passes the x86-64 host's /proc/cpuinfo through; the aux vector is the emulated CPU's.
     ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t: fpu avx2\n",
-     {"vendor": "GenuineIntel", "cpu_model": "Intel(R) Xeon(R) Processor", "isa": "avx2", "emulated": "qemu-user"}),
+     {"vendor": None, "cpu_model": "QEMU user emulation on Intel(R) Xeon(R) Processor", "isa": "sve",
+      "emulated": "qemu-user"}),
 ])
 def test_machine_kind_on_aarch64(monkeypatch, tmp_path, cpuinfo, expected):
     monkeypatch.setattr(numerics.platform, "machine", lambda: "aarch64")
+    # AT_HWCAP (16) with ASIMD and SVE, AT_HWCAP2 (26) without SVE2, then AT_NULL.
+    (tmp_path / "auxv").write_bytes(struct.pack("=6Q", 16, 1 << 1 | 1 << 22, 26, 0, 0, 0))
+    hwcaps = numerics._arm_hwcaps
+    monkeypatch.setattr(numerics, "_arm_hwcaps", lambda: hwcaps(tmp_path / "auxv"))
     real_path = numerics.Path
     (tmp_path / "cpuinfo").write_text(cpuinfo)
     monkeypatch.setattr(numerics, "Path", lambda path, *rest: real_path(tmp_path / "cpuinfo")

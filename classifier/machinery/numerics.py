@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import os
 import platform
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -233,24 +234,44 @@ def machine_kind() -> dict:
         the CPU has), "l1d_kib" and "l2_kib" (per core, None if unknown),
         "gpus" (model names), "emulated" ("qemu-user" when an aarch64 process
         sees an x86-64 /proc/cpuinfo, as under QEMU user emulation; else None)}.
+        Under emulation the host's CPU says nothing of the arithmetic: vendor
+        is None, cpu_model names the host, and isa is the emulated CPU's (its
+        hardware capabilities, from /proc/self/auxv).
     """
     info = _cpuinfo()
     architecture = platform.machine()
+    emulated = architecture in _ARM and "vendor_id" in info
     # x86-64 names its instruction sets "flags", Arm "Features".
     flags = set((info.get("flags") or info.get("Features") or "").split())
+    if architecture in _ARM and (emulated or not flags):
+        flags = _arm_hwcaps()
     arm_model = f"implementer {info['CPU implementer']} part {info.get('CPU part')}" if "CPU implementer" in info else None
+    host_model = info.get("model name")
     return {
         "architecture": architecture,
-        "vendor": info.get("vendor_id") or info.get("CPU implementer"),
-        "cpu_model": info.get("model name") or arm_model or platform.processor() or None,
+        "vendor": None if emulated else info.get("vendor_id") or info.get("CPU implementer"),
+        "cpu_model": (f"QEMU user emulation on {host_model}" if emulated
+                      else host_model or arm_model or platform.processor() or None),
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "isa": next((name for name in ("avx512f", "avx2", "avx", "sse4_1", "sve2", "sve", "asimd") if name in flags),
                     None),
         "l1d_kib": _cache_kib(1, "Data"),
         "l2_kib": _cache_kib(2, "Unified"),
         "gpus": _gpu_models(),
-        "emulated": "qemu-user" if architecture in _ARM and "vendor_id" in info else None,
+        "emulated": "qemu-user" if emulated else None,
     }
+
+
+def _arm_hwcaps(auxv: Path = Path("/proc/self/auxv")) -> set[str]:
+    """The Arm instruction sets the kernel (or QEMU, which writes the emulated CPU's) reports in the aux vector."""
+    try:
+        vector = dict(struct.iter_unpack("=QQ", auxv.read_bytes()))
+    except (OSError, struct.error):
+        return set()
+    hwcap, hwcap2 = vector.get(16, 0), vector.get(26, 0)  # AT_HWCAP, AT_HWCAP2 (linux/auxvec.h)
+    # HWCAP_ASIMD, HWCAP_SVE and HWCAP2_SVE2 (arch/arm64/include/uapi/asm/hwcap.h).
+    return {name for name, present in (("asimd", hwcap & 1 << 1), ("sve", hwcap & 1 << 22), ("sve2", hwcap2 & 1 << 1))
+            if present}
 
 
 def _cpuinfo() -> dict[str, str]:
