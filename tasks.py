@@ -310,7 +310,7 @@ def down(c, variant=""):
 
 
 @task(help={"upgrade": "move every pin to the newest release allowed by pyproject.toml",
-            "proof": "instead: download every lock's wheels for its platform, hashes checked (about 2.5 GB; pip's cache)"})
+            "proof": "instead: download every lock's wheels for its platform, hashes checked (about 2 GB)"})
 def lock(c, upgrade=False, proof=False):
     """Regenerate the hash-locked requirements/*.lock from pyproject.toml (--proof: check them)."""
     from classifier.commands import container

@@ -112,7 +112,8 @@ if [[ "$(cat "$root/lab/venv/.locks" 2>/dev/null)" != "$wanted" ]]; then
     # --no-deps: pip judges markers by this x86-64 machine (torch 2.9.1 names
     # CUDA packages for x86_64); uv resolved the locks for aarch64, complete.
     # The wheels are downloaded into WORK/wheels (kept: pip skips a file that is
-    # there with its hash) and installed from there.
+    # there with its hash) and installed from there: pip's HTTP cache keeps
+    # nothing where the index's proxy drops the Cache-Control headers, as here.
     pip_aarch64=(--only-binary=:all: "${tags[@]}" --platform manylinux2014_aarch64 --python-version 3.11
                  --implementation cp --require-hashes --no-deps $(printf -- '-r %s ' "${locks[@]}"))
     "$python" -m pip download --quiet "${pip_aarch64[@]}" -d "$work/wheels" 2> >(grep -v "^WARNING: Location" >&2) \

@@ -120,8 +120,7 @@ def prove(platforms: tuple[Platform, ...] = PLATFORMS, destination: Path | None 
 
     A lock whose wheel is missing for its platform, whose file does not match
     a hash, or that lacks a dependency (--require-hashes wants every one
-    pinned) is a failure (pip's last line). About 2.5 GB the first time;
-    pip's cache keeps the wheels for the next proof. x86-64's torch+cpu is not
+    pinned) is a failure (pip's last line). About 2 GB. x86-64's torch+cpu is not
     on PyPI: pip finds it where setup.sh does (PIP_FIND_LINKS, PyTorch's index).
     """
     failures = []
