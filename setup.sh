@@ -122,7 +122,7 @@ python3 -m venv .venv
 # PyPI (PyPI's Linux torch is a CUDA build of several GB): pip finds it in a
 # wheel folder named by its configuration (find-links), else on PyTorch's CPU
 # index. Either way the hash must match the lock. On arm64 PyTorch is PyPI's
-# (on aarch64 Linux release 2.9.1, PyPI's last CPU build there).
+# (on aarch64 Linux release 2.9.1, whose PyPI wheel is the CPU build).
 if [[ "${LAB_TORCH:-1}" != 0 && "$variant" == cpu ]]; then
   if ! .venv/bin/pip install --quiet --require-hashes -r "$torch_lock" 2>/dev/null; then
     .venv/bin/pip install --quiet --require-hashes --extra-index-url https://download.pytorch.org/whl/cpu \
