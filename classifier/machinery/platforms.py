@@ -15,8 +15,9 @@ platform; the proof fetches it for each.
 PyTorch is not the same release everywhere: x86-64 Linux has 2.13.0+cpu
 (PyTorch's CPU index) and macOS 2.13.0 (PyPI's, CPU and Metal), but PyPI's
 aarch64 Linux torch 2.13 is a CUDA 13 build of several GB, so aarch64 Linux
-pins 2.9.1, whose aarch64 wheel on PyPI is the CPU build (no CUDA
-libraries; 386 MB installed), with its torchvision 0.24.1 (on x86-64 only the GPU environment has torchvision).
+pins 2.9.1, whose aarch64 wheel on PyPI is the CPU build (104 MB, no CUDA
+libraries), with its torchvision 0.24.1 (on x86-64 only the GPU
+environment has torchvision).
 """
 
 from __future__ import annotations
