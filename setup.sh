@@ -7,6 +7,10 @@
 #   LAB_VARIANT=gpu ./setup.sh # CUDA TensorFlow; the host needs the NVIDIA driver (PyTorch: see below)
 #   LAB_TORCH=0 ./setup.sh     # without PyTorch (the lecture's part 2 and its tests need it)
 #   ./setup.sh --notebooks     # only the two settings that keep notebook outputs out of the clone (below)
+#
+# The locks are picked by `uname -sm` (the table is classifier/machinery/platforms.py):
+# x86-64 Linux, aarch64 Linux (arm64 boards, Docker on Apple silicon) and
+# macOS on Apple silicon each have their own; the GPU variant is x86-64 only.
 set -euo pipefail
 
 # wait_for_apt: return once no other apt or dpkg holds its locks, waiting up to
@@ -73,11 +77,26 @@ if [[ "${1:-}" == --notebooks ]]; then
 fi
 
 variant="${LAB_VARIANT:-cpu}"
-lock="requirements/${variant}.lock"
+machine="$(uname -sm)"
+case "$machine" in
+  "Linux x86_64") suffix="" ;;
+  "Linux aarch64" | "Linux arm64") suffix="-linux-aarch64" ;;
+  "Darwin arm64") suffix="-macos-arm64" ;;
+  *) echo "error: no lock files for ${machine}; supported: Linux x86_64, Linux aarch64, Darwin arm64 (or use the lab container)" >&2
+     exit 2 ;;
+esac
+if [[ -n "$suffix" && "$variant" != cpu ]]; then
+  echo "error: LAB_VARIANT=${variant} is for x86-64 Linux with an NVIDIA GPU; on ${machine} use LAB_VARIANT=cpu" >&2
+  exit 2
+fi
+lock="requirements/${variant}${suffix}.lock"
 if [[ ! -f "$lock" ]]; then
   echo "error: LAB_VARIANT=${variant} has no lock file ${lock}; accepted: cpu, gpu" >&2
   exit 2
 fi
+lab_lock="requirements/lab${suffix}.lock"
+torch_lock="requirements/torch${suffix:--cpu}.lock"
+echo "setup: ${machine}: ${lock}, ${lab_lock}$([[ "${LAB_TORCH:-1}" != 0 && "$variant" == cpu ]] && echo ", ${torch_lock}")"
 
 if ! command -v dot >/dev/null 2>&1; then
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
@@ -86,7 +105,7 @@ if ! command -v dot >/dev/null 2>&1; then
     apt-get -o DPkg::Lock::Timeout=600 update -qq
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq graphviz >/dev/null
   else
-    echo "warning: graphviz is missing; install it (sudo apt-get install graphviz) for the model picture" >&2
+    echo "warning: graphviz is missing; install it (sudo apt-get install graphviz, on macOS brew install graphviz) for the model picture" >&2
   fi
 fi
 
@@ -94,18 +113,20 @@ python3 -m venv .venv
 # --require-hashes: every wheel must be the one the lock file names, byte for byte.
 .venv/bin/pip install --quiet --require-hashes -r "$lock"
 # JupyterLab, the notebook runner and TensorBoard: the notebooks run and are tested on the host too.
-.venv/bin/pip install --quiet --require-hashes -r requirements/lab.lock
+.venv/bin/pip install --quiet --require-hashes -r "$lab_lock"
 # TensorFlow's legacy Keras for the course's own scripts (`invoke course`); --no-deps because its
-# wheel names the `tensorflow` distribution, which the lock above provides as tensorflow-cpu.
+# wheel names the `tensorflow` distribution, which the lock above provides as tensorflow-cpu on
+# x86-64. One pure-Python wheel, the same lock on every platform.
 .venv/bin/pip install --quiet --no-deps --require-hashes -r requirements/course.lock
 # PyTorch's CPU build for the lecture's part 2, from its own lock. It is not on
 # PyPI (PyPI's Linux torch is a CUDA build of several GB): pip finds it in a
 # wheel folder named by its configuration (find-links), else on PyTorch's CPU
-# index. Either way the hash must match the lock.
+# index. Either way the hash must match the lock. On arm64 PyTorch is PyPI's
+# (on aarch64 Linux release 2.9.1, whose PyPI wheel is the CPU build).
 if [[ "${LAB_TORCH:-1}" != 0 && "$variant" == cpu ]]; then
-  if ! .venv/bin/pip install --quiet --require-hashes -r requirements/torch-cpu.lock 2>/dev/null; then
+  if ! .venv/bin/pip install --quiet --require-hashes -r "$torch_lock" 2>/dev/null; then
     .venv/bin/pip install --quiet --require-hashes --extra-index-url https://download.pytorch.org/whl/cpu \
-      -r requirements/torch-cpu.lock
+      -r "$torch_lock"
   fi
 elif [[ "${LAB_TORCH:-1}" != 0 ]]; then
   # PyTorch's CUDA build (CUDA 13) cannot share TensorFlow's environment: both

@@ -309,11 +309,19 @@ def down(c, variant=""):
     _run(container.down, variant or None)
 
 
-@task(help={"upgrade": "move every pin to the newest release allowed by pyproject.toml"})
-def lock(c, upgrade=False):
-    """Regenerate the hash-locked requirements/*.lock from pyproject.toml."""
+@task(help={"upgrade": "move every pin to the newest release allowed by pyproject.toml",
+            "proof": "instead: download every lock's wheels for its platform, hashes checked (about 2 GB)"})
+def lock(c, upgrade=False, proof=False):
+    """Regenerate the hash-locked requirements/*.lock from pyproject.toml (--proof: check them)."""
     from classifier.commands import container
 
+    if proof:
+        from classifier.machinery import platforms
+
+        failures = _run(platforms.prove)
+        if failures:
+            raise Exit(f"error: {len(failures)} lock(s) cannot be installed on their platform: {failures[0]}", code=1)
+        return
     for path in _run(container.lock, upgrade=upgrade):
         print(f"wrote {path}")
 

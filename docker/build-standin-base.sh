@@ -3,6 +3,7 @@
 # Debian packages, for CI machines that reach no image registry.
 #
 #   bash docker/build-standin-base.sh [IMAGE_TAG]    # default classifier-lab-base:bookworm
+#   ARCH=arm64 bash docker/build-standin-base.sh classifier-lab-base:bookworm-arm64   # needs qemu-user-static
 #
 # It makes a Debian bookworm root file system with debootstrap (Python 3.11,
 # venv, CA certificates), copies in this machine's CA bundle and pip timeout so
@@ -12,11 +13,13 @@
 # real Dockerfile: those are needs of this machine, not of the lab.
 #
 # Environment: DEBIAN_MIRROR (default: the first Debian URI in this machine's
-# apt sources), FORCE=1 to rebuild an image that already exists.
+# apt sources), FORCE=1 to rebuild an image that already exists, ARCH (Debian's
+# name, default this machine's: amd64, arm64; another one runs under QEMU).
 set -euo pipefail
 
 image="${1:-classifier-lab-base:bookworm}"
 suite=bookworm
+arch="${ARCH:-$(dpkg --print-architecture)}"
 
 if docker image inspect "$image" >/dev/null 2>&1 && [[ "${FORCE:-0}" != 1 ]]; then
     echo "build-standin-base: $image exists (FORCE=1 rebuilds it)"
@@ -39,8 +42,8 @@ trap 'rm -rf "$rootfs"' EXIT
 # could then reach nothing in it.
 chmod 0755 "$rootfs"
 
-echo "build-standin-base: debootstrap $suite from $mirror"
-debootstrap --variant=minbase \
+echo "build-standin-base: debootstrap $suite ($arch) from $mirror"
+debootstrap --variant=minbase --arch="$arch" \
     --include=ca-certificates,python3,python3-venv \
     "$suite" "$rootfs" "$mirror" >"$rootfs.log" 2>&1 \
     || { tail -n 30 "$rootfs.log"; exit 1; }
@@ -66,7 +69,7 @@ install -m 0644 /etc/ssl/certs/ca-certificates.crt \
 
 rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/debootstrap
 
-tar -C "$rootfs" --numeric-owner -c . | docker import \
+tar -C "$rootfs" --numeric-owner -c . | docker import --platform "linux/$arch" \
     --change 'ENV LANG=C.UTF-8' \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \

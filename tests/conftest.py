@@ -462,8 +462,9 @@ def lab_test_image():
 
 
 # CI's time budget, tier by tier: .ci/run prints test-output/tiers.txt with its own phases.
-# container: the tests that build or start the lab image; slow: end-to-end trainings on
-# real data (marker slow); quick: the rest.
+# container: the tests that build or start the lab image; arm64: the lab under QEMU
+# (tests/test_arm64.py, marker arm64); slow: end-to-end trainings on real data
+# (marker slow); quick: the rest.
 _TIER_SECONDS: dict[str, float] = {}
 _CONTAINER_FILES = ("test_docker.py", "test_devcontainer.py", "test_browser.py")
 
@@ -471,6 +472,8 @@ _CONTAINER_FILES = ("test_docker.py", "test_devcontainer.py", "test_browser.py")
 def _tier(item_path: str, keywords) -> str:
     if item_path.endswith(_CONTAINER_FILES) or "docker" in keywords:
         return "container"
+    if "arm64" in keywords:
+        return "arm64"
     return "slow" if "slow" in keywords else "quick"
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import types
@@ -91,10 +92,45 @@ def test_config_takes_and_checks_the_mode():
 
 def test_machine_kind_reads_this_cpu():
     here = numerics.machine_kind()
-    assert set(here) == {"architecture", "vendor", "cpu_model", "cpus", "isa", "l1d_kib", "l2_kib", "gpus"}
+    assert set(here) == {"architecture", "vendor", "cpu_model", "cpus", "isa", "l1d_kib", "l2_kib", "gpus", "emulated"}
     assert here["cpus"] == len(os.sched_getaffinity(0)) and isinstance(here["gpus"], list)
     if here["architecture"] == "x86_64":
         assert here["isa"] in ("avx512f", "avx2", "avx", "sse4_1") and here["l1d_kib"] > 0
+
+
+def test_portable_on_aarch64_runs_eigens_kernels_and_clears_the_x86_cap(monkeypatch):
+    monkeypatch.setattr(numerics.platform, "machine", lambda: "aarch64")
+    environ, lines = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "TF_ENABLE_ONEDNN_OPTS": "1"}, []
+    record = numerics.apply("portable", environ, announce=lines.append)
+    assert "ONEDNN_MAX_CPU_ISA" not in environ and environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    assert environ["TF_NUM_INTRAOP_THREADS"] == "4" and environ["TF_DETERMINISTIC_OPS"] == "1"
+    assert lines == ["numerics portable overrides TF_ENABLE_ONEDNN_OPTS=1 -> 0, ONEDNN_MAX_CPU_ISA=AVX512_CORE -> (unset)"]
+    assert record["applied"] == numerics.settings("portable", "aarch64") != numerics.settings("portable", "x86_64")
+    assert record["machine"]["architecture"] == "aarch64"
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [
+    # A Raspberry Pi 5 (Cortex-A76): NEON, no SVE.
+    ("processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes crc32 atomics fphp asimdhp\n"
+     "CPU implementer\t: 0x41\nCPU part\t: 0xd0b\n\nprocessor\t: 1\n",
+     {"vendor": "0x41", "cpu_model": "implementer 0x41 part 0xd0b", "isa": "asimd", "emulated": None}),
+    # QEMU user emulation passes the x86-64 host's /proc/cpuinfo through; the aux vector is the emulated CPU's.
+    ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t: fpu avx2\n",
+     {"vendor": None, "cpu_model": "QEMU user emulation on Intel(R) Xeon(R) Processor", "isa": "sve",
+      "emulated": "qemu-user"}),
+])
+def test_machine_kind_on_aarch64(monkeypatch, tmp_path, cpuinfo, expected):
+    monkeypatch.setattr(numerics.platform, "machine", lambda: "aarch64")
+    # AT_HWCAP (16) with ASIMD and SVE, AT_HWCAP2 (26) without SVE2, then AT_NULL.
+    (tmp_path / "auxv").write_bytes(struct.pack("=6Q", 16, 1 << 1 | 1 << 22, 26, 0, 0, 0))
+    hwcaps = numerics._arm_hwcaps
+    monkeypatch.setattr(numerics, "_arm_hwcaps", lambda: hwcaps(tmp_path / "auxv"))
+    real_path = numerics.Path
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    monkeypatch.setattr(numerics, "Path", lambda path, *rest: real_path(tmp_path / "cpuinfo")
+                        if str(path) == "/proc/cpuinfo" else real_path(path, *rest))
+    here = numerics.machine_kind()
+    assert {key: here[key] for key in expected} == expected and here["architecture"] == "aarch64"
 
 
 _LAPTOP = {"architecture": "x86_64", "vendor": "GenuineIntel", "cpu_model": "Intel Core i5-8250U", "cpus": 8,
@@ -112,6 +148,9 @@ _LAPTOP = {"architecture": "x86_64", "vendor": "GenuineIntel", "cpu_model": "Int
     ("portable", {"architecture": "aarch64", "vendor": None, "isa": None},
      ["architecture: x86_64 -> aarch64", "vendor: GenuineIntel -> None", "isa: avx2 -> None"]),
     ("portable", {"gpus": ["NVIDIA H100 80GB HBM3"]}, ["gpus: [] -> ['NVIDIA H100 80GB HBM3']"]),
+    # On Arm the portable mode runs Eigen's NEON kernels whether or not the CPU has SVE.
+    ("portable", {"architecture": "aarch64", "vendor": "0x41", "isa": "sve2"},
+     ["architecture: x86_64 -> aarch64", "vendor: GenuineIntel -> 0x41", "isa: avx2 -> asimd"]),
 ])
 def test_kind_differences_name_what_changes_the_numbers(mode, other, expected):
     assert numerics.kind_differences(mode, _LAPTOP, {**_LAPTOP, **other}) == expected

@@ -19,6 +19,7 @@ import collections
 import hashlib
 import json
 import os
+import platform
 import re
 import secrets
 import shutil
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 from classifier.config import UserError
+from classifier.machinery import platforms
 from classifier.machinery.files import write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -143,10 +145,11 @@ def _environment(image: str | None = None) -> dict[str, str]:
 
 
 def _capture(command: list[str], what: str, *, timeout: float = 900,
-             ports: dict[int, str] | None = None, image: str | None = None) -> str:
-    """Run a command with its output captured; raise a one-line ContainerError if it fails."""
+             ports: dict[int, str] | None = None, image: str | None = None, env: dict[str, str] | None = None) -> str:
+    """Run a command with its output captured (`env` added to the environment); raise a one-line ContainerError if it fails."""
     try:
-        result = subprocess.run(command, cwd=REPO_ROOT, env=_environment(image), text=True, timeout=timeout,
+        result = subprocess.run(command, cwd=REPO_ROOT, env={**_environment(image), **(env or {})}, text=True,
+                                timeout=timeout,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         raise ContainerError(f"{command[0]} not found: install Docker (docs.docker.com/engine/install)") from None
@@ -370,6 +373,9 @@ def build(
     """
     command = build_command(variant, tag=tag, base_image=base_image, uid=uid, gid=gid,
                             network=network, torch=torch, cache_from=cache_from)
+    if variant == "gpu" and platform.machine() in ("aarch64", "arm64"):
+        raise ContainerError(f"the GPU image is linux/amd64 only and this machine is {platform.machine()}: "
+                             "build the CPU image with --variant cpu (docs/arm64.md: Jetson)")
     check_engine()
     stage_torch_wheels(TORCH_CPU_LOCK if torch and variant == "cpu" else None)
     built = command[command.index("-t") + 1]
@@ -609,20 +615,25 @@ def down(variant: str | None = None) -> None:
 
 
 def lock_commands() -> list[list[str]]:
-    """The uv commands that write requirements/{cpu,course,gpu,lab,torch-cpu,torch-gpu}.lock, in order.
+    """The uv commands that write every requirements/*.lock, in order.
 
     They are the commands recorded in each lock file's header. The torch locks
     are constrained by TensorFlow's and the lab's, so that installing one after
-    the other changes no version.
+    the other changes no version. The arm64 locks (classifier/machinery/platforms.py)
+    are constrained by the x86-64 ones too, so that every package the platforms
+    share has the same version everywhere; uv runs them with
+    platforms.LOCK_ENVIRONMENT (macOS 14, which torch's macOS wheels need).
     """
-    def compile_(*extra: str, output: str) -> list[str]:
-        return ["uv", "pip", "compile", "pyproject.toml", *extra, "--generate-hashes", *_LOCK_PLATFORM, "-o", output]
+    def compile_(*extra: str, output: str, target: str = _LOCK_PLATFORM[-1]) -> list[str]:
+        return ["uv", "pip", "compile", "pyproject.toml", *extra, "--generate-hashes",
+                *_LOCK_PLATFORM[:-1], target, "-o", output]
 
-    return [
+    commands = [
         compile_("--extra", "cpu", output="requirements/cpu.lock"),
-        # tf-keras alone, for the course's own scripts (requirements/course.in says why), installed with --no-deps.
+        # tf-keras alone, for the course's own scripts (requirements/course.in says why), installed with
+        # --no-deps; its one py3-none-any wheel serves every platform.
         ["uv", "pip", "compile", "requirements/course.in", "--no-deps", "--generate-hashes", *_LOCK_PLATFORM,
-         "-o", "requirements/course.lock"],
+         "-o", platforms.COURSE_LOCK],
         compile_("--extra", "gpu", output="requirements/gpu.lock"),
         compile_("--extra", "lab", "-c", "requirements/cpu.lock", "-c", "requirements/gpu.lock",
                  output="requirements/lab.lock"),
@@ -631,6 +642,15 @@ def lock_commands() -> list[list[str]]:
         compile_("--extra", "torch-gpu", "-c", "requirements/gpu.lock", "-c", "requirements/lab.lock",
                  output="requirements/torch-gpu.lock"),
     ]
+    for arm in platforms.PLATFORMS[1:]:
+        commands += [
+            compile_("--extra", "cpu-arm64", "-c", "requirements/cpu.lock", output=arm.cpu_lock, target=arm.uv_platform),
+            compile_("--extra", "lab", "-c", arm.cpu_lock, "-c", "requirements/lab.lock",
+                     output=arm.lab_lock, target=arm.uv_platform),
+            compile_("--extra", f"torch-{arm.name}", "-c", arm.cpu_lock, "-c", arm.lab_lock,
+                     output=arm.torch_lock, target=arm.uv_platform),
+        ]
+    return commands
 
 
 def _torch_cpu_source() -> list[str]:
@@ -655,6 +675,7 @@ def lock(upgrade: bool = False) -> list[Path]:
     written = []
     for command in lock_commands():
         source = _torch_cpu_source() if "torch-cpu" in command else []
-        _capture([uv, *command[1:]] + source + (["--upgrade"] if upgrade else []), "uv pip compile", timeout=1800)
+        _capture([uv, *command[1:]] + source + (["--upgrade"] if upgrade else []), "uv pip compile", timeout=1800,
+                 env=platforms.LOCK_ENVIRONMENT)
         written.append(REPO_ROOT / command[-1])
     return written

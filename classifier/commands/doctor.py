@@ -10,6 +10,7 @@ FAIL (broken: training or the tests will not work as promised).
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from classifier.config import PROJECT_ROOT
+from classifier.machinery import platforms
 from classifier.machinery.torch_runs import torch_kernel_python
 
 OK, INFO, WARN, FAIL = "OK", "INFO", "WARN", "FAIL"
@@ -42,16 +44,28 @@ def locked_versions(lock: Path) -> dict[str, str]:
     return pins
 
 
-def check_versions(lock_dir: Path = PROJECT_ROOT / "requirements") -> list[Check]:
-    """Python, TensorFlow and Keras against the lock file of the installed variant."""
+def check_versions(lock_dir: Path = PROJECT_ROOT / "requirements", uname: str | None = None) -> list[Check]:
+    """Python, this machine's platform, and TensorFlow and Keras against the lock file it expects.
+
+    Args:
+        lock_dir: the folder of the lock files.
+        uname: what `uname -sm` prints (default: this machine's), e.g. "Linux aarch64".
+    """
     checks = [python_check(sys.version_info[:3])]
-    variant = "gpu" if _installed("tensorflow") and not _installed("tensorflow-cpu") else "cpu"
-    lock = lock_dir / f"{variant}.lock"
+    uname = uname or f"{platform.system()} {platform.machine()}"
+    machine = platforms.by_uname(uname)
+    if machine is None:
+        return checks + [Check("platform", FAIL, f"{uname}: the lab has no lock files for it",
+                               f"use a supported machine ({platforms.supported()}) or the lab container")]
+    package, lock_name, torch_lock = _expected_locks(machine)
+    checks.append(Check("platform", OK, f"{uname} ({machine.name}): expects {lock_name}, "
+                                        f"{machine.lab_lock}, {torch_lock}"))
+    lock = lock_dir / Path(lock_name).name
     if not lock.is_file():
         return checks + [Check("lock file", FAIL, f"{lock} is missing", "restore it from git: git checkout requirements/")]
     pins = locked_versions(lock)
-    fix = f"reinstall from the lock: pip install --require-hashes -r requirements/{variant}.lock (or ./setup.sh)"
-    for package in ("tensorflow-cpu" if variant == "cpu" else "tensorflow", "keras", "numpy"):
+    fix = f"reinstall from the lock: pip install --require-hashes -r {lock_name} (or ./setup.sh)"
+    for package in (package, "keras", "numpy"):
         installed, wanted = _installed(package), pins.get(package)
         if installed is None:
             checks.append(Check(package, FAIL, f"not installed (lock: {wanted})", fix))
@@ -60,6 +74,17 @@ def check_versions(lock_dir: Path = PROJECT_ROOT / "requirements") -> list[Check
         else:
             checks.append(Check(package, OK, f"{installed} (as locked)"))
     return checks
+
+
+def _expected_locks(machine: platforms.Platform) -> tuple[str, str, str]:
+    """(TensorFlow's package, its lock, PyTorch's lock) for the TensorFlow installed on `machine`.
+
+    On x86-64 an installed `tensorflow` without `tensorflow-cpu` is the CUDA
+    build (LAB_VARIANT=gpu); on arm64 `tensorflow` is the CPU build.
+    """
+    if machine.tensorflow == "tensorflow-cpu" and _installed("tensorflow") and not _installed("tensorflow-cpu"):
+        return "tensorflow", "requirements/gpu.lock", "requirements/torch-gpu.lock"
+    return machine.tensorflow, machine.cpu_lock, machine.torch_lock
 
 
 def python_check(version: tuple[int, ...]) -> Check:
@@ -139,8 +164,9 @@ def _conv2d_check(tf, device: str) -> Check:
 def check_torch(lock_dir: Path = PROJECT_ROOT / "requirements") -> list[Check]:
     """PyTorch (the lecture's part 2): import, version against its lock, CUDA build, and a
     Conv2d forward and backward pass on every device torch sees."""
-    variant = "gpu" if _installed("tensorflow") and not _installed("tensorflow-cpu") else "cpu"
-    fix = f"./setup.sh installs it, or: pip install --require-hashes -r requirements/torch-{variant}.lock"
+    machine = platforms.current() or platforms.PLATFORMS[0]
+    torch_lock = lock_dir / Path(_expected_locks(machine)[2]).name
+    fix = f"./setup.sh installs it, or: pip install --require-hashes -r requirements/{torch_lock.name}"
     try:
         import torch
     except ImportError as error:
@@ -149,11 +175,13 @@ def check_torch(lock_dir: Path = PROJECT_ROOT / "requirements") -> list[Check]:
             return [Check("torch", OK, f"{version} in its own environment, the Jupyter kernel \"Python (PyTorch)\" "
                                        f"({python}); check it with {python} -m invoke doctor")]
         return [Check("torch", WARN, f"not importable ({error}): invoke train --trainer torch and notebook 04 need it", fix)]
-    wanted = locked_versions(lock_dir / f"torch-{variant}.lock").get("torch") if (lock_dir / f"torch-{variant}.lock").is_file() else None
-    if wanted and torch.__version__ != wanted:
-        checks = [Check("torch", FAIL, f"{torch.__version__} installed, lock says {wanted}", fix)]
+    wanted = locked_versions(torch_lock).get("torch") if torch_lock.is_file() else None
+    # The installed distribution's version is the lock's (a local build's torch.__version__ may add "+cpu").
+    installed = _installed("torch") or torch.__version__
+    if wanted and installed != wanted:
+        checks = [Check("torch", FAIL, f"{installed} installed, lock says {wanted}", fix)]
     else:
-        checks = [Check("torch", OK, f"{torch.__version__} (as locked)" if wanted else torch.__version__)]
+        checks = [Check("torch", OK, f"{installed} (as locked{_release_note(machine)})" if wanted else installed)]
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     checks.append(Check("torch build", INFO, f"CUDA {torch.version.cuda}, cuDNN {cudnn}" if torch.version.cuda
                         else "CPU-only build"))
@@ -164,6 +192,14 @@ def check_torch(lock_dir: Path = PROJECT_ROOT / "requirements") -> list[Check]:
     for device in devices:
         checks.append(_torch_conv2d_check(torch, device))
     return checks
+
+
+def _release_note(machine: platforms.Platform) -> str:
+    """Where this platform's PyTorch is another release than x86-64's (aarch64 Linux: 2.9.1), say so."""
+    x86 = platforms.PLATFORMS[0].torch
+    if machine.torch.split("+")[0] == x86.split("+")[0]:
+        return ""
+    return f"; x86-64 Linux has {x86}: PyPI's aarch64 torch 2.13 is a CUDA build"
 
 
 def _torch_kernel() -> tuple[str, str] | None:

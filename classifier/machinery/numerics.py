@@ -35,11 +35,19 @@ the table of portable settings):
 - TensorFlow's deterministic ops; on a GPU also TF32 off, deterministic cuDNN
   and cuBLAS (workspace config) and no cuDNN autotuning.
 
+On aarch64 (arm64 Linux, Docker on Apple silicon) the portable mode runs
+TensorFlow's own Eigen kernels: TF_ENABLE_ONEDNN_OPTS=0, since TensorFlow
+turns oneDNN (with Arm Compute Library kernels, which pick SVE code by the
+CPU's vector length) on there by default for some CPUs only, and
+ONEDNN_MAX_CPU_ISA (x86-64 names) is cleared. Threads and deterministic ops
+are fixed as on x86-64. machine_kind() records the Arm CPU (implementer,
+part, SVE or NEON) and whether QEMU user emulation runs the process.
+
 What no setting fixes (docs/reproducibility.md's promise table): Eigen derives the
 length of the slices in which it sums long dot products from the L1 cache
 size the CPU reports (288 numbers with 32 KiB, 320 with 48 KiB or more); a
-CPU below AVX2 cannot run AVX2 kernels; ARM machines (Apple silicon) run
-other kernels altogether; GPUs of different models run other cuDNN
+CPU below AVX2 cannot run AVX2 kernels; Arm machines run other kernels
+(Eigen's NEON code, not x86-64's AVX) altogether; GPUs of different models run other cuDNN
 algorithms. `machine_kind()` records these, and `reproduce` compares them.
 
 This module imports nothing heavy and never imports TensorFlow.
@@ -49,6 +57,7 @@ from __future__ import annotations
 
 import os
 import platform
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +97,9 @@ MODES: dict[str, dict[str, str]] = {
     },
 }
 DEFAULT_MODE = "fastest"
+# The portable mode on aarch64: Eigen's kernels on every Arm CPU (see the module's docstring).
+_AARCH64_PORTABLE = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+_ARM = ("aarch64", "arm64")
 
 # Variables that change the arithmetic but that the portable mode clears rather
 # than sets: each one, left in place, would undo part of the mode.
@@ -111,15 +123,30 @@ def mode_names() -> tuple[str, ...]:
     return tuple(MODES)
 
 
-def settings(mode: str) -> dict[str, str]:
+def settings(mode: str, architecture: str | None = None) -> dict[str, str]:
     """The environment variables `mode` sets, name -> value.
+
+    Args:
+        mode: a name from MODES.
+        architecture: what platform.machine() says (default: this machine's);
+            on aarch64 the portable mode is Eigen's kernels, not oneDNN's.
 
     Raises:
         UserError: an unknown mode (the message lists the accepted ones).
     """
     if mode not in MODES:
         raise UserError(f"unknown numerics mode {mode!r}; accepted: {', '.join(MODES)}")
-    return dict(MODES[mode])
+    chosen = dict(MODES[mode])
+    if mode == "portable" and (architecture or platform.machine()) in _ARM:
+        del chosen["ONEDNN_MAX_CPU_ISA"]
+        chosen.update(_AARCH64_PORTABLE)
+    return chosen
+
+
+def _cleared(mode: str) -> tuple[str, ...]:
+    """The variables `mode` removes: on aarch64 also the x86-64 ISA cap, which means nothing there."""
+    extra = ("ONEDNN_MAX_CPU_ISA",) if mode == "portable" and platform.machine() in _ARM else ()
+    return (*_CLEARED[mode], *extra)
 
 
 def apply(mode: str, environ: dict | None = None, announce=None) -> dict:
@@ -152,14 +179,14 @@ def apply(mode: str, environ: dict | None = None, announce=None) -> dict:
                         f"(it would be ignored); accepted: {', '.join(ONEDNN_ISAS)}")
     overridden = {name: environ[name] for name, value in wanted.items()
                   if name in environ and environ[name] != value}
-    overridden.update({name: environ[name] for name in _CLEARED[mode] if name in environ})
+    overridden.update({name: environ[name] for name in _cleared(mode) if name in environ})
     if environ is os.environ and "tensorflow" in sys.modules and (overridden or _missing(wanted, environ)):
         raise UserError(f"numerics mode {mode!r} must be chosen before TensorFlow is imported; "
                         "run the command in a fresh process (a new terminal or notebook kernel)")
     if overridden:
         changes = ", ".join(f"{name}={value} -> {wanted.get(name, '(unset)')}" for name, value in overridden.items())
         (announce or _print_to_stderr)(f"numerics {mode} overrides {changes}")
-    for name in _CLEARED[mode]:
+    for name in _cleared(mode):
         environ.pop(name, None)
     environ.update(wanted)
     return record(mode, environ, applied=wanted, overridden=overridden)
@@ -203,21 +230,48 @@ def machine_kind() -> dict:
 
     Returns:
         {"architecture", "vendor", "cpu_model", "cpus" (this process may use),
-        "isa" (the highest of avx512f/avx2/avx/sse4_1 the CPU has), "l1d_kib"
-        and "l2_kib" (per core, None if unknown), "gpus" (model names)}.
+        "isa" (the highest of avx512f/avx2/avx/sse4_1, or on Arm sve2/sve/asimd,
+        the CPU has), "l1d_kib" and "l2_kib" (per core, None if unknown),
+        "gpus" (model names), "emulated" ("qemu-user" when an aarch64 process
+        sees an x86-64 /proc/cpuinfo, as under QEMU user emulation; else None)}.
+        Under emulation the host's CPU says nothing of the arithmetic: vendor
+        is None, cpu_model names the host, and isa is the emulated CPU's (its
+        hardware capabilities, from /proc/self/auxv).
     """
     info = _cpuinfo()
-    flags = set(info.get("flags", "").split())
+    architecture = platform.machine()
+    emulated = architecture in _ARM and "vendor_id" in info
+    # x86-64 names its instruction sets "flags", Arm "Features".
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    if architecture in _ARM and (emulated or not flags):
+        flags = _arm_hwcaps()
+    arm_model = f"implementer {info['CPU implementer']} part {info.get('CPU part')}" if "CPU implementer" in info else None
+    host_model = info.get("model name")
     return {
-        "architecture": platform.machine(),
-        "vendor": info.get("vendor_id"),
-        "cpu_model": info.get("model name") or platform.processor() or None,
+        "architecture": architecture,
+        "vendor": None if emulated else info.get("vendor_id") or info.get("CPU implementer"),
+        "cpu_model": (f"QEMU user emulation on {host_model}" if emulated
+                      else host_model or arm_model or platform.processor() or None),
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "isa": next((name for name in ("avx512f", "avx2", "avx", "sse4_1") if name in flags), None),
+        "isa": next((name for name in ("avx512f", "avx2", "avx", "sse4_1", "sve2", "sve", "asimd") if name in flags),
+                    None),
         "l1d_kib": _cache_kib(1, "Data"),
         "l2_kib": _cache_kib(2, "Unified"),
         "gpus": _gpu_models(),
+        "emulated": "qemu-user" if emulated else None,
     }
+
+
+def _arm_hwcaps(auxv: Path = Path("/proc/self/auxv")) -> set[str]:
+    """The Arm instruction sets the kernel (or QEMU, which writes the emulated CPU's) reports in the aux vector."""
+    try:
+        vector = dict(struct.iter_unpack("=QQ", auxv.read_bytes()))
+    except (OSError, struct.error):
+        return set()
+    hwcap, hwcap2 = vector.get(16, 0), vector.get(26, 0)  # AT_HWCAP, AT_HWCAP2 (linux/auxvec.h)
+    # HWCAP_ASIMD, HWCAP_SVE and HWCAP2_SVE2 (arch/arm64/include/uapi/asm/hwcap.h).
+    return {name for name, present in (("asimd", hwcap & 1 << 1), ("sve", hwcap & 1 << 22), ("sve2", hwcap2 & 1 << 1))
+            if present}
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -259,6 +313,8 @@ def effective_isa(mode: str, isa: str | None) -> str | None:
     """The instruction set oneDNN uses under `mode` on a CPU whose highest is `isa`."""
     if mode == "portable" and isa == "avx512f":
         return "avx2"  # the cap
+    if mode == "portable" and isa in ("sve", "sve2"):
+        return "asimd"  # Eigen's kernels, NEON on every Arm CPU
     return isa
 
 

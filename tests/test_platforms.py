@@ -1,0 +1,157 @@
+"""Every machine a student has: its locks, setup.sh's choice by `uname -sm`, doctor's line, the GPU build."""
+
+import dataclasses
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from classifier.commands import container
+from classifier.commands.doctor import FAIL, OK, check_versions, locked_versions
+from classifier.machinery import platforms
+
+ROOT = Path(__file__).parent.parent
+X86_64, AARCH64, MACOS = platforms.PLATFORMS
+
+
+def _pins(lock: str) -> dict[str, str]:
+    return locked_versions(ROOT / lock)
+
+
+@pytest.mark.parametrize("arm", [AARCH64, MACOS], ids=lambda p: p.name)
+def test_arm64_locks_pin_the_versions_x86_64_pins(arm):
+    cpu, x86_cpu = _pins(arm.cpu_lock), _pins(X86_64.cpu_lock)
+    # TensorFlow's CPU build is another package there, at the same version.
+    assert cpu.pop("tensorflow") == x86_cpu.pop("tensorflow-cpu") == "2.21.0"
+    assert cpu == x86_cpu
+    lab = _pins(arm.lab_lock)
+    lab.pop("appnope", None)  # ipykernel's, on macOS only
+    assert lab == {name: version for name, version in _pins(X86_64.lab_lock).items() if name != "tensorflow-cpu"}
+    torch = _pins(arm.torch_lock)
+    assert torch["torch"] == arm.torch and _pins(X86_64.torch_lock)["torch"] == X86_64.torch == "2.13.0+cpu"
+    assert {name: torch[name] for name in ("numpy", "keras")} == {name: x86_cpu[name] for name in ("numpy", "keras")}
+
+
+def test_aarch64_linux_torch_is_pypis_cpu_build_with_its_torchvision():
+    torch = _pins(AARCH64.torch_lock)
+    # 2.9.1: PyPI's aarch64 torch 2.13 is a CUDA 13 build (nvidia-* and cuda-* packages).
+    assert (torch["torch"], torch["torchvision"], MACOS.torch) == ("2.9.1", "0.24.1", "2.13.0")
+    assert not [name for name in torch if name.startswith(("nvidia-", "cuda-", "triton"))]
+
+
+def test_the_course_lock_is_one_pure_python_wheel_for_every_platform():
+    assert list(locked_versions(ROOT / platforms.COURSE_LOCK)) == ["tf-keras"]
+    # setup.sh installs it with --no-deps everywhere; the proof fetches its one wheel for each platform.
+    for platform in platforms.PLATFORMS:
+        command = platforms.proof_command(platform, platforms.COURSE_LOCK, Path("/tmp"))
+        assert "--no-deps" in command and str(ROOT / platforms.COURSE_LOCK) in command
+
+
+def test_every_platform_has_its_three_locks():
+    for platform in platforms.PLATFORMS:
+        for lock in platform.locks:
+            assert f"--python-platform {platform.uv_platform}" in (ROOT / lock).read_text().splitlines()[1], lock
+
+
+@pytest.mark.parametrize("uname, expected", [
+    ("Linux x86_64", X86_64), ("Linux aarch64", AARCH64), ("Linux arm64", AARCH64),
+    ("Darwin arm64", MACOS), ("Linux riscv64", None), ("Darwin x86_64", None),
+])
+def test_platform_by_uname(uname, expected):
+    assert platforms.by_uname(uname) == expected
+
+
+def test_pip_is_given_every_manylinux_tag_down_to_2014():
+    assert platforms.pip_platforms(AARCH64)[:2] == ["manylinux_2_28_aarch64", "manylinux_2_27_aarch64"]
+    assert platforms.pip_platforms(AARCH64)[-2:] == ["manylinux_2_17_aarch64", "manylinux2014_aarch64"]
+    assert platforms.pip_platforms(MACOS) == ["macosx_14_0_arm64"]
+    # pip would judge torch's CUDA dependencies by this x86-64 Linux machine: another platform is checked
+    # wheel by wheel (uv resolved its dependencies), this machine's own with pip's resolution too.
+    for platform in platforms.PLATFORMS:
+        command = platforms.proof_command(platform, platform.torch_lock, Path("/tmp"))
+        assert ("--no-deps" in command) == (platform != platforms.current())
+
+
+def _lock_of(package: str, lock: str, tmp_path: Path, tamper: bool = False) -> str:
+    """A lock file with one package's pin and hashes from `lock`; `tamper` puts a wrong hash in their place."""
+    lines = (ROOT / lock).read_text().splitlines()
+    start = next(index for index, line in enumerate(lines) if line.startswith(f"{package}=="))
+    block = [lines[start]] + [line for line in lines[start + 1:start + 8] if line.strip().startswith("--hash")]
+    text = "\n".join(block).rstrip(" \\") + "\n"
+    path = tmp_path / ("tampered.lock" if tamper else "good.lock")
+    path.write_text(re.sub(r"sha256:[0-9a-f]{64}", "sha256:" + "0" * 64, text) if tamper else text)
+    return str(path)
+
+
+def test_the_proof_downloads_a_locked_wheel_and_rejects_a_wrong_hash(tmp_path, capsys):
+    good = _lock_of("six", AARCH64.cpu_lock, tmp_path)
+    tampered = _lock_of("six", AARCH64.cpu_lock, tmp_path, tamper=True)
+    checked = dataclasses.replace(AARCH64, cpu_lock=good, lab_lock=tampered, torch_lock=good)
+    failures = platforms.prove((checked,), destination=tmp_path)
+    assert [failure.split(":")[0] for failure in failures] == [tampered]
+    assert "DO NOT MATCH THE HASHES" in failures[0]
+    lines = capsys.readouterr().out.splitlines()
+    # cpu, lab, torch, then the course lock, which every platform shares.
+    assert [line.split()[1:3] for line in lines] == [[good, "ok"], [tampered, "FAILED:"], [good, "ok"],
+                                                    [platforms.COURSE_LOCK, "ok"]]
+
+
+def _setup_sh(uname: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """setup.sh as on a machine whose `uname -sm` prints `uname`; its python3 stops it before the venv."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, script in {"uname": f"echo '{uname}'", "python3": "exit 3", "dot": "exit 0"}.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{script}\n")
+        (bin_dir / name).chmod(0o755)
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("LAB_")}
+    environment.update(PATH=f"{bin_dir}:{os.environ['PATH']}", **env)
+    return subprocess.run(["bash", str(ROOT / "setup.sh")], env=environment, capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("uname", ["Linux x86_64", "Linux aarch64", "Darwin arm64"])
+def test_setup_picks_the_locks_by_uname_and_says_which(uname, tmp_path):
+    result = _setup_sh(uname, tmp_path)
+    assert result.returncode == 3, result.stderr  # stopped by the fake python3, at `python3 -m venv`
+    assert result.stdout.splitlines() == [f"setup: {uname}: {', '.join(platforms.by_uname(uname).locks)}"]
+
+
+def test_setup_on_an_unsupported_machine_says_so_in_one_line(tmp_path):
+    result = _setup_sh("Linux riscv64", tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
+        "error: no lock files for Linux riscv64; supported: Linux x86_64, Linux aarch64, Darwin arm64 "
+        "(or use the lab container)"]
+
+
+def test_setup_refuses_the_gpu_variant_on_arm64(tmp_path):
+    result = _setup_sh("Darwin arm64", tmp_path, LAB_VARIANT="gpu")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert "LAB_VARIANT=gpu is for x86-64 Linux" in result.stderr and "LAB_VARIANT=cpu" in result.stderr
+
+
+def test_doctor_names_the_architecture_and_the_locks_it_expects():
+    checks = {check.name: check for check in check_versions(uname="Linux aarch64")}
+    assert (checks["platform"].status, checks["platform"].detail) == (
+        OK, "Linux aarch64 (linux-aarch64): expects requirements/cpu-linux-aarch64.lock, "
+            "requirements/lab-linux-aarch64.lock, requirements/torch-linux-aarch64.lock")
+    # There TensorFlow's CPU build is `tensorflow`: this x86-64 environment has tensorflow-cpu instead.
+    assert checks["tensorflow"].status == FAIL and "lock: 2.21.0" in checks["tensorflow"].detail
+    assert "requirements/cpu-linux-aarch64.lock" in checks["tensorflow"].fix
+
+
+def test_doctor_on_a_machine_without_locks_fails_with_the_supported_ones():
+    platform = check_versions(uname="Linux riscv64")[-1]
+    assert (platform.name, platform.status) == ("platform", FAIL)
+    assert platform.detail == "Linux riscv64: the lab has no lock files for it"
+    assert "Linux aarch64" in platform.fix and "container" in platform.fix
+
+
+def test_gpu_image_on_arm64_says_it_is_amd64_only(monkeypatch):
+    monkeypatch.setattr(container.platform, "machine", lambda: "aarch64")
+    with pytest.raises(container.ContainerError) as raised:
+        container.build("gpu")
+    assert str(raised.value) == ("the GPU image is linux/amd64 only and this machine is aarch64: "
+                                 "build the CPU image with --variant cpu (docs/arm64.md: Jetson)")
