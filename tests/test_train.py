@@ -1,6 +1,7 @@
 """Both trainers learn and repeat exactly; `train_command` resumes exactly from a checkpoint."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -62,6 +63,45 @@ def test_same_seed_gives_bit_identical_weights(trainer_name, tmp_path):
     second, history_b = train(trainer_name, tmp_path / "b")
     assert weights_hash(first) == weights_hash(second)
     assert history_a == history_b
+
+
+@pytest.mark.parametrize("trainer_name", ["fit", "tape"])
+def test_many_steps_per_call_give_the_lectures_weights_bit_for_bit(trainer_name, tmp_path, monkeypatch):
+    """make_trainer's trainers run several of the lecture's steps per call (machinery/steps.py); the weights
+    and history are those of the lecture's trainer run one step per call, also when an epoch's 15 steps are
+    not a multiple of the 4 per call."""
+    import classifier.machinery.distribute as distribute
+    import classifier.machinery.steps as steps
+
+    monkeypatch.setattr(steps, "STEPS_PER_CALL", 4)
+    monkeypatch.setattr(distribute, "STEPS_PER_CALL", 4)
+    calls = []
+    lab_steps = steps.StepsPerCallTapeTrainer._train_steps.python_function
+    monkeypatch.setattr(steps.StepsPerCallTapeTrainer, "_train_steps",
+                        tf_function_counting(lab_steps, calls))
+    lab, lab_history = train(trainer_name, tmp_path / "lab")
+    lecture_trainer = {"fit": FitTrainer, "tape": TapeTrainer}[trainer_name]
+    monkeypatch.setattr(sys.modules[__name__], "make_trainer",
+                        lambda config, model, optimizer, callbacks, verbose: lecture_trainer(
+                            model, optimizer, config, callbacks=callbacks, verbose=verbose))
+    lecture, lecture_history = train(trainer_name, tmp_path / "lecture")
+    assert weights_hash(lab) == weights_hash(lecture)
+    assert lab_history == lecture_history
+    if trainer_name == "tape":
+        assert len(calls) == 2 * 4  # 2 epochs of 15 steps: calls of 4, 4, 4 and 3 steps
+
+
+def tf_function_counting(python_function, calls):
+    """python_function under tf.function, appending to `calls` each time it is called from Python."""
+    import tensorflow as tf
+
+    compiled = tf.function(python_function)
+
+    def counted(self, *args):
+        calls.append(1)
+        return compiled(self, *args)
+
+    return counted
 
 
 def test_different_seed_gives_different_weights(tmp_path):

@@ -7,7 +7,10 @@ Both take the lecture's loss (sparse categorical cross-entropy) and metric
 (accuracy), validate after every epoch and return the history as
 {"loss", "accuracy", "val_loss", "val_accuracy"}. What the lab adds around
 them comes in through `callbacks` (Keras callbacks; the tape loop calls their
-`on_epoch_begin`/`on_epoch_end` itself): saving checkpoints, timing epochs.
+`on_epoch_begin`/`on_epoch_end` itself): saving checkpoints, timing epochs;
+and, on one device, many of these steps per call into TensorFlow (the tape
+loop's steps a hundred to a graph call, `fit`'s `steps_per_execution`,
+classifier/machinery/steps.py), which gives the same weights, faster.
 The optimizer and, for the fast recipe, its schedule and smoothed loss come
 from classifier/machinery/recipes.py; several devices from distribute.py.
 """
@@ -26,9 +29,12 @@ class FitTrainer:
     """Lecture 1.2: `model.compile`, then `model.fit` with the last part of the training set validating."""
 
     def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, config: Config,
-                 callbacks=(), verbose: int | None = None, loss: keras.losses.Loss | None = None):
+                 callbacks=(), verbose: int | None = None, loss: keras.losses.Loss | None = None,
+                 steps_per_execution: int = 1):
         self.model = model
         self.optimizer = optimizer
+        # The lecture's one step per call, unless the lab asks for more (classifier/machinery/steps.py).
+        self.steps_per_execution = steps_per_execution
         self.batch_size = config.batch_size
         self.epochs = config.epochs
         self.eval_batch_size = config.eval_batch_size
@@ -44,6 +50,7 @@ class FitTrainer:
             loss=self.loss,
             optimizer=self.optimizer,
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            steps_per_execution=self.steps_per_execution,
         )
         history = self.model.fit(x_train, y_train, batch_size=self.batch_size, epochs=self.epochs,
                                  validation_data=val_data, initial_epoch=initial_epoch,
@@ -85,10 +92,8 @@ class TapeTrainer:
             self.callbacks.on_epoch_begin(epoch)
             for metric in (self.train_loss, self.train_accuracy, self.val_loss, self.val_accuracy):
                 metric.reset_state()
-            for x_batch, y_batch in dataset:
-                self.train_batch_graph(x_batch, y_batch)
-            for x_batch, y_batch in val_dataset:
-                self.validate_batch_graph(x_batch, y_batch)
+            self.train_epoch(dataset)
+            self.validate_epoch(val_dataset)
             logs = {metric.name: float(metric.result()) for metric in
                     (self.train_loss, self.train_accuracy, self.val_loss, self.val_accuracy)}
             for key, value in logs.items():
@@ -99,6 +104,16 @@ class TapeTrainer:
                       f"val_accuracy={logs['val_accuracy']:.4f}", flush=True)
             self.callbacks.on_epoch_end(epoch, logs)
         return history
+
+    def train_epoch(self, dataset):
+        """One pass over the training batches, one `train_batch_graph` step each."""
+        for x_batch, y_batch in dataset:
+            self.train_batch_graph(x_batch, y_batch)
+
+    def validate_epoch(self, val_dataset):
+        """One pass over the validation batches."""
+        for x_batch, y_batch in val_dataset:
+            self.validate_batch_graph(x_batch, y_batch)
 
     def make_datasets(self, train_data, val_data):
         """The training batches, reshuffled on every pass, and the validation batches."""

@@ -35,9 +35,10 @@ from tensorflow import keras
 
 from classifier.config import Config, UserError
 from classifier.lecture.runtime import gpu_config
-from classifier.lecture.train import TRAINERS, TapeTrainer
+from classifier.lecture.train import FitTrainer, TapeTrainer
 from classifier.machinery.cluster import worker_role
 from classifier.machinery.recipes import make_loss
+from classifier.machinery.steps import STEPS_PER_CALL, StepsPerCallTapeTrainer
 
 # Seconds a collective operation (adding the workers' gradients) may wait for
 # the others before it fails. A lost worker then stops the others with an
@@ -174,10 +175,17 @@ def make_trainer(config: Config, model: keras.Model, optimizer, strategy: tf.dis
                  callbacks=(), verbose: int | None = None):
     """The trainer config.trainer names, for a model built under `strategy`'s scope."""
     strategy = strategy or tf.distribute.get_strategy()
-    if config.trainer == "tape" and strategy.num_replicas_in_sync > 1:
-        return MirroredTapeTrainer(model, optimizer, config, strategy, callbacks=callbacks, verbose=verbose)
-    return TRAINERS[config.trainer](model, optimizer, config, callbacks=callbacks, verbose=verbose,
-                                    loss=make_loss(config))
+    if strategy.num_replicas_in_sync > 1:
+        # Several replicas keep the lecture's one step per call (the collective timeouts are set for it).
+        if config.trainer == "tape":
+            return MirroredTapeTrainer(model, optimizer, config, strategy, callbacks=callbacks, verbose=verbose)
+        return FitTrainer(model, optimizer, config, callbacks=callbacks, verbose=verbose, loss=make_loss(config))
+    # On one device, STEPS_PER_CALL of the lecture's steps per call into TensorFlow (steps.py).
+    if config.trainer == "tape":
+        return StepsPerCallTapeTrainer(model, optimizer, config, callbacks=callbacks, verbose=verbose,
+                                       loss=make_loss(config))
+    return FitTrainer(model, optimizer, config, callbacks=callbacks, verbose=verbose, loss=make_loss(config),
+                      steps_per_execution=STEPS_PER_CALL)
 
 
 class MirroredTapeTrainer(TapeTrainer):
