@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 from classifier import config as config_module
@@ -89,7 +91,8 @@ class Run:
             DiskFull: the disk filled up; its message names the file.
         """
         try:
-            yield self
+            with ctrl_c_that_sticks():
+                yield self
         except (KeyboardInterrupt, Exception) as error:
             full = disk_full(error)
             if (full is None and not isinstance(error, KeyboardInterrupt)) or self.manifest.get("status") == "complete":
@@ -120,6 +123,38 @@ class Run:
             print(f"TensorBoard: tensorboard --logdir {self.folder.parent}")
         print(f"Run folder: {self.folder}")
         return self.folder
+
+
+# How soon Ctrl-C is raised again after Python dropped it (below).
+CTRL_C_REPEAT_SECONDS = 0.05
+
+
+@contextlib.contextmanager
+def ctrl_c_that_sticks():
+    """Inside: Ctrl-C raises KeyboardInterrupt, and again every CTRL_C_REPEAT_SECONDS until it leaves the block.
+
+    Python raises KeyboardInterrupt in whatever code runs when the signal
+    arrives; inside a weakref callback or a __del__ (PyTorch's and Keras' own
+    clean-up run there) it prints "Exception ignored in ..." and drops it, and
+    the run went on to the end as if no one had pressed Ctrl-C. Raising it
+    again until it leaves this block means one Ctrl-C always stops the run.
+    Only the main thread may set signal handlers; elsewhere nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        signal.setitimer(signal.ITIMER_REAL, CTRL_C_REPEAT_SECONDS, CTRL_C_REPEAT_SECONDS)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupt), signal.signal(signal.SIGALRM, interrupt)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)  # first: no repeat may land in the caller's handling of this one
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGALRM, previous[1])
 
 
 def epochs_saved(checkpoint_folder: Path) -> int:
