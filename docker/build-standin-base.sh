@@ -78,4 +78,35 @@ tar -C "$rootfs" --numeric-owner -c . | docker import --platform "linux/$arch" \
     --change 'ENV PIP_DEFAULT_TIMEOUT=180' \
     --change 'CMD ["python3"]' \
     - "$image" >/dev/null
+
+# Docker 20.10's daemon (Debian's docker.io) ignores `docker import --platform`
+# and records its own architecture in the image's config, so an arm64 base
+# would say amd64 and `docker build --platform linux/arm64` refuses it. Write
+# the architecture into the config (docker save, edit, docker load): the
+# layer is unchanged, the image id is the new config's digest.
+if [[ "$(docker image inspect -f '{{.Architecture}}' "$image")" != "$arch" ]]; then
+    docker save "$image" | python3 -c '
+import hashlib, io, json, sys, tarfile
+arch = sys.argv[1]
+source = tarfile.open(fileobj=io.BytesIO(sys.stdin.buffer.read()))
+members = {member.name: source.extractfile(member).read() if member.isfile() else None for member in source}
+manifest = json.loads(members["manifest.json"])
+config = json.loads(members.pop(manifest[0]["Config"]))
+config.update(architecture=arch, variant="v8") if arch == "arm64" else config.update(architecture=arch)
+config_bytes = json.dumps(config).encode()
+manifest[0]["Config"] = hashlib.sha256(config_bytes).hexdigest() + ".json"
+members[manifest[0]["Config"]] = config_bytes
+members["manifest.json"] = json.dumps(manifest).encode()
+members.pop("repositories", None)
+with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as out:
+    for member in source.getmembers():
+        if not member.isfile():
+            out.addfile(member)
+    for name, data in members.items():
+        if data is not None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+' "$arch" | docker load >/dev/null
+fi
 echo "build-standin-base: built $image ($(docker image inspect -f '{{.Size}}' "$image") bytes)"
