@@ -49,8 +49,7 @@ NOTEBOOK = "notebooks/02_keras_classifier.ipynb"
 TORCH_NOTEBOOK = "notebooks/04_pytorch_classifier.ipynb"
 # The notebooks' size in the lab: a few hundred images, one epoch (each notebook's first cell reads them).
 NOTEBOOK_SIZE = {"NOTEBOOK_LIMIT": "600", "NOTEBOOK_EPOCHS": "1"}
-# The notebook in front: JupyterLab keeps its layout on the server, so the second notebook's page
-# reopens the first one's tab too, hidden behind it.
+# The notebook in front (each notebook opens in a workspace of its own, so it is the only one; see _run_all).
 PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 
 pytestmark = pytest.mark.slow
@@ -264,7 +263,9 @@ def _run_all(page, lab_url: str, token: str, notebook: str, prefix: str):
 
     Returns (code cells, error outputs, stderr outputs, rendered images) as locators.
     """
-    page.goto(f"{lab_url}/lab/tree/{notebook}?token={token}")
+    # A workspace of its own, reset: JupyterLab keeps each workspace's tabs on the server, and in the
+    # default one the notebook run before would reopen beside this one and might be the tab in front.
+    page.goto(f"{lab_url}/lab/workspaces/{prefix}/tree/{notebook}?reset&token={token}")
     page.wait_for_selector(f"{PANEL} .jp-Cell", timeout=120_000)
     # The kernel is ready when the status bar says Idle.
     page.wait_for_function("document.body.innerText.includes('Idle')", timeout=120_000)
