@@ -330,6 +330,7 @@ def test_ctrl_c_that_python_drops_in_clean_up_code_still_stops_the_run(tmp_path)
 
     run = Run(tmp_path, make_config(epochs=2))
     run.start({"status": "running"})
+    hook = sys.unraisablehook
     finished = False
     with pytest.raises(Interrupted, match=rf"^stopped after 0/2 epoch\(s\); continue with: invoke train --resume "
                                           rf"{tmp_path}$"):
@@ -338,5 +339,36 @@ def test_ctrl_c_that_python_drops_in_clean_up_code_still_stops_the_run(tmp_path)
             time.sleep(2)  # without the repeat, the run goes on from here
             finished = True
     assert not finished
+    assert sys.unraisablehook is hook  # put back too
     assert json.loads((tmp_path / "manifest.json").read_text())["status"] == "interrupted"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+
+
+def test_the_dropped_ctrl_c_is_not_printed_as_a_traceback(tmp_path):
+    # Outside pytest (which keeps such lines to itself): the one line, and no "Exception ignored ... Traceback".
+    child = f"""
+import os, signal, time
+from pathlib import Path
+from classifier.config import Interrupted, make_config
+from classifier.machinery.lifecycle import Run
+
+class DropsItsException:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            pass
+
+run = Run(Path({str(tmp_path)!r}), make_config(epochs=2))
+run.start({{"status": "running"}})
+try:
+    with run.interruptible(lambda: 0):
+        DropsItsException()
+        time.sleep(2)
+except Interrupted as stop:
+    print(stop)
+"""
+    result = subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.stdout.strip() == f"stopped after 0/2 epoch(s); continue with: invoke train --resume {tmp_path}"
+    assert result.stderr == "", result.stderr

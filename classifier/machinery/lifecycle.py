@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -137,7 +138,8 @@ def ctrl_c_that_sticks():
     arrives; inside a weakref callback or a __del__ (PyTorch's and Keras' own
     clean-up run there) it prints "Exception ignored in ..." and drops it, and
     the run went on to the end as if no one had pressed Ctrl-C. Raising it
-    again until it leaves this block means one Ctrl-C always stops the run.
+    again until it leaves this block means one Ctrl-C always stops the run,
+    and the dropped one is not printed (the run's one line says what happened).
     Only the main thread may set signal handlers; elsewhere nothing changes.
     """
     if threading.current_thread() is not threading.main_thread():
@@ -148,13 +150,20 @@ def ctrl_c_that_sticks():
         signal.setitimer(signal.ITIMER_REAL, CTRL_C_REPEAT_SECONDS, CTRL_C_REPEAT_SECONDS)
         raise KeyboardInterrupt
 
+    def quiet_about_dropped_ctrl_c(unraisable):
+        # Python would print the dropped one as "Exception ignored in ... Traceback"; the repeat stops the run.
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous_hook(unraisable)
+
     previous = signal.signal(signal.SIGINT, interrupt), signal.signal(signal.SIGALRM, interrupt)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, quiet_about_dropped_ctrl_c
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)  # first: no repeat may land in the caller's handling of this one
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGALRM, previous[1])
+        sys.unraisablehook = previous_hook
 
 
 def epochs_saved(checkpoint_folder: Path) -> int:
