@@ -90,13 +90,11 @@ def settle_config(config: Config, resume: str, given: frozenset[str] | None) -> 
 
 def create_model(config: Config, dataset, strategy, run: Run, num_train: int):
     """create_model(): under the strategy's scope, so that its variables live on every replica."""
-    from tensorflow import keras
-
-    from classifier.machinery.recipes import build_model, make_optimizer, steps_per_epoch, use_mixed_precision
+    from classifier.machinery.distribute import apply_precision
+    from classifier.machinery.recipes import build_model, make_optimizer, steps_per_epoch
 
     run.manifest["replicas"] = strategy.num_replicas_in_sync
-    if use_mixed_precision(config):
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    apply_precision(config)
     with strategy.scope():
         model = build_model(config.model, dataset.image_shape, len(dataset.class_names))
         optimizer = make_optimizer(config, steps_per_epoch(num_train, config.batch_size))

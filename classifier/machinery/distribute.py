@@ -37,7 +37,7 @@ from classifier.config import Config, UserError
 from classifier.lecture.runtime import gpu_config
 from classifier.lecture.train import FitTrainer, TapeTrainer
 from classifier.machinery.cluster import worker_role
-from classifier.machinery.recipes import make_loss
+from classifier.machinery.recipes import make_loss, use_mixed_precision
 from classifier.machinery.steps import STEPS_PER_CALL, StepsPerCallTapeTrainer
 
 # Seconds a collective operation (adding the workers' gradients) may wait for
@@ -169,6 +169,17 @@ class _MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
             return super(_MultiWorkerStrategy, self).reduce(reduce_op, part, axis if rank else None)
 
         return tf.nest.map_structure(reduce_one, value)
+
+
+def apply_precision(config: Config) -> str:
+    """Set Keras's global precision policy for `config` before its model is built, and return the policy's name.
+
+    The one place `invoke train` and the benchmarks decide it, so that a
+    benchmark measures what a training run computes.
+    """
+    if use_mixed_precision(config):
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    return keras.mixed_precision.global_policy().name
 
 
 def make_trainer(config: Config, model: keras.Model, optimizer, strategy: tf.distribute.Strategy | None = None,
