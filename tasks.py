@@ -125,7 +125,8 @@ def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=Non
 
 @task(help={
     "limit": "benchmark on the first N Fashion-MNIST training images (default 12000; with --target, 0 is all)",
-    "epochs": "epochs per measurement, the first one a warm-up (default 3); with --target: the lecture recipe's most",
+    "epochs": "epochs per measurement, the first one a warm-up (default 3); with a numeric --target: the lecture "
+              "recipe's most (with --target lecture it trains its own 5)",
     "repeats": "measurements per subject; the median is reported (default 3)",
     "output": "path without suffix for the .json and .md results (default benchmarks/results/latest, "
               "with --target benchmarks/results/time_to_accuracy)",
@@ -135,24 +136,25 @@ def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=Non
     "numerics": "comma-separated numerics modes to measure each subject under, e.g. fastest,portable "
                 "(default fastest); with two, a table of their cost",
     "target": "instead: training seconds until the test accuracy first reaches this, per recipe (e.g. 0.91, "
-              "or several: 0.91,0.94)",
+              "or several: 0.91,0.94; lecture: the lecture recipe's final test accuracy in the same run)",
     "seeds": "with --target: seeds per recipe, mean and spread reported (default 3)",
+    "recipes": "with --target: comma-separated RECIPE or RECIPE:EPOCHS rows, e.g. lecture,fast:2,fast "
+               "(default lecture,fast)",
+    "budget": "with --target: also each recipe's test accuracy within this many training seconds (default 0: off)",
 })
 def bench(c, limit="12000", epochs="3", repeats="3", output="", data_dir="", subjects="", numerics="fastest",
-          target="", seeds="3"):
+          target="", seeds="3", recipes="", budget=""):
     """Time the lecture's script against the lab's trainers, or (--target) each recipe's time to accuracy."""
     from classifier.commands.bench import run_benchmark, run_time_to_accuracy
 
     if target:
-        try:
-            accuracies = tuple(float(value) for value in target.split(","))
-        except ValueError:
-            raise Exit(f"error: --target must be test accuracies between 0 and 1 (e.g. 0.91,0.94), got {target!r}",
-                       code=2) from None
-        _run(run_time_to_accuracy, accuracies, seeds=_int("seeds", seeds), limit=_int("limit", limit),
+        _run(run_time_to_accuracy, tuple(target.split(",")), seeds=_int("seeds", seeds), limit=_int("limit", limit),
              max_epochs=_int("epochs", epochs), output=output or "benchmarks/results/time_to_accuracy",
-             data_dir=data_dir)
+             data_dir=data_dir, recipes=tuple((recipes or "lecture,fast").split(",")),
+             budget=_float("budget", budget) if budget else 0.0)
         return
+    if recipes or budget:
+        raise Exit("error: --recipes and --budget go with --target, e.g. --target lecture,0.935 --budget 180", code=2)
     _run(run_benchmark, limit=_int("limit", limit), epochs=_int("epochs", epochs), repeats=_int("repeats", repeats),
          output=output or "benchmarks/results/latest", data_dir=data_dir,
          subjects=tuple(subjects.split(",")) if subjects else None, numerics_modes=tuple(numerics.split(",")))

@@ -11,7 +11,9 @@ from classifier.commands.bench import (
     run_benchmark,
     run_time_to_accuracy,
     summarise,
+    summarise_runs,
     summarise_time_to_accuracy,
+    time_to_accuracy_report,
     time_to_accuracy_table,
 )
 from classifier.config import UserError
@@ -147,9 +149,52 @@ def test_time_to_accuracy_summary_means_spreads_and_ratios():
     assert higher["fast"]["reached"] == "1/2" and higher["fast"]["mean_seconds"] == 10.0
 
 
+def test_the_lecture_target_is_its_mean_final_accuracy_and_the_budget_reads_the_curves():
+    # Accuracies that are exact binary fractions, so that a mean lands exactly on a value a curve holds.
+    lecture = [_recipe_run([10, 20, 30], [0.75, 0.8125, 0.875]), _recipe_run([12, 22, 34], [0.8125, 0.875, 0.9375])]
+    fast = [_recipe_run([4, 8, 16], [0.875, 0.9375, 0.96875]), _recipe_run([5, 9, 15], [0.75, 0.875, 0.9375]),
+            _recipe_run([40, 80], [0.875, 0.890625])]
+    results = summarise_runs({"lecture": lecture, "fast:3": fast}, (0.95,), True, baseline="lecture", budget=12)
+    resolved = results["lecture_target"]
+    assert resolved == {"value": 0.90625, "seconds": 32.0, "epochs": 3, "seeds": 2, "recipe": "lecture"}
+    figures = results["summary"]["lecture"]
+    # The lecture's own seeds: one reaches their mean (at 34 s), one does not; fast: two of three, at 8 and 15 s.
+    assert figures["lecture"]["reached"] == "1/2" and figures["lecture"]["mean_seconds"] == 34.0
+    assert figures["fast:3"]["reached"] == "2/3" and figures["fast:3"]["mean_seconds"] == 11.5
+    # Against the lecture's whole training time for its 3 epochs (32 s), not its time to its own mean.
+    assert figures["fast:3"]["time_ratio"] == 11.5 / 32.0
+    assert results["summary"]["0.95"]["fast:3"]["reached"] == "1/3"
+    assert results["summary"]["0.95"]["fast:3"]["mean_seconds"] == 16
+    # Within 12 s: the last epoch that ended by then (12 s itself counts); none where the first took longer.
+    assert results["budget"]["recipes"]["fast:3"] == {"per_seed": [0.9375, 0.875, None], "mean": 0.90625,
+                                                      "seeds_with_value": "2/3"}
+    assert results["budget"]["recipes"]["lecture"]["per_seed"] == [0.75, 0.8125]
+    report = time_to_accuracy_report({"settings": {"targets": [0.95, "lecture"]}, **results})
+    assert "## Time to 95% test accuracy" in report
+    assert "## Time to the lecture's final test accuracy (0.9062, mean of 2 seeds after 3 epochs)" in report
+    assert "| fast:3 | 2/3 | 11.5 ± 4.9 | 2.5 | 0.359x | 0.9323 |" in report
+    assert "| fast:3 | 0.9062 | 2/3 | 0.9375, 0.8750, none |" in report
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--target", "lecture,0.9x"), "error: --target '0.9x': give test accuracies between 0 and 1 and/or the word "
+                                   "lecture, e.g. --target lecture,0.935"),
+    (("--target", "lecture", "--recipes", "lecture,fast:0"),
+     "error: --recipes 'fast:0': give RECIPE or RECIPE:EPOCHS, RECIPE one of lecture, fast and EPOCHS a whole number "
+     "of at least 1, e.g. --recipes lecture,fast:2,fast"),
+    (("--target", "lecture", "--recipes", "fast"),
+     "error: --target lecture needs the lecture recipe among --recipes, e.g. --recipes lecture,fast"),
+    (("--target", "0.9", "--budget", "-1"), "error: --budget must be training seconds, at least 0 (0: off), got -1.0"),
+    (("--budget", "180"), "error: --recipes and --budget go with --target, e.g. --target lecture,0.935 --budget 180"),
+], ids=["target", "recipes", "no-lecture", "budget", "without-target"])
+def test_bad_time_to_accuracy_flags_are_one_line(flags, message):
+    result = run_invoke("bench", *flags)
+    assert (result.returncode, result.stderr.strip(), result.stdout) == (2, message, "")
+
+
 @pytest.mark.parametrize("kwargs, message", [
-    ({"target": 1.5}, "--target must be a test accuracy between 0 and 1"),
-    ({"recipes": ("lecture", "quick")}, "unknown recipe 'quick'"),
+    ({"target": 1.5}, "--target 1.5: give test accuracies between 0 and 1 and/or the word lecture"),
+    ({"recipes": ("lecture", "quick")}, "--recipes 'quick': give RECIPE or RECIPE:EPOCHS, RECIPE one of lecture, fast"),
     ({"seeds": 0}, "--seeds and the epochs must be at least 1"),
 ])
 def test_bad_time_to_accuracy_settings_are_refused(kwargs, message):
@@ -168,6 +213,29 @@ def test_small_time_to_accuracy_stops_at_the_target(fashion_lab, tmp_path):
     assert run["test_accuracy"][-1] >= 0.6 > max(run["test_accuracy"][:-1], default=0.0)
     assert results["summary"]["0.6"]["lecture"]["time_ratio"] == 1.0
     assert "| lecture | 1/1 |" in output.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_the_lecture_target_and_the_budget_in_a_small_real_run(fashion_lab, tmp_path):
+    output = tmp_path / "tta"
+    result = run_invoke("bench", "--target", "lecture", "--recipes", "lecture:1,fast:1", "--seeds", "1",
+                        "--limit", "600", "--budget", "1000", "--output", str(output),
+                        "--data-dir", str(fashion_lab / "data"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads(output.with_suffix(".json").read_text())
+    lecture, fast = results["measurements"]["lecture:1"][0], results["measurements"]["fast:1"][0]
+    assert results["lecture_target"]["value"] == lecture["test_accuracy"][-1]
+    assert results["lecture_target"]["seconds"] == lecture["train_seconds"][-1] > 0
+    for run, batch_size in ((lecture, 32), (fast, 128)):
+        # Each trained its one epoch to the end: nothing could stop it, the lecture target being unknown.
+        assert (run["epochs"], run["batch_size"], run["stop_target"]) == (1, batch_size, None)
+        assert len(run["test_accuracy"]) == 1 and run["precision_policy"] in ("float32", "mixed_bfloat16")
+    summary = results["summary"]["lecture"]
+    assert summary["lecture:1"]["reached"] == "1/1" and summary["lecture:1"]["time_ratio"] == 1.0
+    assert summary["fast:1"]["best_accuracy_mean"] == fast["test_accuracy"][0]
+    assert results["budget"]["recipes"]["fast:1"]["per_seed"] == fast["test_accuracy"]
+    assert f"({lecture['test_accuracy'][-1]:.4f}, mean of 1 seeds after 1 epochs)" in result.stdout
+    assert "| fast:1 |" in output.with_suffix(".md").read_text()
 
 
 def test_forward_flops_of_the_lecture_network():

@@ -20,6 +20,11 @@ convention: each recipe trains `invoke train`'s way in its own process, the
 test accuracy is measured after every epoch (that time not counted), and the
 training seconds until it first reaches the target are reported, mean and
 spread over the seeds, with the ratio to the lecture's recipe from the same run.
+The target `lecture` is the lecture recipe's own final test accuracy after its
+own epochs in the same run; `--budget` adds each recipe's test accuracy within
+that many training seconds; `--recipes fast:2` lays a recipe over 2 epochs:
+
+    invoke bench --target lecture,0.935 --seeds 3 --budget 180 --recipes lecture,fast
 """
 
 from __future__ import annotations
@@ -180,71 +185,143 @@ def writable_output(output: str) -> Path:
     return target
 
 
-def run_time_to_accuracy(target: float | tuple[float, ...] = 0.91, seeds: int = 3,
+LECTURE_TARGET = "lecture"  # the --target word for the lecture recipe's own final test accuracy in the same run
+
+
+def run_time_to_accuracy(target: float | str | tuple = 0.91, seeds: int = 3,
                          recipes: tuple[str, ...] = ("lecture", "fast"), limit: int = 0, max_epochs: int = 15,
-                         output: str = "benchmarks/results/time_to_accuracy", data_dir: str = "") -> dict:
+                         output: str = "benchmarks/results/time_to_accuracy", data_dir: str = "",
+                         budget: float = 0.0) -> dict:
     """Training seconds until the test accuracy first reaches each target, per recipe, over `seeds` seeds.
 
     Args:
-        target: one test accuracy to reach, or several (e.g. (0.91, 0.94)), each between 0 and 1; a run
-            stops at the highest, and the lower ones are read off the same test accuracy curve.
+        target: one test accuracy to reach, or several (e.g. (0.91, 0.94)), each between 0 and 1, and/or
+            "lecture": the lecture recipe's final test accuracy after its own epochs, the mean over the seeds
+            of this run. A run stops at the highest accuracy; the lower ones are read off the same test
+            accuracy curve. With "lecture", the lecture recipe trains exactly its epochs and never stops early.
         seeds: seeds 0 .. seeds-1, each recipe once per seed (interleaved, one process each).
-        recipes: names from registry.RECIPES.
+        recipes: names from registry.RECIPES, each optionally "NAME:EPOCHS" (the recipe laid out over
+            EPOCHS epochs, its schedule with them), one row each.
         limit: train on the first N Fashion-MNIST training images (0: all 60,000).
         max_epochs: epochs for a recipe whose schedule does not depend on its length (the
-            lecture's constant RMSprop step); a scheduled recipe trains its own epochs.
+            lecture's constant RMSprop step) chasing a numeric target; a scheduled recipe trains its own epochs.
         output: path without suffix for the .json and .md results.
         data_dir: dataset cache holding fashion_mnist/.
+        budget: seconds (0: off); adds each recipe's test accuracy after its last epoch that ended
+            within that much training time.
 
     Returns:
-        {"machine", "settings", "summary" (target -> recipe -> figures), "measurements"}, as written to OUTPUT.json.
+        {"machine", "settings", "summary" (target -> recipe -> figures), "measurements", and "lecture_target"
+        and "budget" when asked for}, as written to OUTPUT.json.
     """
-    from classifier import registry
-
-    targets = tuple(sorted(target)) if isinstance(target, (tuple, list)) else (target,)
-    for value in targets:
-        if not 0.0 < value < 1.0:
-            raise UserError(f"--target must be a test accuracy between 0 and 1, got {value}")
+    numbers, lecture = parse_targets(target if isinstance(target, (tuple, list)) else (target,))
+    rows = parse_recipes(recipes)
     if seeds < 1 or max_epochs < 1:
         raise UserError(f"--seeds and the epochs must be at least 1, got {seeds} and {max_epochs}")
-    for recipe in recipes:
-        if recipe not in registry.RECIPES:
-            raise UserError(f"unknown recipe {recipe!r}; accepted: {', '.join(registry.RECIPES)}")
-    config = make_config(dataset="fashion_mnist", limit=limit or None, data_dir=data_dir)
-    root = config_module.data_dir(config)
-    from classifier.machinery.datasets import get_dataset
-    from classifier.machinery.download import problems
-
-    if found := problems(get_dataset("fashion_mnist"), root):
-        raise UserError(f"Fashion-MNIST is not ready in {root}: {found[0]}; run: invoke data --dataset fashion_mnist")
+    if not budget >= 0:
+        raise UserError(f"--budget must be training seconds, at least 0 (0: off), got {budget}")
+    baseline = next((label for label, (name, _) in rows.items() if name == "lecture"), None)
+    if lecture and baseline is None:
+        raise UserError("--target lecture needs the lecture recipe among --recipes, e.g. --recipes lecture,fast")
+    root = _fashion_mnist_root(limit, data_dir)
     target_path = writable_output(output)
-    measurements: dict[str, list[dict]] = {recipe: [] for recipe in recipes}
+    plans = {label: _plan(name, epochs, numbers, lecture) for label, (name, epochs) in rows.items()}
+    measurements: dict[str, list[dict]] = {label: [] for label in rows}
     for seed in range(seeds):
-        for recipe in recipes:
-            print(f"[bench] seed {seed + 1}/{seeds}: recipe {recipe}, until {targets[-1]}", flush=True)
-            measurements[recipe].append(_recipe_in_child(recipe, targets[-1], limit, max_epochs, str(root), seed))
+        for label, (name, stop, epochs) in plans.items():
+            print(f"[bench] seed {seed + 1}/{seeds}: recipe {label}, "
+                  + (f"until {stop}" if stop else "all its epochs"), flush=True)
+            measurements[label].append(_recipe_in_child(name, stop, limit, max_epochs, str(root), seed, epochs))
     results = {
         "machine": machine_description(),
-        "settings": {"dataset": "fashion_mnist", "limit": limit or None, "targets": list(targets), "seeds": seeds,
-                     "max_epochs": max_epochs},
-        "summary": {f"{value}": summarise_time_to_accuracy(measurements, value) for value in targets},
+        "settings": {"dataset": "fashion_mnist", "limit": limit or None, "seeds": seeds, "max_epochs": max_epochs,
+                     "targets": [*numbers, *([LECTURE_TARGET] if lecture else [])], "recipes": list(rows),
+                     "budget_seconds": budget or None},
+        **summarise_runs(measurements, numbers, lecture, baseline or "lecture", budget),
         "measurements": measurements,
     }
     write_json(target_path.with_suffix(".json"), results)
-    tables = "\n".join(f"## Time to {value:.0%} test accuracy\n\n" + time_to_accuracy_table(results["summary"][f"{value}"], value)
-                       for value in targets)
-    write_text(target_path.with_suffix(".md"), "# Time to accuracy\n\n" + tables)
-    print(tables)
+    report = time_to_accuracy_report(results)
+    write_text(target_path.with_suffix(".md"), "# Time to accuracy\n\n" + report)
+    print(report)
     print(f"[bench] wrote {target_path.with_suffix('.json')} and {target_path.with_suffix('.md')}")
     return results
 
 
-def _recipe_in_child(recipe: str, target: float, limit: int, max_epochs: int, data_root: str, seed: int) -> dict:
+def parse_targets(targets) -> tuple[tuple[float, ...], bool]:
+    """(the numeric targets, ascending; whether "lecture" is among them) from floats or their text.
+
+    Raises:
+        UserError: naming a value that is neither a test accuracy between 0 and 1 nor "lecture".
+    """
+    numbers, lecture = set(), False
+    for item in targets:
+        if isinstance(item, str) and item.strip() == LECTURE_TARGET:
+            lecture = True
+            continue
+        try:
+            value = float(item)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not 0.0 < value < 1.0:  # also refuses nan
+            raise UserError(f"--target {item!r}: give test accuracies between 0 and 1 and/or the word lecture, "
+                            "e.g. --target lecture,0.935")
+        numbers.add(value)
+    if not numbers and not lecture:
+        raise UserError("--target is empty: give test accuracies between 0 and 1 and/or the word lecture")
+    return tuple(sorted(numbers)), lecture
+
+
+def parse_recipes(recipes) -> dict[str, tuple[str, int | None]]:
+    """{row label: (recipe name, epochs or None for the recipe's own)} from items "RECIPE" or "RECIPE:EPOCHS".
+
+    Raises:
+        UserError: naming a bad or repeated item and the accepted form.
+    """
+    rows: dict[str, tuple[str, int | None]] = {}
+    for item in recipes:
+        name, colon, epochs = item.strip().partition(":")
+        if name not in registry.RECIPES or (colon and not (epochs.isdigit() and int(epochs) >= 1)):
+            raise UserError(f"--recipes {item!r}: give RECIPE or RECIPE:EPOCHS, RECIPE one of "
+                            f"{', '.join(registry.RECIPES)} and EPOCHS a whole number of at least 1, "
+                            "e.g. --recipes lecture,fast:2,fast")
+        label = f"{name}:{int(epochs)}" if colon else name
+        if label in rows:
+            raise UserError(f"--recipes names {label} twice; give each row once, e.g. --recipes lecture,fast:2,fast")
+        rows[label] = (name, int(epochs) if colon else None)
+    return rows
+
+
+def _fashion_mnist_root(limit: int, data_dir: str) -> Path:
+    """The Fashion-MNIST folder `invoke train` would read, after a UserError if its files are not ready."""
+    from classifier.machinery.datasets import get_dataset
+    from classifier.machinery.download import problems
+
+    root = config_module.data_dir(make_config(dataset="fashion_mnist", limit=limit or None, data_dir=data_dir))
+    if found := problems(get_dataset("fashion_mnist"), root):
+        raise UserError(f"Fashion-MNIST is not ready in {root}: {found[0]}; run: invoke data --dataset fashion_mnist")
+    return root
+
+
+def _plan(name: str, epochs: int | None, numbers: tuple[float, ...], lecture: bool):
+    """(recipe, the accuracy its runs stop at or None, its epochs or None for the usual choice)."""
+    if lecture and name == "lecture":
+        # The lecture target is this recipe's final accuracy after its own epochs, so it trains
+        # exactly those, to the end: no early stop, no --epochs extension.
+        own, _ = resolve_recipe(make_config(dataset="fashion_mnist", recipe=name), frozenset({"dataset", "recipe"}))
+        return name, None, epochs or own.epochs
+    # The lecture target is known only when every lecture run has finished, so only a numeric one can stop a run.
+    return name, numbers[-1] if numbers else None, epochs
+
+
+def _recipe_in_child(recipe: str, target: float | None, limit: int, max_epochs: int, data_root: str, seed: int,
+                     epochs: int | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
         result_path = Path(folder) / "result.json"
-        command = [sys.executable, "-m", "classifier.commands.bench", "--child-recipe", recipe, "--target", str(target),
+        command = [sys.executable, "-m", "classifier.commands.bench", "--child-recipe", recipe,
                    "--limit", str(limit), "--epochs", str(max_epochs), "--seed", str(seed), "--data-dir", data_root,
-                   "--json", str(result_path)]
+                   "--json", str(result_path), *(["--target", str(target)] if target else []),
+                   *(["--child-epochs", str(epochs)] if epochs else [])]
         completed = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
         if completed.returncode != 0 or not result_path.exists():
             raise UserError(f"time to accuracy of {recipe} failed (exit {completed.returncode}): "
@@ -252,16 +329,21 @@ def _recipe_in_child(recipe: str, target: float, limit: int, max_epochs: int, da
         return json.loads(result_path.read_text())
 
 
-def measure_time_to_accuracy(recipe: str, target: float, limit: int, max_epochs: int, data_dir: str,
-                             seed: int) -> dict:
+def measure_time_to_accuracy(recipe: str, target: float | None, limit: int, max_epochs: int, data_dir: str,
+                             seed: int, epochs: int | None = None) -> dict:
     """Train `recipe` as `invoke train --recipe RECIPE` would, testing after every epoch; stop at `target`.
 
+    Args:
+        target: the test accuracy to stop at; None: train every epoch.
+        epochs: exactly this many epochs (a scheduled recipe lays its schedule over them); None: a
+            scheduled recipe's own epochs, `max_epochs` for the lecture's constant step.
+
     Returns:
-        {"recipe", "seed", "epochs", "train_seconds" (per epoch, cumulative), "test_accuracy" (per epoch),
-         "seconds_to_target" (None when not reached), "epochs_to_target"}.
+        {"recipe", "seed", "epochs", "batch_size", "precision_policy", "stop_target", "train_seconds"
+         (per epoch, cumulative), "test_accuracy" (per epoch), "seconds_to_target" and "epochs_to_target"
+         (None when the stop target was not reached or not set)}.
     """
-    from classifier.config import resolve_recipe
-    from classifier.machinery.distribute import make_trainer
+    from classifier.machinery.distribute import apply_precision, make_trainer
     from classifier.machinery.loading import load_dataset
     from classifier.machinery.recipes import build_model, make_optimizer, steps_per_epoch
     from classifier.registry import HYP
@@ -271,11 +353,14 @@ def measure_time_to_accuracy(recipe: str, target: float, limit: int, max_epochs:
     config, _ = resolve_recipe(config, frozenset({"dataset", "recipe", "limit", "seed", "data_dir"}))
     # The lecture's constant step does not depend on the run's length, so it may run longer to
     # reach the target; a scheduled recipe keeps its own epochs (its schedule ends with them).
-    if "epochs" not in HYP[recipe]["config"]:
+    if epochs:
+        config = make_config(config, epochs=epochs)
+    elif "epochs" not in HYP[recipe]["config"]:
         config = make_config(config, epochs=max_epochs)
     gpu_config()
     seed_everything(config.seed, config.deterministic)
     dataset, (train, val, test), _ = load_dataset(config)
+    policy = apply_precision(config)  # as `invoke train` does, so that this times what a run computes
     model = build_model(config.model, dataset.image_shape, len(dataset.class_names))
     optimizer = make_optimizer(config, steps_per_epoch(len(train), config.batch_size))
 
@@ -287,6 +372,8 @@ def measure_time_to_accuracy(recipe: str, target: float, limit: int, max_epochs:
         "seed": seed,
         "epochs": config.epochs,
         "batch_size": config.batch_size,
+        "precision_policy": policy,
+        "stop_target": target,
         "train_seconds": probe.seconds,
         "test_accuracy": probe.accuracy,
         "epochs_to_target": probe.reached,
@@ -294,7 +381,7 @@ def measure_time_to_accuracy(recipe: str, target: float, limit: int, max_epochs:
     }
 
 
-def _test_after_every_epoch(model, config, test, target: float, label: str):
+def _test_after_every_epoch(model, config, test, target: float | None, label: str):
     """A Keras callback that counts training seconds per epoch, then tests (uncounted) and stops at `target`."""
     from tensorflow import keras
 
@@ -317,7 +404,7 @@ def _test_after_every_epoch(model, config, test, target: float, label: str):
             self.accuracy.append(accuracy)
             print(f"[bench] {label}: epoch {epoch + 1}, {self.seconds[-1]:.1f} s, "
                   f"test accuracy {accuracy:.4f}", file=sys.stderr, flush=True)
-            if accuracy >= target and self.reached is None:
+            if target is not None and accuracy >= target and self.reached is None:
                 self.reached = epoch + 1
                 model.stop_training = True
 
@@ -329,9 +416,62 @@ def epochs_to(run: dict, target: float) -> int | None:
     return next((epoch for epoch, accuracy in enumerate(run["test_accuracy"], 1) if accuracy >= target), None)
 
 
-def summarise_time_to_accuracy(measurements: dict[str, list[dict]], target: float) -> dict[str, dict]:
+def summarise_runs(measurements: dict[str, list[dict]], numbers: tuple[float, ...], lecture: bool,
+                   baseline: str = "lecture", budget: float = 0.0) -> dict:
+    """Every figure of a time-to-accuracy run, from its measurements.
+
+    Args:
+        measurements: row label -> one run per seed (as measure_time_to_accuracy returns).
+        numbers: the numeric targets.
+        lecture: whether the "lecture" target was asked for; then `baseline`'s runs define it.
+        baseline: the row the time ratios are against (the lecture recipe's).
+        budget: seconds, or 0 for no "test accuracy within" figures.
+
+    Returns:
+        {"summary": {"0.91"..., "lecture": recipe -> figures}, "lecture_target": {"value", "seconds",
+        "epochs", "seeds"} (with lecture), "budget": {"seconds", "recipes": recipe -> figures} (with a budget)}.
+    """
+    results: dict = {"summary": {f"{value}": summarise_time_to_accuracy(measurements, value, baseline)
+                                 for value in numbers}}
+    if lecture:
+        runs = measurements[baseline]
+        resolved = results["lecture_target"] = {
+            "value": statistics.mean(run["test_accuracy"][-1] for run in runs),
+            # The time it took to produce that accuracy: all of the lecture's epochs.
+            "seconds": statistics.mean(run["train_seconds"][-1] for run in runs),
+            "epochs": len(runs[0]["test_accuracy"]),
+            "seeds": len(runs),
+            "recipe": baseline,
+        }
+        results["summary"][LECTURE_TARGET] = summarise_time_to_accuracy(
+            measurements, resolved["value"], baseline, baseline_seconds=resolved["seconds"])
+    if budget:
+        results["budget"] = {"seconds": budget, "recipes": {label: accuracy_within(runs, budget)
+                                                            for label, runs in measurements.items()}}
+    return results
+
+
+def accuracy_within(runs: list[dict], budget: float) -> dict:
+    """Over the seeds: the test accuracy after each run's last epoch that ended within `budget` training seconds.
+
+    Returns:
+        {"per_seed" (None where even the first epoch took longer), "mean" (over the seeds with a value,
+        None if none), "seeds_with_value" ("k/n")}.
+    """
+    per_seed = []
+    for run in runs:
+        within = [accuracy for seconds, accuracy in zip(run["train_seconds"], run["test_accuracy"]) if seconds <= budget]
+        per_seed.append(within[-1] if within else None)
+    values = [value for value in per_seed if value is not None]
+    return {"per_seed": per_seed, "mean": statistics.mean(values) if values else None,
+            "seeds_with_value": f"{len(values)}/{len(per_seed)}"}
+
+
+def summarise_time_to_accuracy(measurements: dict[str, list[dict]], target: float, baseline: str = "lecture",
+                               baseline_seconds: float | None = None) -> dict[str, dict]:
     """Per recipe: mean and standard deviation of the seconds to `target` over the seeds that reached it,
-    how many reached it, the best test accuracy's mean, and the ratio of mean times to "lecture"."""
+    how many reached it, the best test accuracy's mean, and the ratio of mean times to `baseline`'s
+    (or to `baseline_seconds` where given: the lecture's whole training for the lecture target)."""
     summary = {}
     for recipe, runs in measurements.items():
         epochs = [epoch for epoch in (epochs_to(run, target) for run in runs) if epoch]
@@ -343,18 +483,24 @@ def summarise_time_to_accuracy(measurements: dict[str, list[dict]], target: floa
             "mean_epochs": statistics.mean(epochs) if epochs else None,
             "best_accuracy_mean": statistics.mean(max(run["test_accuracy"]) for run in runs),
         }
-    base = summary.get("lecture", {}).get("mean_seconds")
+    base = baseline_seconds if baseline_seconds is not None else summary.get(baseline, {}).get("mean_seconds")
     for figures in summary.values():
         figures["time_ratio"] = figures["mean_seconds"] / base if base and figures["mean_seconds"] else None
     return summary
 
 
-def time_to_accuracy_table(summary: dict[str, dict], target: float) -> str:
-    """The time-to-accuracy summary as a Markdown table."""
+def _percent(value: float) -> str:
+    """0.935 -> "93.5%" (":.0%" would round it to 94%)."""
+    return f"{value * 100:g}%"
+
+
+def time_to_accuracy_table(summary: dict[str, dict], target: float | str) -> str:
+    """The time-to-accuracy summary as a Markdown table; `target` an accuracy or the name to show for it."""
     def number(value, fmt):
         return "not reached" if value is None else fmt.format(value)
 
-    heading = (f"| recipe | reached {target:.0%} | s to {target:.0%} (mean ± sd) | epochs | time / lecture's | "
+    name = target if isinstance(target, str) else _percent(target)
+    heading = (f"| recipe | reached {name} | s to {name} (mean ± sd) | epochs | time / lecture's | "
                "best test accuracy (mean) |")
     lines = [heading, "|---|---:|---:|---:|---:|---:|"]
     for recipe, figures in summary.items():
@@ -362,6 +508,39 @@ def time_to_accuracy_table(summary: dict[str, dict], target: float) -> str:
                    else f"{figures['mean_seconds']:.1f} ± {figures['spread_seconds']:.1f}")
         lines.append(f"| {recipe} | {figures['reached']} | {seconds} | {number(figures['mean_epochs'], '{:.1f}')} | "
                      f"{number(figures['time_ratio'], '{:.3f}x')} | {figures['best_accuracy_mean']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def time_to_accuracy_report(results: dict) -> str:
+    """The Markdown sections of a time-to-accuracy run: one table per target, then the budget's."""
+    numbers = [value for value in results["settings"]["targets"] if value != LECTURE_TARGET]
+    sections = [f"## Time to {_percent(value)} test accuracy\n\n" + time_to_accuracy_table(results["summary"][f"{value}"], value)
+                for value in numbers]
+    if resolved := results.get("lecture_target"):
+        note = (f"Time / lecture's: against the lecture's mean training time for its {resolved['epochs']} epochs, "
+                f"{resolved['seconds']:.1f} s.")
+        if numbers and resolved["value"] > numbers[-1]:
+            note += (f" The other recipes' runs stopped at {numbers[-1]}, below this value: "
+                     "'not reached' means not reached before they stopped.")
+        sections.append(f"## Time to the lecture's final test accuracy ({resolved['value']:.4f}, mean of "
+                        f"{resolved['seeds']} seeds after {resolved['epochs']} epochs)\n\n{note}\n\n"
+                        + time_to_accuracy_table(results["summary"][LECTURE_TARGET], f"{resolved['value']:.4f}"))
+    if budget := results.get("budget"):
+        sections.append(budget_table(budget, stopped=bool(numbers)))
+    return "\n".join(sections)
+
+
+def budget_table(budget: dict, stopped: bool = False) -> str:
+    """The test accuracy within the budget, per recipe: the mean over the seeds, then each seed's."""
+    lines = [f"## Test accuracy within {budget['seconds']:g} s of training\n",
+             "After each run's last epoch that ended within the budget; 'none': even its first epoch took longer."
+             + (" A run that stopped at the highest target counts the accuracy it stopped with." if stopped else ""),
+             "", f"| recipe | test accuracy within {budget['seconds']:g} s (mean) | seeds | per seed |",
+             "|---|---:|---:|---|"]
+    for recipe, figures in budget["recipes"].items():
+        mean = "none" if figures["mean"] is None else f"{figures['mean']:.4f}"
+        seeds = ", ".join("none" if value is None else f"{value:.4f}" for value in figures["per_seed"])
+        lines.append(f"| {recipe} | {mean} | {figures['seeds_with_value']} | {seeds} |")
     return "\n".join(lines) + "\n"
 
 
@@ -400,10 +579,10 @@ def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: st
          "test_accuracy", "val_accuracy", "peak_rss_mib"}.
     """
     from classifier.machinery.loading import load_dataset
-    from classifier.machinery.distribute import make_trainer
+    from classifier.machinery.distribute import apply_precision, make_trainer
     from classifier.lecture.evaluate import evaluate
     from classifier.machinery.recipes import build_model
-    from classifier.machinery.recipes import inference_model, make_optimizer, steps_per_epoch, use_mixed_precision
+    from classifier.machinery.recipes import inference_model, make_optimizer, steps_per_epoch
     from classifier.lecture.runtime import EpochTimer, gpu_config, seed_everything
     from classifier.machinery.tensorboard import EpochSummaries
 
@@ -413,10 +592,7 @@ def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: st
     gpu_config()
     seed_everything(config.seed, config.deterministic)
     dataset, (train, val, test), _ = load_dataset(config)
-    if use_mixed_precision(config):
-        from tensorflow import keras
-
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    apply_precision(config)
     model = build_model(config.model, dataset.image_shape, len(dataset.class_names))
     optimizer = make_optimizer(config, steps_per_epoch(len(train), config.batch_size))
     timer = EpochTimer()
@@ -713,20 +889,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--subjects", default="", help=f"comma-separated, of {', '.join(SUBJECTS)}")
     parser.add_argument("--numerics", default="fastest", help="comma-separated numerics modes, e.g. fastest,portable")
-    parser.add_argument("--target", type=float, default=0.0, help="time to this test accuracy instead (e.g. 0.91)")
+    parser.add_argument("--target", default="", help="time to these test accuracies instead (e.g. lecture,0.935)")
     parser.add_argument("--seeds", type=int, default=3, help="with --target: seeds per recipe")
+    parser.add_argument("--recipes", default="lecture,fast", help="with --target: RECIPE or RECIPE:EPOCHS, comma-separated")
+    parser.add_argument("--budget", type=float, default=0.0, help="with --target: test accuracy within these seconds")
     parser.add_argument("--child", choices=SUBJECTS[1:], help=argparse.SUPPRESS)
     parser.add_argument("--child-recipe", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--child-epochs", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--json", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         if args.child_recipe:
-            result = measure_time_to_accuracy(args.child_recipe, args.target, args.limit, args.epochs,
-                                              args.data_dir, args.seed)
+            result = measure_time_to_accuracy(args.child_recipe, float(args.target) if args.target else None,
+                                              args.limit, args.epochs, args.data_dir, args.seed,
+                                              epochs=args.child_epochs or None)
             Path(args.json).write_text(json.dumps(result))
         elif args.target:
-            run_time_to_accuracy(args.target, args.seeds, limit=args.limit, max_epochs=args.epochs,
-                                 output=args.output, data_dir=args.data_dir)
+            run_time_to_accuracy(tuple(args.target.split(",")), args.seeds, recipes=tuple(args.recipes.split(",")),
+                                 limit=args.limit, max_epochs=args.epochs, output=args.output,
+                                 data_dir=args.data_dir, budget=args.budget)
         elif args.child == "torch":
             result = measure_torch_trainer(args.limit, args.epochs, args.data_dir, args.seed)
             Path(args.json).write_text(json.dumps(result))
