@@ -14,7 +14,7 @@ through the lab's loader, so the splits are those of `invoke train`.
 Subjects (each seed in its own process, as in `invoke bench --target`):
 
     keras-jax fast       the fast recipe as the lab runs it on a GPU: fast_cnn, mixed bfloat16,
-                         batch 128, Adam warm-up + cosine to 0.003, 10 epochs, labels smoothed
+                         batch 128, Adam warm-up + cosine to 0.003, its epochs (16), labels smoothed
                          by 0.1, mirroring in training and at test time
     keras-jax wide       what a GPU can afford: the same recipe on a network with twice the
                          channels and two batch-normalized convolutions per stage, 15 epochs

@@ -1,6 +1,7 @@
 """The benchmark runner: its arithmetic on made-up measurements, its errors, and one small real run."""
 
 import json
+import os
 
 import pytest
 
@@ -282,3 +283,24 @@ def test_an_output_in_a_read_only_place_is_refused_before_measuring(fashion_lab,
     assert result.stderr.strip() == (f"error: --output {output}: cannot write the results in {output.parent} "
                                      f"(Read-only file system); give --output a path in a folder you can write")
     assert "[bench]" not in result.stdout  # nothing was measured
+
+
+def test_precision_step_benchmark_prints_both_policies_and_their_ratio():
+    """`python benchmarks/precision_step.py`, as benchmarks/NOTES.md runs it, on a few small steps."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "benchmarks/precision_step.py", "--model", "sequential_add", "--batch", "8",
+                             "--steps", "3", "--rounds", "1"], cwd=root, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = result.stdout.strip().splitlines()[-1]
+    found = re.fullmatch(r"sequential_add batch 8: float32 ([\d,]+) images/s, mixed_bfloat16 ([\d,]+) images/s, "
+                         r"ratio ([\d.]+)x", line)
+    assert found, line
+    float32, bfloat16, ratio = (float(value.replace(",", "")) for value in found.groups())
+    assert float32 > 0 and bfloat16 > 0
+    assert ratio == pytest.approx(bfloat16 / float32, abs=0.01)  # the rates are printed rounded to whole images/s

@@ -343,9 +343,8 @@ def measure_time_to_accuracy(recipe: str, target: float | None, limit: int, max_
          (per epoch, cumulative), "test_accuracy" (per epoch), "seconds_to_target" and "epochs_to_target"
          (None when the stop target was not reached or not set)}.
     """
-    from classifier.machinery.distribute import apply_precision, make_trainer
+    from classifier.machinery.distribute import build_model_and_optimizer, make_trainer
     from classifier.machinery.loading import load_dataset
-    from classifier.machinery.recipes import build_model, make_optimizer, steps_per_epoch
     from classifier.registry import HYP
     from classifier.lecture.runtime import gpu_config, seed_everything
 
@@ -360,9 +359,9 @@ def measure_time_to_accuracy(recipe: str, target: float | None, limit: int, max_
     gpu_config()
     seed_everything(config.seed, config.deterministic)
     dataset, (train, val, test), _ = load_dataset(config)
-    policy = apply_precision(config)  # as `invoke train` does, so that this times what a run computes
-    model = build_model(config.model, dataset.image_shape, len(dataset.class_names))
-    optimizer = make_optimizer(config, steps_per_epoch(len(train), config.batch_size))
+    # As `invoke train` builds them, so that this times what a run computes.
+    model, optimizer, policy = build_model_and_optimizer(config, dataset.image_shape, len(dataset.class_names),
+                                                         len(train))
 
     probe = _test_after_every_epoch(model, config, test, target, f"{recipe} seed {seed}")
     trainer = make_trainer(config, model, optimizer, callbacks=[probe], verbose=0)
@@ -579,10 +578,9 @@ def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: st
          "test_accuracy", "val_accuracy", "peak_rss_mib"}.
     """
     from classifier.machinery.loading import load_dataset
-    from classifier.machinery.distribute import apply_precision, make_trainer
+    from classifier.machinery.distribute import build_model_and_optimizer, make_trainer
     from classifier.lecture.evaluate import evaluate
-    from classifier.machinery.recipes import build_model
-    from classifier.machinery.recipes import inference_model, make_optimizer, steps_per_epoch
+    from classifier.machinery.recipes import inference_model
     from classifier.lecture.runtime import EpochTimer, gpu_config, seed_everything
     from classifier.machinery.tensorboard import EpochSummaries
 
@@ -592,9 +590,7 @@ def measure_lab_trainer(trainer_name: str, limit: int, epochs: int, data_dir: st
     gpu_config()
     seed_everything(config.seed, config.deterministic)
     dataset, (train, val, test), _ = load_dataset(config)
-    apply_precision(config)
-    model = build_model(config.model, dataset.image_shape, len(dataset.class_names))
-    optimizer = make_optimizer(config, steps_per_epoch(len(train), config.batch_size))
+    model, optimizer, _ = build_model_and_optimizer(config, dataset.image_shape, len(dataset.class_names), len(train))
     timer = EpochTimer()
     with tempfile.TemporaryDirectory(prefix="bench-tensorboard-") as run_dir:
         # First, as in commands.train_command, so that the epoch times include writing them.

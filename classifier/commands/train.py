@@ -90,14 +90,15 @@ def settle_config(config: Config, resume: str, given: frozenset[str] | None) -> 
 
 def create_model(config: Config, dataset, strategy, run: Run, num_train: int):
     """create_model(): under the strategy's scope, so that its variables live on every replica."""
-    from classifier.machinery.distribute import apply_precision
-    from classifier.machinery.recipes import build_model, make_optimizer, steps_per_epoch
+    from classifier.machinery.distribute import build_model_and_optimizer
 
     run.manifest["replicas"] = strategy.num_replicas_in_sync
-    apply_precision(config)
-    with strategy.scope():
-        model = build_model(config.model, dataset.image_shape, len(dataset.class_names))
-        optimizer = make_optimizer(config, steps_per_epoch(num_train, config.batch_size))
+    model, optimizer, run.manifest["precision"] = build_model_and_optimizer(
+        config, dataset.image_shape, len(dataset.class_names), num_train, strategy)
+    if run.manifest["precision"] != "float32":
+        # The same command computes in float32 elsewhere, so say why this run does not.
+        print(f"[recipe] precision {run.manifest['precision']}: this machine computes bfloat16 in hardware "
+              "(--numerics portable keeps float32)")
     model.summary()
     if why := report.graphviz_missing():
         print(f"warning: model.png skipped: {why}")

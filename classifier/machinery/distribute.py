@@ -37,7 +37,7 @@ from classifier.config import Config, UserError
 from classifier.lecture.runtime import gpu_config
 from classifier.lecture.train import FitTrainer, TapeTrainer
 from classifier.machinery.cluster import worker_role
-from classifier.machinery.recipes import make_loss, use_mixed_precision
+from classifier.machinery.recipes import build_model, make_loss, make_optimizer, steps_per_epoch, use_mixed_precision
 from classifier.machinery.steps import STEPS_PER_CALL, StepsPerCallTapeTrainer
 
 # Seconds a collective operation (adding the workers' gradients) may wait for
@@ -171,15 +171,26 @@ class _MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
         return tf.nest.map_structure(reduce_one, value)
 
 
-def apply_precision(config: Config) -> str:
-    """Set Keras's global precision policy for `config` before its model is built, and return the policy's name.
+def build_model_and_optimizer(config: Config, image_shape, num_classes: int, num_train: int,
+                              strategy: tf.distribute.Strategy | None = None):
+    """The recipe's model and optimizer, built in the recipe's precision; returns (model, optimizer, policy name).
 
-    The one place `invoke train` and the benchmarks decide it, so that a
-    benchmark measures what a training run computes.
+    The one place `invoke train` and the benchmarks build them, so that a
+    benchmark measures what a training run computes. Keras's precision policy
+    is global: it is set only while the model is built (its layers keep their
+    own), so a model built later in the same Python, as a notebook or a test
+    builds one after a fast run, is float32 again.
     """
-    if use_mixed_precision(config):
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    return keras.mixed_precision.global_policy().name
+    previous = keras.mixed_precision.global_policy()
+    policy = "mixed_bfloat16" if use_mixed_precision(config) else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        with (strategy or tf.distribute.get_strategy()).scope():
+            model = build_model(config.model, image_shape, num_classes)
+            optimizer = make_optimizer(config, steps_per_epoch(num_train, config.batch_size))
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    return model, optimizer, policy
 
 
 def make_trainer(config: Config, model: keras.Model, optimizer, strategy: tf.distribute.Strategy | None = None,

@@ -262,6 +262,24 @@ def machine_kind() -> dict:
     }
 
 
+def native_bfloat16(environ=None) -> bool:
+    """Whether TensorFlow computes bfloat16 in hardware here: AMX or AVX-512 BF16, and oneDNN allowed to use it.
+
+    Elsewhere TensorFlow converts bfloat16 to float32 and back around every
+    operation, which is slower than float32 (benchmarks/NOTES.md); and with
+    oneDNN capped below those instructions (`ONEDNN_MAX_CPU_ISA=AVX2`, as the
+    portable mode sets) or switched off, its bfloat16 convolutions fail.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("TF_ENABLE_ONEDNN_OPTS") == "0":
+        return False
+    cap = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    if cap != "ALL" and not any(level in cap for level in ("BF16", "FP16", "AMX", "AVX10")):
+        return False
+    flags = set(_cpuinfo().get("flags", "").split())
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
 def _arm_hwcaps(auxv: Path = Path("/proc/self/auxv")) -> set[str]:
     """The Arm instruction sets the kernel (or QEMU, which writes the emulated CPU's) reports in the aux vector."""
     try:
