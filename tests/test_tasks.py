@@ -52,8 +52,9 @@ def _assert_one_line_error(result, expected):
         (["plot", "--model", "vgg"], "unknown model 'vgg'"),
         (["bench", "--limit", "abc"], "--limit must be a whole number, got 'abc'"),
         (["bench", "--epochs", "1"], "epochs must be at least 2"),
-        (["bench", "--target", "0.91,high"], "--target must be test accuracies between 0 and 1 (e.g. 0.91,0.94), got '0.91,high'"),
-        (["bench", "--target", "0.91,1.2"], "--target must be a test accuracy between 0 and 1, got 1.2"),
+        (["bench", "--target", "0.91,high"], "error: --target 'high': give test accuracies between 0 and 1 and/or the word "
+                                             "lecture, e.g. --target lecture,0.935"),
+        (["bench", "--target", "0.91,1.2"], "--target '1.2': give test accuracies between 0 and 1"),
         (["train", "--recipe", "turbo"], "error: unknown recipe 'turbo'; accepted: lecture, fast"),
         (["train", "--strategy", "tpu"], "error: unknown strategy 'tpu'; accepted: default, mirrored, multiworker"),
         (["train", "--seed", "4294967296"], "error: seed must be between 0 and 4294967295 (2**32 - 1), got 4294967296"),
