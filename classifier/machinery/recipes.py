@@ -158,8 +158,8 @@ def use_mixed_precision(config: Config) -> bool:
     """Whether to compute in bfloat16: the fast recipe on a GPU, or on a CPU with bfloat16 in hardware.
 
     On this lab's AVX-512 Xeon (AMX) mixed bfloat16 trains `fast_cnn` 1.3x as
-    fast as float32, which is what fits the recipe's 16 epochs into 3 minutes
-    (benchmarks/NOTES.md). A CPU without it converts every operation and is
+    fast as float32, which is what brings the recipe's 16 epochs to about
+    170 s on 2 cores (benchmarks/NOTES.md). A CPU without it converts every operation and is
     slower in bfloat16, so it stays float32; so does `--numerics portable`,
     whose promise is the same weights on other machines.
     """
