@@ -370,7 +370,9 @@ def kind_differences(mode: str, recorded: dict | None, current: dict) -> list[st
 
 
 def resolve(mode: str | None) -> str:
-    """The mode for `invoke train`: `mode` if given, else $CLASSIFIER_NUMERICS (the lab image sets it), else DEFAULT_MODE.
+    """The mode for `invoke train`: `mode` if given, else $CLASSIFIER_NUMERICS, else DEFAULT_MODE.
+
+    Every container of the lab image has CLASSIFIER_NUMERICS=portable (docker/Dockerfile sets it).
 
     Raises:
         UserError: $CLASSIFIER_NUMERICS holds an unknown mode (the message names the variable).
