@@ -89,7 +89,8 @@ def data(c, dataset="cifar10", data_dir="", from_="", mirror="", torchvision_roo
     "strategy": "default (one device), mirrored (all visible GPUs) or multiworker (the machines TF_CONFIG names)",
     "resume": "continue the stopped run in this run folder from its last finished epoch",
     "numerics": "fastest (TensorFlow's choices for this machine) or portable (the same weights on other "
-                "machines, see docs/reproducibility.md; the lab image's default); default: $CLASSIFIER_NUMERICS or fastest",
+                "machines, see docs/reproducibility.md); default: $CLASSIFIER_NUMERICS, else fastest "
+                "(the lab image sets portable)",
     "tensorboard": "true (default): write TensorBoard event files into RUN/tensorboard; false: none",
     "workers": "start this many multiworker processes on this machine (127.0.0.1), e.g. 2 for a class demo "
                "(with --trainer torch: torch.distributed, gloo on CPU, NCCL with a GPU per worker)",
@@ -217,7 +218,8 @@ def plot(c, dataset=None, model=None, output=""):
 
 
 @task(help={
-    "script": "a course script, e.g. ../detlec/01_classifiers/tf_classifier_basic.py (run `invoke data` first)",
+    "script": "a course script, e.g. detlec/01_classifiers/tf_classifier_basic.py after "
+              "`git clone https://github.com/goodgodgd/detlec` here (run `invoke data` first)",
     "args": "arguments for the script, as one string",
 })
 def course(c, script, args=""):

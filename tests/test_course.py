@@ -155,7 +155,7 @@ def test_a_missing_script_is_one_line(tmp_path):
     result = run_invoke("course", str(tmp_path / "tf_classifier_basic.py"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (f"error: {tmp_path / 'tf_classifier_basic.py'} is not a file; give the path of "
-                                     "a course script, e.g. ../detlec/01_classifiers/tf_classifier_basic.py")
+                                     "a course script, e.g. detlec/01_classifiers/tf_classifier_basic.py")
 
 
 def test_script_arguments_with_an_unclosed_quote_are_one_line(tmp_path):

@@ -1,11 +1,14 @@
 """The course's own scripts, unchanged, in the lab: `invoke course SCRIPT`.
 
-    invoke data --dataset cifar10 --torchvision-root ../detlec/01_classifiers/data   # once (docs/data.md)
-    invoke course ../detlec/01_classifiers/tf_classifier_basic.py
-    invoke course ../detlec/01_classifiers/pt_classifier.py
+    git clone https://github.com/goodgodgd/detlec   # the course's scripts, in the lab's folder
+    invoke data --dataset cifar10                   # once (docs/data.md)
+    invoke course detlec/01_classifiers/tf_classifier_basic.py
+    invoke course detlec/01_classifiers/pt_classifier.py
 
-The course's TensorFlow scripts (goodgodgd/detlec, 01_classifiers) were
-written for Keras 2. In Keras 3, which TensorFlow 2.21 ships, their
+The course's scripts are the lecturer's, in the public repository
+goodgodgd/detlec (https://github.com/goodgodgd/detlec), not in the lab; the
+lab adds the verified datasets they load, offline, and the environment each
+needs. Its TensorFlow scripts (01_classifiers) were written for Keras 2. In Keras 3, which TensorFlow 2.21 ships, their
 `num_class = tf.reduce_max(y).numpy() + 1` is a NumPy integer that
 `layers.Dense(units=num_class)` refuses (`ValueError: Received an invalid
 value for units`). TensorFlow's own way back is its legacy Keras: with
@@ -68,7 +71,7 @@ def run_script(script: str, args: tuple[str, ...] = ()) -> int:
     path = Path(script)
     if not path.is_file():
         raise UserError(f"{script} is not a file; give the path of a course script, e.g. "
-                        "../detlec/01_classifiers/tf_classifier_basic.py")
+                        "detlec/01_classifiers/tf_classifier_basic.py")
     if imports_torch(path):
         return subprocess.run([torch_python(script), str(path), *args]).returncode
     if find_spec("tf_keras") is None:

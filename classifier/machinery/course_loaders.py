@@ -45,7 +45,7 @@ beside it (checked by MD5, which the verified archive has) and extract it
 again, still without the network. The default root is the lab's data folder,
 the `./data` the course's script passes when it runs from the project root:
 
-    invoke data --dataset cifar10 --torchvision-root ../detlec/01_classifiers/data
+    invoke data --dataset cifar10 --torchvision-root detlec/01_classifiers/data   # a clone of goodgodgd/detlec
 """
 
 from __future__ import annotations
