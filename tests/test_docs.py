@@ -293,8 +293,9 @@ def test_every_image_size_in_the_docs_is_the_measured_one():
     assert {"14.7", "3.82"} <= {size for _, size in quoted}  # the GPU and CPU images are quoted somewhere
 
 
-@pytest.mark.parametrize("results", ["latest.md", "gpu_time_to_accuracy.md"])
-def test_docs_speed_quotes_the_benchmark_tables_as_written(results):
+@pytest.mark.parametrize(("page", "results"), [("speed.md", "latest.md"), ("speed.md", "gpu_time_to_accuracy.md"),
+                                               ("reproducibility.md", "numerics_machines.md")])
+def test_docs_quote_the_benchmark_tables_as_written(page, results):
     rows = [line.strip() for line in (RESULTS / results).read_text(encoding="utf-8").splitlines() if line.startswith("|")]
-    speed = {line.strip() for line in (DOCS / "speed.md").read_text(encoding="utf-8").splitlines()}
-    assert rows and [row for row in rows if row not in speed] == []
+    quoted = {line.strip() for line in (DOCS / page).read_text(encoding="utf-8").splitlines()}
+    assert rows and [row for row in rows if row not in quoted] == []
