@@ -338,7 +338,8 @@ def lock(c, upgrade=False, proof=False):
 })
 def export(c, run, format="savedmodel,tflite,onnx", int8=False, data_dir=""):
     """Export a run's model (SavedModel, TFLite, ONNX; a torch run: ONNX), check each on the test set, write export.md."""
-    from classifier.commands.export import ExportMismatch, export_run, markdown_table
+    from classifier.commands.export import ExportMismatch, export_run
+    from classifier.machinery.exporters import markdown_table
 
     try:
         result = _run(export_run, run, formats=format, int8=int8, data_dir=data_dir)

@@ -18,7 +18,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from classifier.commands.container import read_env_file, host_ids  # noqa: E402  (stdlib-only module)
+from classifier.machinery.docker_engine import host_ids  # noqa: E402  (the standard library only, at import)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The KEY=value lines of .env as written, quotes and all, so that rewriting the file keeps them.
+
+    Not docker_engine.read_env_file: that one needs python-dotenv, and this runs on a host with python3 alone.
+    """
+    values: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not line.lstrip().startswith("#"):
+                values[key.strip()] = value.strip()
+    return values
 
 
 def main() -> int:
@@ -31,7 +45,7 @@ def main() -> int:
     if added:
         values.update(added)
         temporary = path.with_name(f".env.tmp-{os.getpid()}")
-        temporary.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+        temporary.write_text("".join(f"{key}={value}\n" for key, value in values.items()), encoding="utf-8")
         temporary.chmod(0o600)
         temporary.replace(path)
     # The data folder must exist before compose mounts it, or Docker creates it as root.

@@ -439,13 +439,13 @@ def lab_test_image():
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI must run the container tests, but {reason}", pytrace=False)
         pytest.skip(reason)
-    from classifier.commands import container
+    from classifier.machinery import docker_engine, locks
 
     uid, gid = container_user_ids()
     # As `invoke build` does: PyTorch's CPU wheel into the build context, where the build's pip finds it.
-    container.stage_torch_wheels()
-    command = container.build_command("cpu", tag=LAB_TEST_IMAGE, base_image=standin_base_image(), uid=uid, gid=gid,
-                                      network="host")
+    locks.stage_torch_wheels()
+    command = docker_engine.build_command("cpu", tag=LAB_TEST_IMAGE, base_image=standin_base_image(), uid=uid,
+                                          gid=gid, network="host")
     started = time.perf_counter()
     build = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     seconds = time.perf_counter() - started

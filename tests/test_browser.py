@@ -169,7 +169,7 @@ def _host_lab(root: Path):
 
 def _compose_lab(root: Path, image: str):
     """The compose lab (docker-compose.cpu.yml) on the copy, with its own ports, token and project name."""
-    from classifier.commands import container
+    from classifier.machinery import docker_engine
 
     uid, gid = container_user_ids()
     if os.getuid() == 0:
@@ -178,7 +178,7 @@ def _compose_lab(root: Path, image: str):
     token, lab_port, board_port = uuid.uuid4().hex, _free_port(), _free_port()
     (root / ".env").write_text(f"JUPYTER_TOKEN={token}\nLAB_IMAGE={image}\nLAB_UID={uid}\nLAB_GID={gid}\n"
                                f"LAB_PORT={lab_port}\nTENSORBOARD_PORT={board_port}\n")
-    compose = [*container.compose_command(), "-f", "docker-compose.cpu.yml", "-p", f"classifier-browser-{token[:8]}"]
+    compose = [*docker_engine.compose_command(), "-f", "docker-compose.cpu.yml", "-p", f"classifier-browser-{token[:8]}"]
     # On vfs storage creating a container copies the whole image: more than docker-compose 1.x's 60 s read timeout.
     # The notebooks' size goes from this environment into the lab's (docker/compose.services.yml passes it on).
     environment = {**os.environ, **NOTEBOOK_SIZE, "COMPOSE_HTTP_TIMEOUT": "600", "DOCKER_CLIENT_TIMEOUT": "600"}

@@ -49,7 +49,7 @@ def test_each_data_file_is_hashed_once_per_run(tiny_dataset, tmp_path, monkeypat
     import_from(dataset, tmp_path / "data", source)
     hashed = []
     original = download.sha256_of
-    monkeypatch.setattr(download, "sha256_of", lambda path: hashed.append(path.name) or original(path))
+    monkeypatch.setattr(download, "sha256_of", lambda path, *how: hashed.append(path.name) or original(path, *how))
     config = make_config(dataset="tiny", epochs=1, data_dir=str(tmp_path / "data"), runs_dir=str(tmp_path / "runs"))
     train_command(config, verbose=0)
     assert sorted(hashed) == sorted(f.name for f in dataset.files)

@@ -154,7 +154,7 @@ def test_devcontainer_up_then_exec_runs_the_quick_tests(cli, tmp_path, request):
     if os.getuid() == 0:
         for path in [workspace, *workspace.rglob("*")]:
             os.chown(path, TEST_UID, TEST_GID)
-    from classifier.commands import container
+    from classifier.machinery import docker_engine
 
     # docker-compose 1.x builds through the docker CLI, not its own client: the CLI packs the
     # context as `docker build` does (owner 0:0), so the source layer's cache key matches.
@@ -190,6 +190,6 @@ def test_devcontainer_up_then_exec_runs_the_quick_tests(cli, tmp_path, request):
         assert (written.stat().st_uid, written.stat().st_gid) == (TEST_UID, TEST_GID)
     finally:
         if project:
-            subprocess.run([*container.compose_command(), "-f", str(workspace / "docker-compose.cpu.yml"), "-p", project,
+            subprocess.run([*docker_engine.compose_command(), "-f", str(workspace / "docker-compose.cpu.yml"), "-p", project,
                             "down", "--timeout", "5"], cwd=workspace, capture_output=True, timeout=300)
         subprocess.run(["docker", "rmi", IMAGE], capture_output=True, timeout=300)

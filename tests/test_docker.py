@@ -15,13 +15,13 @@ keeps the one the tests build, for a faster rerun).
 
 Without a reachable engine these tests skip with the reason; with CI=true
 they fail instead, so that CI cannot pass by skipping them. The helpers in
-classifier/commands/container.py that need no engine are tested at the end.
+classifier/machinery/docker_engine.py that need no engine are tested at the end (the lock files and
+the wheels a build stages: tests/test_locks.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import pwd
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from classifier.commands import container as lab_container
+from classifier.machinery import docker_engine as lab_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN_BASE = "classifier-lab-base:bookworm"
@@ -109,8 +109,8 @@ def docker_engine() -> None:
         _unavailable(f"no Docker engine is reachable ({probe.stderr.strip().splitlines()[-1:] or 'docker info failed'}); "
                      "start one, e.g. bash docker/ci-setup.sh")
     try:
-        lab_container.compose_command()
-    except lab_container.ContainerError as error:
+        lab_engine.compose_command()
+    except lab_engine.ContainerError as error:
         _unavailable(str(error))
 
 
@@ -591,7 +591,7 @@ def test_by_hand_compose_route_from_a_fresh_clone(user, workdir, clone, built):
     # here the session clone's): the build installs from it, and the layers are those already built.
     for wheel in (clone / "docker" / "wheels").glob("*.whl"):
         assert user.run("cp", "-p", str(wheel), str(checkout / "docker" / "wheels"), cwd=checkout).returncode == 0
-    compose = lab_container.compose_command() + ["-f", "docker-compose.cpu.yml"]
+    compose = lab_engine.compose_command() + ["-f", "docker-compose.cpu.yml"]
     env = {"COMPOSE_HTTP_TIMEOUT": "600", "LAB_BUILD_NETWORK": "host", "LAB_BASE_IMAGE": _base_image() or ""}
     build = user.run(*compose, "build", cwd=checkout, env=env, timeout=1800)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
@@ -676,7 +676,7 @@ def test_compose_file_validates(docker_engine, compose_file):
     env = {key: value for key, value in os.environ.items() if not key.startswith(("LAB_", "JUPYTER_", "COMPOSE_"))}
     with tempfile.TemporaryDirectory() as empty:
         (Path(empty) / "empty.env").write_text("")
-        result = subprocess.run(lab_container.compose_command() + ["--project-directory", str(ROOT), "-f",
+        result = subprocess.run(lab_engine.compose_command() + ["--project-directory", str(ROOT), "-f",
                                 str(ROOT / compose_file), "--env-file", str(Path(empty) / "empty.env"), "config"],
                                 cwd=empty, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -706,8 +706,8 @@ def test_hadolint_passes():
 # The host-side helpers, without an engine.
 
 def test_build_command_passes_variant_ids_base_cache_and_network():
-    command = lab_container.build_command("cpu", uid=1234, gid=4321, base_image="stand-in:1", network="host",
-                                          cache_from="registry.example/classifier-lab:cpu-v1")
+    command = lab_engine.build_command("cpu", uid=1234, gid=4321, base_image="stand-in:1", network="host",
+                                       cache_from="registry.example/classifier-lab:cpu-v1")
     assert command[:4] == ["docker", "build", "-f", "docker/Dockerfile"]
     assert {"VARIANT=cpu", "USER_UID=1234", "USER_GID=4321", "BASE_IMAGE=stand-in:1", "--force-rm"} <= set(command)
     assert command[command.index("-t") + 1] == "classifier-lab:cpu"
@@ -716,8 +716,8 @@ def test_build_command_passes_variant_ids_base_cache_and_network():
 
 
 def test_unknown_variant_is_refused_with_the_accepted_ones():
-    with pytest.raises(lab_container.ContainerError, match="'tpu'.*gpu, cpu"):
-        lab_container.build_command("tpu")
+    with pytest.raises(lab_engine.ContainerError, match="'tpu'.*gpu, cpu"):
+        lab_engine.build_command("tpu")
 
 
 # What docker and docker-compose print (copied from real runs), and the cause each one names.
@@ -749,7 +749,7 @@ def test_unknown_variant_is_refused_with_the_accepted_ones():
     ("something nobody has seen before", None, None),
 ])
 def test_explain_names_the_cause_of_what_docker_printed(output, ports, expected):
-    line = lab_container.explain(output, ports)
+    line = lab_engine.explain(output, ports)
     if expected is None:
         assert line is None
     else:
@@ -759,19 +759,19 @@ def test_explain_names_the_cause_of_what_docker_printed(output, ports, expected)
 def test_env_file_gets_a_token_once_and_keeps_other_settings(tmp_path):
     env_file = tmp_path / ".env"
     env_file.write_text("MY_SETTING=1\nJUPYTER_TOKEN=\n")
-    first = lab_container.write_env_file("cpu", port=9999, path=env_file)
+    first = lab_engine.write_env_file("cpu", port=9999, path=env_file)
     assert len(first["JUPYTER_TOKEN"]) >= 32
     assert first["COMPOSE_FILE"] == "docker-compose.cpu.yml" and first["LAB_PORT"] == "9999"
     assert int(first["LAB_UID"]) != 0 and int(first["LAB_GID"]) != 0
-    second = lab_container.write_env_file("gpu", image="registry.example/classifier-lab@sha256:" + "a" * 64,
-                                          path=env_file)
+    second = lab_engine.write_env_file("gpu", image="registry.example/classifier-lab@sha256:" + "a" * 64,
+                                       path=env_file)
     assert second["JUPYTER_TOKEN"] == first["JUPYTER_TOKEN"] and second["LAB_PORT"] == "9999"
     assert second["COMPOSE_FILE"] == "docker-compose.yml" and second["LAB_IMAGE"].endswith("a" * 64)
-    third = lab_container.write_env_file("gpu", image="", path=env_file)
+    third = lab_engine.write_env_file("gpu", image="", path=env_file)
     assert "LAB_IMAGE" not in third
     assert "MY_SETTING=1" in env_file.read_text()
     assert env_file.stat().st_mode & 0o777 == 0o600
-    assert lab_container.lab_url(second).endswith(f"/lab?token={first['JUPYTER_TOKEN']}")
+    assert lab_engine.lab_url(second).endswith(f"/lab?token={first['JUPYTER_TOKEN']}")
     assert [path.name for path in tmp_path.iterdir()] == [".env"]
 
 
@@ -795,19 +795,11 @@ def test_env_file_is_private_from_the_moment_it_is_created(tmp_path, monkeypatch
     monkeypatch.setattr(files.os, "replace", watching_replace)
     previous = os.umask(0)
     try:
-        lab_container.write_env_file("cpu", path=tmp_path / ".env")
+        lab_engine.write_env_file("cpu", path=tmp_path / ".env")
     finally:
         os.umask(previous)
     assert seen == [("created", 0o600), ("renamed", 0o600)]
     assert [path.name for path in tmp_path.iterdir()] == [".env"]
-
-
-def test_lock_commands_match_the_lock_files_headers():
-    for command in lab_container.lock_commands():
-        lock_file = ROOT / command[-1]
-        header = lock_file.read_text().splitlines()[1]
-        recorded = header.split("uv ", 1)[1].split()
-        assert recorded == command[1:], f"{lock_file.name} was made by {header!r}"
 
 
 # `invoke doctor` inside the container: what the NVIDIA runtime gave it.
@@ -843,69 +835,3 @@ def test_doctor_in_the_container_reports_the_nvidia_runtime_driver_and_cuda(vari
         assert checks[name].status == status and detail in checks[name].detail, checks[name]
     if smi and smi[1] == "11.4":
         assert "update the host's NVIDIA driver" in checks["nvidia driver"].fix
-
-
-# docker/wheels/: the wheel no index the build reaches has, staged by `invoke build` from pip's own sources.
-
-def _fake_wheel(folder: Path, name: str, version: str) -> Path:
-    """A minimal wheel pip accepts (METADATA, WHEEL, RECORD), standing in for PyTorch's 190 MB CPU wheel."""
-    import zipfile
-
-    dist_info = f"{name}-{version}.dist-info"
-    path = folder / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as wheel:
-        wheel.writestr(f"{dist_info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-        wheel.writestr(f"{dist_info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        wheel.writestr(f"{dist_info}/RECORD", "")
-    return path
-
-
-@pytest.fixture
-def wheel_source(tmp_path, monkeypatch):
-    """A find-links folder holding a local-version wheel, a lock that pins it by hash, and pip pointed at that folder only."""
-    links = tmp_path / "links"
-    links.mkdir()
-    wheel = _fake_wheel(links, "labtorchstandin", "2.13.0+cpu")
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    lock = tmp_path / "torch-cpu.lock"
-    lock.write_text("# header\nnumpy==2.4.6 \\\n    --hash=sha256:" + "0" * 64 + "\n    # via torch\n"
-                    f"labtorchstandin==2.13.0+cpu \\\n    --hash=sha256:{digest}\n    # via classifier (pyproject.toml)\n")
-    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    return lock, wheel
-
-
-def test_build_stages_the_locked_local_wheel_and_drops_stale_ones(wheel_source, tmp_path):
-    lock, wheel = wheel_source
-    folder = tmp_path / "wheels"
-    folder.mkdir()
-    (folder / "README.md").write_text("kept\n")
-    stale = _fake_wheel(folder, "labtorchstandin", "2.12.0+cpu")  # an earlier lock's wheel
-    staged = lab_container.stage_torch_wheels(lock, folder)
-    # Only the pin with a local version (+cpu) is staged: numpy comes from PyPI in the build.
-    assert [path.name for path in staged] == [wheel.name]
-    assert staged[0].read_bytes() == wheel.read_bytes() and staged[0].stat().st_mode & 0o777 == 0o644
-    assert not stale.exists() and sorted(path.name for path in folder.iterdir()) == ["README.md", wheel.name]
-    # A second build finds the wheel in place and keeps it (same file, so the same cached layer).
-    inode = staged[0].stat().st_ino
-    assert lab_container.stage_torch_wheels(lock, folder) == staged and staged[0].stat().st_ino == inode
-    # The GPU image, or one without PyTorch: the folder is emptied of wheels, so the image does not carry it.
-    assert lab_container.stage_torch_wheels(None, folder) == []
-    assert [path.name for path in folder.iterdir()] == ["README.md"]
-
-
-def test_without_the_wheel_the_folder_stays_empty_and_the_build_says_it_asks_the_index(wheel_source, tmp_path,
-                                                                                        capsys):
-    lock, wheel = wheel_source
-    wheel.unlink()  # pip finds it nowhere
-    folder = tmp_path / "wheels"
-    assert lab_container.stage_torch_wheels(lock, folder) == []
-    assert list(folder.iterdir()) == []  # no staging folder, no half-written wheel
-    assert capsys.readouterr().out == ("note: pip on this machine has no copy of labtorchstandin==2.13.0+cpu; "
-                                       "the build downloads it from PyTorch's CPU index\n")
-
-
-def test_the_real_torch_lock_stages_only_pytorchs_cpu_wheel():
-    entries = lab_container._local_wheel_pins(lab_container.TORCH_CPU_LOCK)
-    assert [entry.split(" ", 1)[0] for entry in entries] == ["torch==2.13.0+cpu"]
-    assert all(line.startswith(("torch==", "    --hash=sha256:")) for line in entries[0].splitlines())

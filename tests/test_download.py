@@ -344,3 +344,15 @@ def test_a_keras_home_that_is_a_file_is_refused_before_the_import(fashion_source
     assert result.stderr.strip() == (f"error: KERAS_HOME {blocker} is a file, but Keras keeps its dataset cache in "
                                      f"a folder; move the file away or point KERAS_HOME at a folder")
     assert not (tmp_path / "data").exists() and blocker.read_text() == "not a folder"
+
+
+def test_sha256_of_a_file_and_of_a_gzip_files_content(tmp_path):
+    """files.sha256_of (hashlib.file_digest): the one file hash of downloads, imports, course caches and wheels."""
+    from classifier.machinery.files import sha256_of
+
+    data = os.urandom(3 * (1 << 20) + 17)  # more than one read's worth
+    plain, packed = tmp_path / "데이터 data.bin", tmp_path / "data.bin.gz"
+    plain.write_bytes(data)
+    packed.write_bytes(gzip.compress(data))
+    assert sha256_of(plain) == sha256_bytes(data)
+    assert sha256_of(packed, gzip.open) == sha256_bytes(data) != sha256_of(packed) == sha256_bytes(packed.read_bytes())

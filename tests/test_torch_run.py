@@ -282,9 +282,9 @@ def test_bench_measures_the_torch_trainer(fashion_lab, tmp_path, monkeypatch):
 
 
 def test_both_images_get_pytorch_unless_built_with_no_torch():
-    from classifier.commands import container
+    from classifier.machinery import docker_engine
 
     for variant in ("cpu", "gpu"):
         # The Dockerfile's WITH_TORCH=1 is the default; only `invoke build --no-torch` passes WITH_TORCH=0.
-        assert not any("WITH_TORCH" in part for part in container.build_command(variant))
-        assert "WITH_TORCH=0" in container.build_command(variant, torch=False)
+        assert not any("WITH_TORCH" in part for part in docker_engine.build_command(variant))
+        assert "WITH_TORCH=0" in docker_engine.build_command(variant, torch=False)

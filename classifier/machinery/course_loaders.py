@@ -60,7 +60,8 @@ from pathlib import Path
 
 from classifier.config import UserError
 from classifier.machinery.datasets import Dataset
-from classifier.machinery.download import dataset_folder, sha256_of, verified_files
+from classifier.machinery.download import dataset_folder, verified_files
+from classifier.machinery.files import sha256_of
 
 _CHUNK = 1 << 20  # bytes per read when decompressing
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gzip
-import hashlib
 import os
 import shutil
 import urllib.parse
@@ -29,30 +28,17 @@ from pathlib import Path
 
 from classifier.config import UserError
 from classifier.machinery.datasets import DataFile, Dataset
-from classifier.machinery.files import atomic_write
+from classifier.machinery.files import atomic_write, sha256_of
 
 _CHUNK = 1 << 20
 
 
-def sha256_of(path: Path) -> str:
-    """SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _content_sha256(path: Path) -> str | None:
     """SHA-256 of a gzip file's decompressed bytes, or None if it is not valid gzip."""
-    digest = hashlib.sha256()
     try:
-        with gzip.open(path, "rb") as stream:
-            for chunk in iter(lambda: stream.read(_CHUNK), b""):
-                digest.update(chunk)
+        return sha256_of(path, gzip.open)
     except (OSError, EOFError, zlib.error):
         return None
-    return digest.hexdigest()
 
 
 def check_file(path: Path, expected: DataFile) -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -80,7 +81,7 @@ def atomic_write(path: Path, mode: int | None = None):
 def write_text(path: Path, text: str, mode: int | None = None) -> Path:
     """Write `text` to `path` atomically."""
     with atomic_write(path, mode) as temporary:
-        temporary.write_text(text)
+        temporary.write_text(text, encoding="utf-8")
     return Path(path)
 
 
@@ -89,8 +90,19 @@ def write_json(path: Path, data) -> Path:
     return write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+def sha256_of(path: Path, opener=open) -> str:
+    """The SHA-256 hex digest of a file, read in chunks by `hashlib.file_digest`.
+
+    Args:
+        path: the file.
+        opener: how to open it for reading bytes; `gzip.open` hashes a gzip file's decompressed bytes.
+    """
+    with opener(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
 def read_json(path: Path):
-    with open(path) as stream:
+    with open(path, encoding="utf-8") as stream:
         return json.load(stream)
 
 

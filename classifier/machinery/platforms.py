@@ -2,7 +2,7 @@
 
     invoke lock --proof      # pip downloads every lock's wheels for its platform, hashes checked
 
-One table, read by `invoke lock` (classifier/commands/container.py), `invoke
+One table, read by `invoke lock` (classifier/machinery/locks.py), `invoke
 doctor`, the image build (docker/Dockerfile picks by TARGETARCH) and setup.sh
 (by `uname -sm`); tests/test_platforms.py keeps both in step with this table.
 x86-64 Linux keeps the lab's first lock files (cpu.lock, lab.lock,
