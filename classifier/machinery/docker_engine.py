@@ -42,7 +42,7 @@ COMPOSE_FILES = {"gpu": "docker-compose.yml", "cpu": "docker-compose.cpu.yml"}
 MOUNTED_FOLDERS = ("data", "runs")
 # docker-compose waits this long (seconds) for the engine's answer. Its
 # default, 60, is shorter than creating a container takes on slow storage
-# (the vfs driver copies the whole 2 GB image for every container).
+# (the vfs driver copies the whole image, 3.82 GB for the CPU one, for every container).
 COMPOSE_HTTP_TIMEOUT = "600"
 _NVIDIA_FIX = ("install the NVIDIA Container Toolkit and run `sudo nvidia-ctk runtime configure --runtime=docker "
                "&& sudo systemctl restart docker`, or use the CPU image: --variant cpu")
