@@ -1,0 +1,133 @@
+"""The GPU image's decisions, made here by their real functions with a GPU described to them.
+
+    python -m pytest tests/test_gpu_decisions.py -q
+
+Only the GPU runner (.github/workflows/gpu.yml) has a GPU. Each decision that
+takes another branch there is driven here through the function that makes it,
+with what the GPU image shows it: TensorFlow listing a GPU, and `tensorflow`
+(the CUDA build, requirements/gpu.lock) installed instead of `tensorflow-cpu`.
+The tests of tests/test_recipes.py and tests/test_doctor.py that read a
+precision or a package name from their environment then run once more in
+that described environment, so that a wrong branch fails on a CPU first.
+The last test reads gpu.yml itself: every `invoke` command it runs names a
+task of tasks.py with flags that task takes.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import shlex
+import sys
+from importlib import metadata
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import test_doctor
+import test_recipes
+from classifier.commands import doctor
+from classifier.config import make_config
+from classifier.machinery import numerics, recipes
+from conftest import ROOT
+
+GPU_LOCK = ROOT / "requirements" / "gpu.lock"
+WORKFLOW = ROOT / ".github" / "workflows" / "gpu.yml"
+# The GPU image is built for x86-64 only (docker/Dockerfile refuses arm64/gpu).
+GPU_IMAGE_UNAME = "Linux x86_64"
+x86_64_only = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
+                                 reason="the GPU image is x86-64 only; its lock choice is described on x86-64")
+
+
+@pytest.fixture
+def gpu_visible(monkeypatch):
+    """TensorFlow lists one GPU, physical and logical, beside this machine's CPU, as in the GPU image."""
+    import tensorflow as tf
+
+    def with_gpu(real, gpu):
+        def listing(device_type=None):
+            found = [device for device in real(device_type) if device.device_type != "GPU"]
+            return found + ([gpu] if device_type in (None, "GPU") else [])
+        return listing
+
+    monkeypatch.setattr(tf.config, "list_physical_devices", with_gpu(
+        tf.config.list_physical_devices, tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")))
+    monkeypatch.setattr(tf.config, "list_logical_devices", with_gpu(
+        tf.config.list_logical_devices, tf.config.LogicalDevice(name="/device:GPU:0", device_type="GPU")))
+
+
+@pytest.fixture
+def gpu_image_packages(monkeypatch):
+    """The GPU image's TensorFlow environment as importlib.metadata shows it to doctor: gpu.lock's pins,
+    so `tensorflow` (the CUDA build) and no `tensorflow-cpu`, and no torch (it has an environment of its own)."""
+    pins = doctor.locked_versions(GPU_LOCK)
+
+    def version(name: str) -> str:
+        key = name.lower().replace("_", "-")
+        if key not in pins:
+            raise metadata.PackageNotFoundError(name)
+        return pins[key]
+
+    monkeypatch.setattr(doctor, "metadata", SimpleNamespace(version=version,
+                                                            PackageNotFoundError=metadata.PackageNotFoundError))
+    return pins
+
+
+@pytest.mark.parametrize("cpu_bfloat16", [False, True], ids=["cpu-without-bf16", "cpu-with-bf16"])
+def test_on_a_gpu_the_fast_recipe_is_bfloat16_and_portable_numerics_float32(gpu_visible, monkeypatch, cpu_bfloat16):
+    from tensorflow import keras
+
+    from classifier.machinery.distribute import build_model_and_optimizer
+
+    # Whatever the host CPU computes, the GPU decides under fastest, and portable is float32 everywhere.
+    monkeypatch.setattr(numerics, "native_bfloat16", lambda environ=None: cpu_bfloat16)
+    assert recipes.use_mixed_precision(make_config(recipe="fast", numerics="fastest"))
+    assert not recipes.use_mixed_precision(make_config(recipe="fast", numerics="portable"))
+    assert not recipes.use_mixed_precision(make_config(recipe="lecture", numerics="fastest"))
+    for numerics_mode, expected in (("fastest", "mixed_bfloat16"), ("portable", "float32")):
+        config = make_config(recipe="fast", model="fast_cnn", numerics=numerics_mode)
+        model, _, policy = build_model_and_optimizer(config, (28, 28, 1), 10, 100)
+        assert (policy, model.get_layer("conv2").dtype_policy.name) == (expected, expected), numerics_mode
+        assert model.get_layer("dense2").dtype_policy.name == "float32"  # the softmax stays float32
+        assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_recipe_precision_tests_pass_with_a_gpu_described(gpu_visible):
+    """tests/test_recipes.py's precision test, whose expectations come from the devices TensorFlow lists."""
+    assert test_recipes.gpu_here()  # the description reaches the test's own reading of the machine
+    test_recipes.test_only_the_fast_recipe_computes_in_bfloat16_and_never_under_portable_numerics()
+
+
+@x86_64_only
+def test_doctor_checks_the_gpu_image_against_gpu_lock(gpu_image_packages, tmp_path, monkeypatch):
+    checks = doctor.check_versions(uname=GPU_IMAGE_UNAME)
+    statuses = {check.name: check.status for check in checks}
+    assert "expects requirements/gpu.lock, requirements/lab.lock, requirements/torch-gpu.lock" in next(
+        check.detail for check in checks if check.name == "platform")
+    assert {name: statuses.get(name) for name in ("tensorflow", "keras", "numpy")} == dict.fromkeys(
+        ("tensorflow", "keras", "numpy"), doctor.OK)
+    assert "tensorflow-cpu" not in statuses
+    # Another TensorFlow than gpu.lock's is named with gpu.lock's fix.
+    lock = GPU_LOCK.read_text(encoding="utf-8")
+    (tmp_path / "gpu.lock").write_text(lock.replace("\ntensorflow==", "\ntensorflow==0.0.1 \\\n    # was "),
+                                       encoding="utf-8")
+    tensorflow = next(check for check in doctor.check_versions(tmp_path, uname=GPU_IMAGE_UNAME)
+                      if check.name == "tensorflow")
+    assert tensorflow.status == doctor.FAIL and "lock says 0.0.1" in tensorflow.detail
+    assert "-r requirements/gpu.lock" in tensorflow.fix
+    # torch is not in TensorFlow's environment there; without its kernel, doctor names the CUDA build's lock.
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setattr(doctor, "torch_kernel_python", lambda: None)
+    torch = doctor.check_torch()
+    assert [check.status for check in torch] == [doctor.WARN] and "requirements/torch-gpu.lock" in torch[0].fix
+
+
+@x86_64_only
+def test_doctor_tests_pass_with_the_gpu_image_described(gpu_image_packages, tmp_path):
+    """tests/test_doctor.py's lock tests, whose package names come from the lock doctor expects here."""
+    assert test_doctor.expected_lock() == GPU_LOCK
+    assert test_doctor.tensorflow_package(GPU_LOCK) == "tensorflow"
+    test_doctor.test_lock_file_is_read()
+    test_doctor.test_installed_versions_match_the_lock()
+    test_doctor.test_version_mismatch_is_a_failure_with_its_fix(tmp_path)
