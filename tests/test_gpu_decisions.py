@@ -18,6 +18,7 @@ from __future__ import annotations
 import platform
 import re
 import shlex
+import textwrap
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -133,3 +134,68 @@ def test_doctor_tests_pass_with_the_gpu_image_described(gpu_image_packages, tmp_
     test_doctor.test_version_mismatch_is_a_failure_with_its_fix(tmp_path)
     assert test_platforms.tensorflow_distribution() == "tensorflow"
     test_platforms.test_doctor_names_the_architecture_and_the_locks_it_expects()
+
+
+def run_scripts(workflow: str) -> list[str]:
+    """The shell scripts of a workflow's `run:` steps (one line, or a `|` block), read without a YAML library."""
+    lines, scripts = workflow.splitlines(), []
+    for index, line in enumerate(lines):
+        match = re.match(r"^(\s*)(?:- )?run: ?(.*)$", line)
+        if not match:
+            continue
+        if match.group(2) not in ("|", ">"):
+            scripts.append(match.group(2))
+            continue
+        block = []
+        for following in lines[index + 1:]:
+            if following.strip() and len(following) - len(following.lstrip()) <= len(match.group(1)):
+                break
+            block.append(following)
+        scripts.append(textwrap.dedent("\n".join(block)))
+    return scripts
+
+
+def invoke_calls(script: str) -> list[list[str]]:
+    """Each `invoke ARGS` (also `python -m invoke ARGS`) in a shell script, as its words after `invoke`."""
+    calls = []
+    for line in re.sub(r"\\\n", " ", script).splitlines():
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:  # a line of a here-document's Python, not a command
+            continue
+        for start, word in enumerate(words):
+            if word == "invoke" or word.endswith("/invoke"):
+                rest = words[start + 1:]
+                ends = [index for index, item in enumerate(rest) if item in ("&&", "||", ";", "|")]
+                calls.append(rest[:ends[0]] if ends else rest)
+    return calls
+
+
+def test_every_invoke_command_of_the_gpu_workflow_is_a_task_with_its_flags():
+    from invoke import Collection
+    from invoke.parser import Parser
+
+    import tasks
+
+    parser = Parser(contexts=Collection.from_module(tasks).to_contexts())
+    pending = [call for script in run_scripts(WORKFLOW.read_text(encoding="utf-8")) for call in invoke_calls(script)]
+    seen = []
+    while pending:
+        call = pending.pop(0)
+        # A wrong task or flag is invoke's own ParseError ("No idea what '--bogus' is!"), naming it.
+        for context in parser.parse_argv(call):
+            flags = {name: argument.value for name, argument in context.args.items() if argument.got_value}
+            seen.append((context.name, flags))
+            if context.name == "shell":  # the command it runs in the container is checked the same way
+                assert flags.get("variant") == "gpu", call
+                pending += invoke_calls(flags["command"])
+    names = {name for name, _ in seen}
+    assert {"build", "shell", "doctor", "data", "train", "down"} <= names, names
+    assert ("build", {"variant": "gpu"}) in seen
+    trainings = [flags for name, flags in seen if name == "train"]
+    assert {flags["trainer"] for flags in trainings} == {"$trainer", "torch"}
+    assert all(flags["numerics"] == "$numerics" for flags in trainings)
+    # The loops give those variables these values, and the browser test takes the lab `invoke lab` starts.
+    text = WORKFLOW.read_text(encoding="utf-8")
+    assert "for numerics in fastest portable; do" in text and "for trainer in fit tape; do" in text
+    assert "BROWSER_LAB=invoke BROWSER_LAB_VARIANT=gpu" in text
