@@ -199,3 +199,17 @@ def test_every_invoke_command_of_the_gpu_workflow_is_a_task_with_its_flags():
     text = WORKFLOW.read_text(encoding="utf-8")
     assert "for numerics in fastest portable; do" in text and "for trainer in fit tape; do" in text
     assert "BROWSER_LAB=invoke BROWSER_LAB_VARIANT=gpu" in text
+
+
+@x86_64_only
+def test_doctor_in_the_gpu_images_torch_environment_checks_torch_against_torch_gpu_lock(monkeypatch):
+    """/opt/venv-torch, which doctor's own hint says to check (`/opt/venv-torch/bin/python -m invoke doctor`):
+    TensorFlow's CPU build (cpu.lock) beside PyTorch's CUDA build, whose pin is torch-gpu.lock's 2.13.0, not 2.13.0+cpu."""
+    torch = pytest.importorskip("torch")
+    real_version = metadata.version
+    torch_gpu = doctor.locked_versions(ROOT / "requirements" / "torch-gpu.lock")["torch"]
+    monkeypatch.setattr(metadata, "version", lambda name: torch_gpu if name == "torch" else real_version(name))
+    monkeypatch.setattr(torch.version, "cuda", "13.0")  # a CUDA build, on a machine without a GPU
+    checks = {check.name: check for check in doctor.check_torch()}
+    assert (checks["torch"].status, checks["torch"].detail) == (doctor.OK, f"{torch_gpu} (as locked)")
+    assert checks["torch build"].detail.startswith("CUDA 13.0")
