@@ -4,13 +4,14 @@
 
 Only the GPU runner (.github/workflows/gpu.yml) has a GPU. Each decision that
 takes another branch there is driven here through the function that makes it,
-with what the GPU image shows it: TensorFlow listing a GPU, and `tensorflow`
-(the CUDA build, requirements/gpu.lock) installed instead of `tensorflow-cpu`.
-The tests of tests/test_recipes.py and tests/test_doctor.py that read a
-precision or a package name from their environment then run once more in
+with what the GPU image shows it: TensorFlow listing a GPU; `tensorflow`
+(the CUDA build, requirements/gpu.lock) installed instead of `tensorflow-cpu`;
+in /opt/venv-torch, PyTorch's CUDA build beside TensorFlow's CPU one. The
+tests of tests/test_recipes.py, test_doctor.py and test_platforms.py that read
+a precision or a package name from their environment then run once more in
 that described environment, so that a wrong branch fails on a CPU first.
-The last test reads gpu.yml itself: every `invoke` command it runs names a
-task of tasks.py with flags that task takes.
+One test reads gpu.yml itself: every `invoke` command it runs names a task
+of tasks.py with flags that task takes.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from __future__ import annotations
 import platform
 import re
 import shlex
-import textwrap
 import sys
+import textwrap
 from importlib import metadata
 from pathlib import Path
 
