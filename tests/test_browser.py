@@ -198,7 +198,7 @@ def _compose_lab(root: Path, image: str):
     return f"http://127.0.0.1:{lab_port}", token, f"http://127.0.0.1:{board_port}", stop
 
 
-def _invoke_lab(root: Path, variant: str):
+def invoke_lab(root: Path, variant: str):
     """The lab as a student starts it: `invoke lab --variant VARIANT` in the copy (the image `invoke build` made),
     on ports of its own; the token is the one it wrote to the copy's .env. `invoke down` stops it."""
     from classifier.commands import container
@@ -249,7 +249,7 @@ def lab(workspace, request):
     mode = _lab_mode()
     image = request.getfixturevalue("lab_test_image") if mode == "compose" else None
     if mode == "invoke":
-        lab_url, token, board_url, stop = _invoke_lab(root, os.environ.get("BROWSER_LAB_VARIANT", "gpu"))
+        lab_url, token, board_url, stop = invoke_lab(root, os.environ.get("BROWSER_LAB_VARIANT", "gpu"))
     else:
         lab_url, token, board_url, stop = _compose_lab(root, image) if mode == "compose" else _host_lab(root)
     try:

@@ -23,6 +23,7 @@ import sys
 import textwrap
 from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -214,3 +215,28 @@ def test_doctor_in_the_gpu_images_torch_environment_checks_torch_against_torch_g
     checks = {check.name: check for check in doctor.check_torch()}
     assert (checks["torch"].status, checks["torch"].detail) == (doctor.OK, f"{torch_gpu} (as locked)")
     assert checks["torch build"].detail.startswith("CUDA 13.0")
+
+
+def test_the_browser_tests_invoke_lab_commands_are_tasks_with_their_flags(monkeypatch, tmp_path):
+    """BROWSER_LAB=invoke (the workflow's browser step): test_browser.invoke_lab starts the lab with `invoke lab`
+    and, when that fails, stops it with `invoke down`; both are tasks with those flags."""
+    from invoke import Collection
+    from invoke.parser import Parser
+
+    import tasks
+    import test_browser
+
+    calls = []
+
+    def record(command, **kwargs):
+        calls.append(command[3:])  # after [python, -m, invoke]
+        return SimpleNamespace(returncode=1, stdout="", stderr="stopped here")
+
+    monkeypatch.setattr(test_browser.subprocess, "run", record)
+    monkeypatch.setattr(test_browser.os, "getuid", lambda: 1000)
+    with pytest.raises(AssertionError, match="stopped here"):
+        test_browser.invoke_lab(tmp_path, "gpu")
+    assert [call[:3] for call in calls] == [["lab", "--variant", "gpu"], ["down", "--variant", "gpu"]]
+    parser = Parser(contexts=Collection.from_module(tasks).to_contexts())
+    for call in calls:
+        parser.parse_argv(call)  # invoke's ParseError names an unknown task or flag
