@@ -8,6 +8,9 @@ built with tests/test_docker.py's very build arguments (conftest.py's
 `lab_test_image`), so one of the two builds is only a tag from Docker's
 cache. Without an engine (outside CI), or with `BROWSER_LAB=host`, against
 JupyterLab and TensorBoard started from the test's own Python environment.
+With `BROWSER_LAB=invoke`, against the lab a student starts, `invoke lab
+--variant $BROWSER_LAB_VARIANT` (default gpu) from the image `invoke build`
+made, as .github/workflows/gpu.yml runs it.
 Either way: without the token JupyterLab refuses; with it, notebook 02 and
 notebook 04 (on its own kernel, "Python (PyTorch)") are opened and run top to
 bottom through JupyterLab's Run menu, on a few hundred images for one epoch
@@ -195,13 +198,42 @@ def _compose_lab(root: Path, image: str):
     return f"http://127.0.0.1:{lab_port}", token, f"http://127.0.0.1:{board_port}", stop
 
 
+def invoke_lab(root: Path, variant: str):
+    """The lab as a student starts it: `invoke lab --variant VARIANT` in the copy (the image `invoke build` made),
+    on ports of its own; the token is the one it wrote to the copy's .env. `invoke down` stops it."""
+    from classifier.commands import container
+
+    if os.getuid() == 0:  # the lab runs as the host user's ids, 1000 for root (container.host_ids)
+        uid, gid = container.host_ids()
+        for path in [root, *root.rglob("*")]:
+            os.chown(path, uid, gid, follow_symlinks=False)
+    lab_port, board_port = _free_port(), _free_port()
+    # The copy's tasks.py and package; the notebooks' size passes on to the lab (docker/compose.services.yml).
+    environment = {**os.environ, **NOTEBOOK_SIZE, "PYTHONPATH": str(root)}
+    invoke = [sys.executable, "-m", "invoke"]
+
+    def stop():
+        subprocess.run([*invoke, "down", "--variant", variant], cwd=root, env=environment, capture_output=True,
+                       timeout=300)
+
+    up = subprocess.run([*invoke, "lab", "--variant", variant, "--port", str(lab_port),
+                         "--tensorboard-port", str(board_port)], cwd=root, env=environment, capture_output=True,
+                        text=True, timeout=900)
+    if up.returncode != 0:
+        stop()
+    assert up.returncode == 0, up.stdout + up.stderr
+    token = container.read_env_file(root / ".env")["JUPYTER_TOKEN"]
+    return f"http://127.0.0.1:{lab_port}", token, f"http://127.0.0.1:{board_port}", stop
+
+
 def _lab_mode() -> str:
-    """"compose" where a Docker engine answers (CI starts one), "host" without one or with BROWSER_LAB=host."""
+    """"compose" where a Docker engine answers (CI starts one), "host" without one or with BROWSER_LAB=host,
+    "invoke" with BROWSER_LAB=invoke (`invoke lab --variant $BROWSER_LAB_VARIANT`, default gpu: the GPU workflow)."""
     wanted = os.environ.get("BROWSER_LAB", "")
-    if wanted not in ("", "compose", "host"):
-        pytest.fail(f"BROWSER_LAB={wanted!r}: use compose or host", pytrace=False)
-    if wanted == "host":
-        return "host"
+    if wanted not in ("", "compose", "host", "invoke"):
+        pytest.fail(f"BROWSER_LAB={wanted!r}: use compose, host or invoke", pytrace=False)
+    if wanted in ("host", "invoke"):
+        return wanted
     if docker_engine_answers():
         return "compose"
     if IN_CI or wanted == "compose":
@@ -216,7 +248,10 @@ def lab(workspace, request):
     root, run = workspace
     mode = _lab_mode()
     image = request.getfixturevalue("lab_test_image") if mode == "compose" else None
-    lab_url, token, board_url, stop = _compose_lab(root, image) if mode == "compose" else _host_lab(root)
+    if mode == "invoke":
+        lab_url, token, board_url, stop = invoke_lab(root, os.environ.get("BROWSER_LAB_VARIANT", "gpu"))
+    else:
+        lab_url, token, board_url, stop = _compose_lab(root, image) if mode == "compose" else _host_lab(root)
     try:
         log = root / "servers.log" if mode == "host" else None
         _wait_for(f"{lab_url}/api", timeout=300, log=log)

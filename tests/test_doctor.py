@@ -14,15 +14,34 @@ from classifier.config import UserError
 from conftest import FASHION_MNIST_DEBIAN, run_invoke
 
 
+REQUIREMENTS = Path(__file__).parent.parent / "requirements"
+
+
+def expected_lock() -> Path:
+    """The lock doctor expects in this environment, as its platform check names it: requirements/cpu.lock
+    here, requirements/gpu.lock in the GPU image (where `tensorflow`, the CUDA build, is installed)."""
+    platform = next(check for check in check_versions() if check.name == "platform")
+    return REQUIREMENTS / Path(re.search(r"expects (\S+?),", platform.detail).group(1)).name
+
+
+def tensorflow_package(lock: Path) -> str:
+    """TensorFlow's distribution name in `lock`: tensorflow-cpu (x86-64's CPU lock) or tensorflow (gpu.lock, arm64)."""
+    return next(name for name in locked_versions(lock) if name in ("tensorflow", "tensorflow-cpu"))
+
+
 def test_lock_file_is_read():
-    pins = locked_versions(Path(__file__).parent.parent / "requirements" / "cpu.lock")
+    pins = locked_versions(REQUIREMENTS / "cpu.lock")
     assert pins["tensorflow-cpu"] == "2.21.0" and pins["keras"].startswith("3.")
+    gpu = locked_versions(REQUIREMENTS / "gpu.lock")
+    assert gpu["tensorflow"] == pins["tensorflow-cpu"] and "tensorflow-cpu" not in gpu
+    assert gpu["keras"] == pins["keras"] and any(name.startswith("nvidia-cudnn") for name in gpu)
 
 
 def test_installed_versions_match_the_lock():
+    # The package names are the lock's that this environment needs (tensorflow-cpu here, tensorflow in the GPU image).
+    names = (tensorflow_package(expected_lock()), "keras", "numpy")
     checks = {check.name: check.status for check in check_versions()}
-    assert {name: checks[name] for name in ("tensorflow-cpu", "keras", "numpy")} == dict.fromkeys(
-        ("tensorflow-cpu", "keras", "numpy"), OK)
+    assert {name: checks.get(name) for name in names} == dict.fromkeys(names, OK), checks
 
 
 def test_python_other_than_the_locks_is_a_warning_with_its_fix():
@@ -32,8 +51,9 @@ def test_python_other_than_the_locks_is_a_warning_with_its_fix():
 
 
 def test_version_mismatch_is_a_failure_with_its_fix(tmp_path):
-    lock = (Path(__file__).parent.parent / "requirements" / "cpu.lock").read_text()
-    (tmp_path / "cpu.lock").write_text(lock.replace("keras==", "keras==0.0.1 \\\n    # was "))
+    expected = expected_lock()  # the lock this environment is checked against (gpu.lock in the GPU image)
+    lock = expected.read_text(encoding="utf-8")
+    (tmp_path / expected.name).write_text(lock.replace("keras==", "keras==0.0.1 \\\n    # was "), encoding="utf-8")
     keras = next(check for check in check_versions(tmp_path) if check.name == "keras")
     assert keras.status == FAIL and "lock says 0.0.1" in keras.detail and "--require-hashes" in keras.fix
 
@@ -69,7 +89,13 @@ def test_doctor_passes_on_a_healthy_environment(tmp_path):
     result = run_invoke("doctor", "--data-dir", str(_healthy_data(tmp_path)), "--runs-dir", str(tmp_path / "runs"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no problems found" in result.stdout
-    assert "OK    conv2d /device:CPU:0" in result.stdout
+    # One Conv2D row per device TensorFlow sees here: the CPU, and each GPU in the GPU image.
+    import tensorflow as tf
+
+    devices = [device.name for device in tf.config.list_logical_devices() if device.device_type in ("CPU", "GPU")]
+    assert "/device:CPU:0" in devices
+    for device in devices:
+        assert f"OK    conv2d {device}" in result.stdout, result.stdout
 
 
 def test_doctor_reports_planted_faults_and_exits_non_zero(tmp_path):

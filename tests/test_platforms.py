@@ -137,9 +137,24 @@ def test_doctor_names_the_architecture_and_the_locks_it_expects():
     assert (checks["platform"].status, checks["platform"].detail) == (
         OK, "Linux aarch64 (linux-aarch64): expects requirements/cpu-linux-aarch64.lock, "
             "requirements/lab-linux-aarch64.lock, requirements/torch-linux-aarch64.lock")
-    # There TensorFlow's CPU build is `tensorflow`: this x86-64 environment has tensorflow-cpu instead.
-    assert checks["tensorflow"].status == FAIL and "lock: 2.21.0" in checks["tensorflow"].detail
-    assert "requirements/cpu-linux-aarch64.lock" in checks["tensorflow"].fix
+    # There TensorFlow's CPU build is `tensorflow`. An x86-64 CPU environment has tensorflow-cpu instead (a
+    # FAIL); the GPU image has `tensorflow`, its CUDA build, at the version the aarch64 lock pins (OK).
+    if tensorflow_distribution() == "tensorflow-cpu":
+        assert checks["tensorflow"].status == FAIL and "lock: 2.21.0" in checks["tensorflow"].detail
+        assert "requirements/cpu-linux-aarch64.lock" in checks["tensorflow"].fix
+    else:
+        assert (checks["tensorflow"].status, checks["tensorflow"].detail) == (OK, "2.21.0 (as locked)")
+
+
+def tensorflow_distribution() -> str:
+    """Which TensorFlow distribution this environment has: tensorflow-cpu (x86-64's CPU lock) or tensorflow."""
+    from importlib import metadata
+
+    try:
+        metadata.version("tensorflow-cpu")
+    except metadata.PackageNotFoundError:
+        return "tensorflow"
+    return "tensorflow-cpu"
 
 
 def test_doctor_on_a_machine_without_locks_fails_with_the_supported_ones():

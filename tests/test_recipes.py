@@ -58,9 +58,24 @@ def test_fast_network_mirrors_in_training_only_and_averages_at_test_time():
     assert inference_model(model, make_config()) is model
 
 
+def bfloat16_cpu() -> bool:
+    """Whether this machine's CPU computes bfloat16 in hardware (AMX or AVX-512 BF16), read from /proc/cpuinfo."""
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        return bool(set(cpuinfo.read().split()) & {"amx_bf16", "avx512_bf16"})
+
+
+def gpu_here() -> bool:
+    """Whether TensorFlow sees a GPU in this environment (the GPU image on the GPU runner)."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
 def test_only_the_fast_recipe_computes_in_bfloat16_and_never_under_portable_numerics():
-    flags = set(open("/proc/cpuinfo").read().split())
-    assert use_mixed_precision(make_config(recipe="fast")) == bool(flags & {"amx_bf16", "avx512_bf16"})
+    # Expected from this machine: a GPU, or a CPU with bfloat16 in hardware (tests/test_gpu_decisions.py
+    # describes a GPU to the same functions where none is).
+    fastest = "mixed_bfloat16" if gpu_here() or bfloat16_cpu() else "float32"
+    assert use_mixed_precision(make_config(recipe="fast")) == (fastest == "mixed_bfloat16")
     assert not use_mixed_precision(make_config(recipe="fast", numerics="portable"))
     assert not use_mixed_precision(make_config())
     # oneDNN capped below bfloat16 (as `--numerics portable` caps it), or off: float32, not a failing bf16 convolution.
@@ -68,16 +83,19 @@ def test_only_the_fast_recipe_computes_in_bfloat16_and_never_under_portable_nume
 
     assert not numerics.native_bfloat16({"ONEDNN_MAX_CPU_ISA": "AVX2"})
     assert not numerics.native_bfloat16({"TF_ENABLE_ONEDNN_OPTS": "0"})
-    assert numerics.native_bfloat16({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}) == bool(flags & {"amx_bf16", "avx512_bf16"})
+    assert numerics.native_bfloat16({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}) == bfloat16_cpu()
     # Keras's policy is global: it holds only while the recipe's model is built, which keeps its own.
     from tensorflow import keras
 
     from classifier.machinery.distribute import build_model_and_optimizer
 
     model, _, policy = build_model_and_optimizer(make_config(recipe="fast", model="fast_cnn"), (28, 28, 1), 10, 100)
-    assert policy == ("mixed_bfloat16" if flags & {"amx_bf16", "avx512_bf16"} else "float32")
+    assert policy == fastest
     assert model.get_layer("conv2").dtype_policy.name == policy
     assert keras.mixed_precision.global_policy().name == "float32"
+    portable, _, policy = build_model_and_optimizer(make_config(recipe="fast", model="fast_cnn", numerics="portable"),
+                                                    (28, 28, 1), 10, 100)
+    assert policy == "float32" and portable.get_layer("conv2").dtype_policy.name == "float32"
     lecture, _, policy = build_model_and_optimizer(make_config(), (28, 28, 1), 10, 100)
     assert policy == "float32" and lecture.layers[0].dtype_policy.name == "float32"
 
@@ -86,10 +104,12 @@ def test_fast_recipe_model_keras_loads_with_plain_keras_in_a_fresh_python(fashio
     """`invoke train --recipe fast` (fit compiles with the smoothed loss), then keras.models.load_model alone."""
     run, _ = train_fashion(fashion_lab, "--recipe", "fast", "--limit", "600", "--epochs", "1")
     metrics = json.loads((run / "metrics.json").read_text())
-    # Mixed bfloat16 where the CPU computes it in hardware (AMX or AVX-512 BF16), float32 elsewhere.
-    flags = set(open("/proc/cpuinfo").read().split())
-    precision = json.loads((run / "manifest.json").read_text())["precision"]
-    assert precision == ("mixed_bfloat16" if flags & {"amx_bf16", "avx512_bf16"} else "float32")
+    # Mixed bfloat16 on a GPU or where the CPU computes it in hardware (AMX or AVX-512 BF16), float32
+    # elsewhere and under portable numerics (the lab container's CLASSIFIER_NUMERICS): read from the run's record.
+    manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    gpu = any(":GPU:" in device for device in manifest["environment"]["devices"])
+    bfloat16 = manifest["config"]["numerics"] != "portable" and (gpu or bfloat16_cpu())
+    assert manifest["precision"] == ("mixed_bfloat16" if bfloat16 else "float32")
     # No project import: only keras, NumPy and the data files, as a student elsewhere would load it.
     script = textwrap.dedent(f"""
         import gzip, numpy as np, keras

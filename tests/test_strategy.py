@@ -39,6 +39,8 @@ _CHILD = textwrap.dedent("""
     import numpy as np
     import tensorflow as tf
 
+    # In the GPU image make_strategy would mirror over the GPU (one replica): this test is about the CPU's halves.
+    tf.config.set_visible_devices([], "GPU")
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 

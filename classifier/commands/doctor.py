@@ -175,6 +175,9 @@ def check_torch(lock_dir: Path = PROJECT_ROOT / "requirements") -> list[Check]:
             return [Check("torch", OK, f"{version} in its own environment, the Jupyter kernel \"Python (PyTorch)\" "
                                        f"({python}); check it with {python} -m invoke doctor")]
         return [Check("torch", WARN, f"not importable ({error}): invoke train --trainer torch and notebook 04 need it", fix)]
+    if torch.version.cuda and machine is platforms.PLATFORMS[0]:
+        # PyTorch's CUDA build beside TensorFlow's CPU one (the GPU image's /opt/venv-torch) is torch-gpu.lock's.
+        torch_lock = lock_dir / "torch-gpu.lock"
     wanted = locked_versions(torch_lock).get("torch") if torch_lock.is_file() else None
     # The installed distribution's version is the lock's (a local build's torch.__version__ may add "+cpu").
     installed = _installed("torch") or torch.__version__

@@ -98,7 +98,7 @@ def create_model(config: Config, dataset, strategy, run: Run, num_train: int):
     if run.manifest["precision"] != "float32":
         # The same command computes in float32 elsewhere, so say why this run does not.
         print(f"[recipe] precision {run.manifest['precision']}: this machine computes bfloat16 in hardware "
-              "(--numerics portable keeps float32)")
+              "(a GPU, or a CPU with AMX or AVX-512 BF16; --numerics portable keeps float32)")
     model.summary()
     if why := report.graphviz_missing():
         print(f"warning: model.png skipped: {why}")

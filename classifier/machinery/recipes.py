@@ -9,7 +9,8 @@ lecture,0.935 --budget 180` (benchmarks/NOTES.md):
     epoch to 0.003 then cosine decay, 10% validation, labels smoothed by 0.1,
     random left-right mirroring in training, the mirror image's answer
     averaged in at test time; mixed bfloat16 on a GPU or on a CPU that
-    computes bfloat16 in hardware (use_mixed_precision).
+    computes bfloat16 in hardware, float32 under --numerics portable
+    (use_mixed_precision).
 
 The saved model is built from Keras' own layers and is not compiled, so a
 `model.keras` of either recipe loads with plain `keras.models.load_model`,
@@ -155,19 +156,23 @@ def _inference_network(model: keras.Model) -> keras.Model:
 
 
 def use_mixed_precision(config: Config) -> bool:
-    """Whether to compute in bfloat16: the fast recipe on a GPU, or on a CPU with bfloat16 in hardware.
+    """Whether to compute in bfloat16: the fast recipe on a GPU, or on a CPU with bfloat16 in hardware,
+    and never under `--numerics portable`.
 
     On this lab's AVX-512 Xeon (AMX) mixed bfloat16 trains `fast_cnn` 1.3x as
     fast as float32, which is what brings the recipe's 16 epochs to about
     170 s on 2 cores (benchmarks/NOTES.md). A CPU without it converts every operation and is
-    slower in bfloat16, so it stays float32; so does `--numerics portable`,
-    whose promise is the same weights on other machines.
+    slower in bfloat16, so it stays float32. `--numerics portable` promises
+    the same weights on other machines, and bfloat16's rounding would be one
+    more thing that differs between them, so it is float32 on a GPU as well
+    (docs/reproducibility.md). tests/test_gpu_decisions.py describes a GPU to
+    this function where no GPU is.
     """
-    if config.recipe != "fast":
+    if config.recipe != "fast" or config.numerics == "portable":
         return False
     if tf.config.list_logical_devices("GPU"):
         return True
-    return config.numerics != "portable" and numerics.native_bfloat16()
+    return numerics.native_bfloat16()
 
 
 def build_model(name: str, input_shape, num_classes: int) -> keras.Model:
