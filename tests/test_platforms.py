@@ -13,7 +13,7 @@ from classifier.commands.doctor import FAIL, OK, check_versions, locked_versions
 from classifier.machinery import platforms
 
 ROOT = Path(__file__).parent.parent
-X86_64, AARCH64, MACOS = platforms.PLATFORMS
+X86_64, AARCH64, MACOS, WINDOWS = platforms.PLATFORMS
 
 
 def _pins(lock: str) -> dict[str, str]:
@@ -57,7 +57,7 @@ def test_every_platform_has_its_three_locks():
 
 @pytest.mark.parametrize("uname, expected", [
     ("Linux x86_64", X86_64), ("Linux aarch64", AARCH64), ("Linux arm64", AARCH64),
-    ("Darwin arm64", MACOS), ("Linux riscv64", None), ("Darwin x86_64", None),
+    ("Darwin arm64", MACOS), ("Windows AMD64", WINDOWS), ("Linux riscv64", None), ("Darwin x86_64", None),
 ])
 def test_platform_by_uname(uname, expected):
     assert platforms.by_uname(uname) == expected

@@ -1,0 +1,112 @@
+"""Native Windows: its own locks, proven for Windows by uv's markers; install.py's choice for it; a clone
+made with `core.autocrlf=true` (Git for Windows' default) keeps LF where Linux and the container run files."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from classifier.commands.doctor import OK, check_versions, locked_versions
+from classifier.machinery import platforms
+
+ROOT = Path(__file__).parent.parent
+X86_64, WINDOWS = platforms.PLATFORMS[0], platforms.by_uname("Windows AMD64")
+
+
+def _pins(lock: str) -> dict[str, str]:
+    return locked_versions(ROOT / lock)
+
+
+def test_windows_locks_pin_x86_64_linux_versions_plus_what_only_windows_needs():
+    cpu, lab, torch = (_pins(lock) for lock in WINDOWS.locks)
+    # tqdm's and pytest's `sys_platform == "win32"` dependency, the one the x86-64 lock cannot give Windows.
+    assert cpu.pop("colorama") == "0.4.6"
+    assert cpu == _pins(X86_64.cpu_lock) and cpu["tensorflow-cpu"] == "2.21.0"
+    x86_lab = _pins(X86_64.lab_lock)
+    # JupyterLab's terminals: pywinpty on Windows where Linux has pexpect's ptyprocess.
+    assert set(lab) - set(x86_lab) == {"colorama", "pywinpty"}
+    assert set(x86_lab) - set(lab) == {"pexpect", "ptyprocess"}
+    assert all(lab[name] == x86_lab[name] for name in set(lab) & set(x86_lab))
+    assert lab["uv"] == x86_lab["uv"]  # the proof's resolver, the same release everywhere
+
+
+def test_windows_torch_is_pypis_with_its_torchvision_and_no_cuda():
+    torch = _pins(WINDOWS.torch_lock)
+    assert (torch["torch"], torch["torchvision"], WINDOWS.torch) == ("2.13.0", "0.28.0", "2.13.0")
+    assert not [name for name in torch if name.startswith(("nvidia-", "cuda-", "triton"))]
+    # Installed after cpu and lab into one environment: it moves none of their versions.
+    shared = {**_pins(WINDOWS.cpu_lock), **_pins(WINDOWS.lab_lock)}
+    assert all(shared[name] == version for name, version in torch.items() if name in shared)
+
+
+def test_windows_locks_are_written_by_invoke_lock_for_windows():
+    from classifier.commands import container
+
+    commands = {command[-1]: command for command in container.lock_commands()}
+    for lock in WINDOWS.locks:
+        header = (ROOT / lock).read_text(encoding="utf-8").splitlines()[1].removeprefix("#    ")
+        assert header == " ".join(commands[lock]) and "--python-platform x86_64-pc-windows-msvc" in header
+    assert commands[WINDOWS.cpu_lock][5] == "cpu"  # tensorflow-cpu, as on x86-64 Linux
+    assert commands[WINDOWS.torch_lock][5] == "torch-windows-x86_64"
+
+
+def test_doctor_on_windows_names_the_windows_locks():
+    checks = {check.name: check for check in check_versions(uname="Windows AMD64")}
+    assert (checks["platform"].status, checks["platform"].detail) == (
+        OK, "Windows AMD64 (windows-x86_64): expects requirements/cpu-windows-x86_64.lock, "
+            "requirements/lab-windows-x86_64.lock, requirements/torch-windows-x86_64.lock")
+
+
+def test_the_pip_proof_fetches_windows_wheels_without_pips_own_markers():
+    command = platforms.proof_command(WINDOWS, WINDOWS.lab_lock, Path("/tmp"))
+    assert command[command.index("--platform") + 1] == "win_amd64"
+    assert "--no-deps" in command  # pip would judge the markers by this Linux machine
+
+
+@pytest.fixture
+def uv() -> str:
+    """uv (requirements/lab.lock pins it) with PyPI reachable: a skip with the reason offline, a failure in CI."""
+    found = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
+    reason = None if found else "uv is not installed (pip install --require-hashes -r requirements/lab.lock)"
+    if found:
+        try:
+            urllib.request.urlopen("https://pypi.org/simple/colorama/", timeout=10).close()
+        except OSError as error:
+            reason = f"PyPI cannot be reached ({error}): uv resolves the Windows locks from its metadata"
+    if reason and os.environ.get("CI") == "true":
+        pytest.fail(f"CI must prove the Windows locks, but {reason}", pytrace=False)
+    if reason:
+        pytest.skip(reason)
+    return found
+
+
+@pytest.mark.network
+def test_uv_resolves_every_windows_lock_for_windows(uv, capsys):
+    assert platforms.prove_markers((WINDOWS,)) == []
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1:] for line in lines] == [[lock, "resolves"] for lock in (*WINDOWS.locks,
+                                                                                   platforms.COURSE_LOCK)]
+
+
+@pytest.mark.network
+def test_the_linux_lock_judged_for_windows_lacks_colorama(uv, capsys):
+    """The issue's fault: x86-64 Linux's cpu.lock on Windows. pip on Linux misses it; uv's markers do not."""
+    linux_locks_on_windows = dataclasses.replace(WINDOWS, cpu_lock=X86_64.cpu_lock, lab_lock=WINDOWS.lab_lock,
+                                                 torch_lock=WINDOWS.torch_lock)
+    failures = platforms.prove_markers((linux_locks_on_windows,))
+    assert failures == [f"{X86_64.cpu_lock}: FAILED: Hash-checking is required, but no trusted hash was provided "
+                        "for: `colorama`"]
+    assert "FAILED" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_the_marker_proof_without_uv_is_one_failure_with_the_way_out(monkeypatch):
+    monkeypatch.setattr(platforms.shutil, "which", lambda *args, **kwargs: None)
+    assert platforms.prove_markers((WINDOWS,)) == [
+        "uv: not found; install the lab's tools: pip install --require-hashes -r requirements/lab.lock"]
