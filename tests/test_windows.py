@@ -110,3 +110,57 @@ def test_the_marker_proof_without_uv_is_one_failure_with_the_way_out(monkeypatch
     monkeypatch.setattr(platforms.shutil, "which", lambda *args, **kwargs: None)
     assert platforms.prove_markers((WINDOWS,)) == [
         "uv: not found; install the lab's tools: pip install --require-hashes -r requirements/lab.lock"]
+
+
+def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def windows_clone(tmp_path_factory) -> Path:
+    """A clone of this repository's HEAD made as Git for Windows makes one: `core.autocrlf=true`."""
+    if shutil.which("git") is None or _git(ROOT, "rev-parse", "HEAD").returncode:
+        pytest.skip("needs git and a git checkout of the lab")
+    clone = tmp_path_factory.mktemp("windows") / "lab"
+    done = _git(ROOT.parent, "clone", "--quiet", "-c", "core.autocrlf=true", str(ROOT), str(clone))
+    assert done.returncode == 0, done.stderr
+    return clone
+
+
+def test_a_windows_clone_has_no_cr_where_linux_or_the_container_runs_files(windows_clone):
+    tracked = _git(windows_clone, "ls-files").stdout.splitlines()
+    texts = {name: (windows_clone / name).read_bytes() for name in tracked}
+    texts = {name: data for name, data in texts.items() if b"\0" not in data}  # the images are binary
+    # Every kind the issue names is among the files checked.
+    for kind in ("setup.sh", ".ci/run", "docker/Dockerfile", "requirements/cpu-windows-x86_64.lock", "install.py",
+                 "docker/ci-setup.sh", "classifier/machinery/platforms.py"):
+        assert kind in texts, kind
+    assert [name for name, data in texts.items() if b"\r" in data] == []
+
+
+def test_setup_sh_runs_in_a_windows_clone_and_leaves_it_clean(windows_clone):
+    done = subprocess.run(["./setup.sh", "--dry-run"], cwd=windows_clone, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    machine = platforms.current()
+    assert done.stdout.splitlines()[0] == f"setup: {machine.uname}: {', '.join(machine.locks)}"
+    # What a run's manifest records as dirty (classifier/machinery/runs.py): git on Windows (autocrlf=true)
+    # and the container's git (autocrlf unset) reading the same checkout both see no change.
+    for autocrlf in ("true", "false"):
+        status = _git(windows_clone, "-c", f"core.autocrlf={autocrlf}", "status", "--porcelain",
+                      "--untracked-files=no")
+        assert (status.returncode, status.stdout) == (0, ""), autocrlf
+
+
+def test_without_the_lf_rule_a_windows_checkout_breaks_setup_sh(windows_clone, tmp_path):
+    """The control: the issue's fault comes back when .gitattributes holds only the notebook filter."""
+    clone = tmp_path / "lab"
+    assert _git(tmp_path, "clone", "--quiet", "--no-checkout", "-c", "core.autocrlf=true", str(windows_clone),
+                str(clone)).returncode == 0
+    (clone / ".git" / "info").mkdir(exist_ok=True)
+    # info/attributes outranks the checked-in .gitattributes: the autocrlf default comes back.
+    (clone / ".git" / "info" / "attributes").write_text("* -text\n*.sh text\n", encoding="utf-8")
+    assert _git(clone, "checkout", "--quiet", "HEAD", "--", "setup.sh", "install.py").returncode == 0
+    assert b"\r\n" in (clone / "setup.sh").read_bytes()
+    done = subprocess.run(["./setup.sh", "--dry-run"], cwd=clone, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "bash\r" in done.stderr
