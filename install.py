@@ -66,6 +66,9 @@ def choose_locks(uname: str, variant: str, with_torch: bool) -> tuple[object, li
     from classifier.machinery import platforms
 
     machine = platforms.by_uname(uname)
+    if machine is None and uname.upper().startswith(("MINGW", "MSYS", "CYGWIN")):
+        # Git Bash's `uname -sm`: its bash can run setup.sh, but the lab's Python on Windows is the native one.
+        raise SetupError(f"{uname} is Git Bash on Windows: run py -3.11 install.py in PowerShell or cmd instead")
     if machine is None:
         raise SetupError(f"no lock files for {uname}; supported: {platforms.supported()} (or use the lab container)")
     if machine != platforms.PLATFORMS[0] and variant != "cpu":

@@ -112,6 +112,45 @@ def test_the_marker_proof_without_uv_is_one_failure_with_the_way_out(monkeypatch
         "uv: not found; install the lab's tools: pip install --require-hashes -r requirements/lab.lock"]
 
 
+def _install_dry_run(**env: str) -> subprocess.CompletedProcess:
+    """install.py as Windows runs it (`py -3.11 install.py`), with the platform Python reports there faked."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("LAB_")}
+    return subprocess.run([sys.executable, str(ROOT / "install.py"), "--dry-run", "--uname", "Windows AMD64"],
+                          capture_output=True, text=True, timeout=60, env={**environment, **env})
+
+
+def test_install_py_on_windows_takes_the_windows_locks_and_scripts_paths():
+    result = _install_dry_run()
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == ("setup: Windows AMD64: requirements/cpu-windows-x86_64.lock, "
+                        "requirements/lab-windows-x86_64.lock, requirements/torch-windows-x86_64.lock")
+    pip = r".venv\Scripts\python.exe -m pip install --quiet --require-hashes"
+    assert lines[2:5] == [f"would run: {pip} -r requirements/cpu-windows-x86_64.lock",
+                          f"would run: {pip} -r requirements/lab-windows-x86_64.lock",
+                          r"would run: .venv\Scripts\python.exe -m pip install --quiet --no-deps --require-hashes "
+                          "-r requirements/course.lock"]
+    assert lines[5].startswith(f"would run: {pip} -r requirements/torch-windows-x86_64.lock")
+    # cmd's quoting, and git's filter with forward slashes (git runs it through its own sh).
+    assert r'would run: .venv\Scripts\python.exe -m ipykernel install --sys-prefix --name python3 --display-name ' \
+           '"Python (TensorFlow)"' in lines
+    assert ("would run (in a git clone): git config filter.nbstripout.clean '.venv/Scripts/python.exe -m nbstripout "
+            "--keep-id --extra-keys metadata.language_info'") in lines
+    assert r"would copy docker/jupyter/jupyter_server_config.json to .venv\etc\jupyter\jupyter_server_config.json" \
+        in lines
+    assert lines[-2] == r"dry run done: .venv\Scripts\invoke --list"
+    # The environment is made by the Python that runs install.py (py -3.11 there); every later step uses its own.
+    assert lines[1] == f"would run: {sys.executable} -m venv .venv"
+    assert not [line for line in lines[2:] if ".venv/bin" in line]
+
+
+def test_install_py_on_windows_refuses_the_gpu_variant_in_one_line():
+    result = _install_dry_run(LAB_VARIANT="gpu")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
+        "error: LAB_VARIANT=gpu is for x86-64 Linux with an NVIDIA GPU; on Windows AMD64 use LAB_VARIANT=cpu"]
+
+
 def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
@@ -158,9 +197,9 @@ def test_without_the_lf_rule_a_windows_checkout_breaks_setup_sh(windows_clone, t
     assert _git(tmp_path, "clone", "--quiet", "--no-checkout", "-c", "core.autocrlf=true", str(windows_clone),
                 str(clone)).returncode == 0
     (clone / ".git" / "info").mkdir(exist_ok=True)
-    # info/attributes outranks the checked-in .gitattributes: the autocrlf default comes back.
-    (clone / ".git" / "info" / "attributes").write_text("* -text\n*.sh text\n", encoding="utf-8")
+    # info/attributes outranks the checked-in .gitattributes: with eol unset, core.autocrlf decides again.
+    (clone / ".git" / "info" / "attributes").write_text("*.sh text !eol\n", encoding="utf-8")
     assert _git(clone, "checkout", "--quiet", "HEAD", "--", "setup.sh", "install.py").returncode == 0
     assert b"\r\n" in (clone / "setup.sh").read_bytes()
     done = subprocess.run(["./setup.sh", "--dry-run"], cwd=clone, capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0 and "bash\r" in done.stderr
+    assert done.returncode != 0 and "bash\\r" in done.stderr  # /usr/bin/env: 'bash\r': No such file or directory
