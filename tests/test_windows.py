@@ -4,6 +4,7 @@ made with `core.autocrlf=true` (Git for Windows' default) keeps LF where Linux a
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import shutil
 import subprocess
@@ -70,21 +71,50 @@ def test_the_pip_proof_fetches_windows_wheels_without_pips_own_markers():
     assert "--no-deps" in command  # pip would judge the markers by this Linux machine
 
 
-@pytest.fixture
-def uv() -> str:
-    """uv (requirements/lab.lock pins it) with PyPI reachable: a skip with the reason offline, a failure in CI."""
-    found = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
-    reason = None if found else "uv is not installed (pip install --require-hashes -r requirements/lab.lock)"
-    if found:
-        try:
-            urllib.request.urlopen("https://pypi.org/simple/colorama/", timeout=10).close()
-        except OSError as error:
-            reason = f"PyPI cannot be reached ({error}): uv resolves the Windows locks from its metadata"
-    if reason and os.environ.get("CI") == "true":
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
         pytest.fail(f"CI must prove the Windows locks, but {reason}", pytrace=False)
-    if reason:
-        pytest.skip(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def pypi() -> None:
+    """PyPI reachable: a skip with the reason offline, a failure in CI."""
+    try:
+        urllib.request.urlopen("https://pypi.org/simple/colorama/", timeout=10).close()
+    except OSError as error:
+        _unavailable(f"PyPI cannot be reached ({error}): the Windows proof reads its metadata and wheels")
+
+
+@pytest.fixture
+def uv(pypi) -> str:
+    """uv, which requirements/lab.lock pins (it resolves the locks for Windows); without it a skip, in CI a failure."""
+    found = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
+    if found is None:
+        _unavailable("uv is not installed (pip install --require-hashes -r requirements/lab.lock)")
     return found
+
+
+def _one_package_lock(package: str, lock: str, folder: Path) -> str:
+    """A lock file holding `package`'s pin and hashes from `lock`."""
+    lines = (ROOT / lock).read_text(encoding="utf-8").splitlines()
+    start = next(index for index, line in enumerate(lines) if line.startswith(f"{package}=="))
+    hashes = itertools.takewhile(lambda line: line.strip().startswith("--hash"), lines[start + 1:])
+    block = [lines[start], *hashes]
+    path = folder / f"{package}.lock"
+    path.write_text("\n".join(block).rstrip(" \\") + "\n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.network
+def test_the_pip_proof_downloads_a_windows_only_wheel_by_its_hash(pypi, tmp_path, capsys):
+    """pywinpty has Windows wheels only: pip fetches its win_amd64 wheel (about 2 MB) and checks the lock's hash."""
+    winpty = _one_package_lock("pywinpty", WINDOWS.lab_lock, tmp_path)
+    checked = dataclasses.replace(WINDOWS, cpu_lock=winpty, lab_lock=winpty, torch_lock=winpty)
+    assert platforms.prove((checked,), destination=tmp_path) == []
+    wheels = sorted(path.name for path in tmp_path.rglob("*.whl"))
+    assert wheels == []  # the proof's folder is temporary: nothing is left behind
+    assert [line.split()[2] for line in capsys.readouterr().out.splitlines()] == ["ok"] * 4
 
 
 @pytest.mark.network
