@@ -74,6 +74,18 @@ def test_pip_is_given_every_manylinux_tag_down_to_2014():
         assert ("--no-deps" in command) == (platform != platforms.current())
 
 
+def test_the_marker_proof_asks_for_each_platform_and_finds_x86_64_torch_where_pip_does(monkeypatch):
+    monkeypatch.setenv("PIP_FIND_LINKS", "/opt/wheels")
+    command = platforms.marker_command("uv", X86_64, X86_64.torch_lock, Path("/tmp/target"))
+    assert command[command.index("--python-platform") + 1] == "x86_64-manylinux_2_28"
+    # 2.13.0+cpu is not on PyPI: the wheel folder pip uses, then PyTorch's CPU index.
+    assert command[command.index("--find-links") + 1] == "/opt/wheels"
+    assert command[command.index("--extra-index-url") + 1] == "https://download.pytorch.org/whl/cpu"
+    for platform in (AARCH64, MACOS, WINDOWS):
+        command = platforms.marker_command("uv", platform, platform.torch_lock, Path("/tmp/target"))
+        assert "--extra-index-url" not in command and "--dry-run" in command and "--require-hashes" in command
+
+
 def _lock_of(package: str, lock: str, tmp_path: Path, tamper: bool = False) -> str:
     """A lock file with one package's pin and hashes from `lock`; `tamper` puts a wrong hash in their place."""
     lines = (ROOT / lock).read_text().splitlines()
