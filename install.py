@@ -218,6 +218,10 @@ def main(argv: list[str]) -> int:
     except SetupError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.status
+    except BrokenPipeError:
+        # The reader went away (`--dry-run | head -1`): stop quietly, and let Python's exit flush go nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 
