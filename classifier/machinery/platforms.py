@@ -3,15 +3,16 @@
     invoke lock --proof      # uv resolves each lock for its platform; pip downloads its wheels, hashes checked
 
 One table, read by `invoke lock` (classifier/commands/container.py), `invoke
-doctor`, the image build (docker/Dockerfile picks by TARGETARCH) and install.py
-(setup.sh gives it `uname -sm`; Windows runs it directly); tests/test_platforms.py
-keeps them in step with this table.
+doctor`, the image build (docker/Dockerfile picks by TARGETARCH) and setup.sh
+(by `uname -sm`); tests/test_platforms.py keeps both in step with this table.
 x86-64 Linux keeps the lab's first lock files (cpu.lock, lab.lock,
 torch-cpu.lock); aarch64 Linux and macOS arm64 have their own, because there
 TensorFlow's CPU build is the `tensorflow` package (`tensorflow-cpu` has
 x86-64 wheels only) and PyTorch comes from PyPI. Native Windows has its own
 too: its markers add packages (colorama, pywinpty) and drop others (pexpect),
-and its PyTorch is PyPI's, whose Windows wheel is the CPU build. requirements/course.lock
+and its PyTorch is PyPI's, whose Windows wheel is the CPU build. install.py
+reads this table on every platform (setup.sh gives it `uname -sm`; Windows runs
+it directly). requirements/course.lock
 (tf-keras, one pure-Python wheel installed with --no-deps) serves every
 platform; the proof fetches it for each.
 
