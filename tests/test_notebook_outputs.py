@@ -44,7 +44,7 @@ def clone(tmp_path, monkeypatch):
     Its .venv is a fresh environment that sees this one's packages (nbstripout, jupyter_server).
     """
     repo = tmp_path / "lab"
-    for name in ("setup.sh", ".gitattributes", ".gitignore", "docker/jupyter/jupyter_server_config.json"):
+    for name in ("setup.sh", "install.py", ".gitattributes", ".gitignore", "docker/jupyter/jupyter_server_config.json"):
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, repo / name)
     shutil.copytree(ROOT / "notebooks", repo / "notebooks")
@@ -108,7 +108,7 @@ def test_the_git_filter_keeps_outputs_from_another_editor_out_of_commits(clone):
 
 
 def test_setup_sh_notebooks_outside_a_git_clone_sets_only_jupyter(tmp_path):
-    for name in ("setup.sh", "docker/jupyter/jupyter_server_config.json"):
+    for name in ("setup.sh", "install.py", "docker/jupyter/jupyter_server_config.json"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
     result = subprocess.run(["bash", "setup.sh", "--notebooks"], cwd=tmp_path, capture_output=True, text=True,

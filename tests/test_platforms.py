@@ -13,7 +13,7 @@ from classifier.commands.doctor import FAIL, OK, check_versions, locked_versions
 from classifier.machinery import platforms
 
 ROOT = Path(__file__).parent.parent
-X86_64, AARCH64, MACOS = platforms.PLATFORMS
+X86_64, AARCH64, MACOS, WINDOWS = platforms.PLATFORMS
 
 
 def _pins(lock: str) -> dict[str, str]:
@@ -57,7 +57,7 @@ def test_every_platform_has_its_three_locks():
 
 @pytest.mark.parametrize("uname, expected", [
     ("Linux x86_64", X86_64), ("Linux aarch64", AARCH64), ("Linux arm64", AARCH64),
-    ("Darwin arm64", MACOS), ("Linux riscv64", None), ("Darwin x86_64", None),
+    ("Darwin arm64", MACOS), ("Windows AMD64", WINDOWS), ("Linux riscv64", None), ("Darwin x86_64", None),
 ])
 def test_platform_by_uname(uname, expected):
     assert platforms.by_uname(uname) == expected
@@ -72,6 +72,18 @@ def test_pip_is_given_every_manylinux_tag_down_to_2014():
     for platform in platforms.PLATFORMS:
         command = platforms.proof_command(platform, platform.torch_lock, Path("/tmp"))
         assert ("--no-deps" in command) == (platform != platforms.current())
+
+
+def test_the_marker_proof_asks_for_each_platform_and_finds_x86_64_torch_where_pip_does(monkeypatch):
+    monkeypatch.setenv("PIP_FIND_LINKS", "/opt/wheels")
+    command = platforms.marker_command("uv", X86_64, X86_64.torch_lock, Path("/tmp/target"))
+    assert command[command.index("--python-platform") + 1] == "x86_64-manylinux_2_28"
+    # 2.13.0+cpu is not on PyPI: the wheel folder pip uses, then PyTorch's CPU index.
+    assert command[command.index("--find-links") + 1] == "/opt/wheels"
+    assert command[command.index("--extra-index-url") + 1] == "https://download.pytorch.org/whl/cpu"
+    for platform in (AARCH64, MACOS, WINDOWS):
+        command = platforms.marker_command("uv", platform, platform.torch_lock, Path("/tmp/target"))
+        assert "--extra-index-url" not in command and "--dry-run" in command and "--require-hashes" in command
 
 
 def _lock_of(package: str, lock: str, tmp_path: Path, tamper: bool = False) -> str:
@@ -99,31 +111,34 @@ def test_the_proof_downloads_a_locked_wheel_and_rejects_a_wrong_hash(tmp_path, c
 
 
 def _setup_sh(uname: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    """setup.sh as on a machine whose `uname -sm` prints `uname`; its python3 stops it before the venv."""
+    """`./setup.sh --dry-run` as on a machine whose `uname -sm` prints `uname` (install.py prints its choice)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    for name, script in {"uname": f"echo '{uname}'", "python3": "exit 3", "dot": "exit 0"}.items():
-        (bin_dir / name).write_text(f"#!/bin/sh\n{script}\n")
+    for name, script in {"uname": f"echo '{uname}'", "dot": "exit 0"}.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{script}\n", encoding="utf-8")
         (bin_dir / name).chmod(0o755)
     environment = {key: value for key, value in os.environ.items() if not key.startswith("LAB_")}
     environment.update(PATH=f"{bin_dir}:{os.environ['PATH']}", **env)
-    return subprocess.run(["bash", str(ROOT / "setup.sh")], env=environment, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(["bash", str(ROOT / "setup.sh"), "--dry-run"], env=environment, capture_output=True,
+                          text=True, timeout=60)
 
 
 @pytest.mark.parametrize("uname", ["Linux x86_64", "Linux aarch64", "Darwin arm64"])
 def test_setup_picks_the_locks_by_uname_and_says_which(uname, tmp_path):
     result = _setup_sh(uname, tmp_path)
-    assert result.returncode == 3, result.stderr  # stopped by the fake python3, at `python3 -m venv`
-    assert result.stdout.splitlines() == [f"setup: {uname}: {', '.join(platforms.by_uname(uname).locks)}"]
+    assert result.returncode == 0, result.stderr
+    locks = platforms.by_uname(uname).locks
+    assert result.stdout.splitlines()[0] == f"setup: {uname}: {', '.join(locks)}"
+    installs = [line.split(" -r ")[1].split()[0] for line in result.stdout.splitlines() if " -r " in line]
+    assert installs == [locks[0], locks[1], platforms.COURSE_LOCK, locks[2]]
 
 
 def test_setup_on_an_unsupported_machine_says_so_in_one_line(tmp_path):
     result = _setup_sh("Linux riscv64", tmp_path)
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr.splitlines() == [
-        "error: no lock files for Linux riscv64; supported: Linux x86_64, Linux aarch64, Darwin arm64 "
-        "(or use the lab container)"]
+        "error: no lock files for Linux riscv64; supported: Linux x86_64, Linux aarch64, Darwin arm64, "
+        "Windows AMD64 (or use the lab container)"]
 
 
 def test_setup_refuses_the_gpu_variant_on_arm64(tmp_path):

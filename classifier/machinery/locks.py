@@ -151,7 +151,7 @@ def lock_commands() -> list[list[str]]:
 
     They are the commands recorded in each lock file's header. The torch locks
     are constrained by TensorFlow's and the lab's, so that installing one after
-    the other changes no version. The arm64 locks (classifier/machinery/platforms.py)
+    the other changes no version. The arm64 and Windows locks (classifier/machinery/platforms.py)
     are constrained by the x86-64 ones too, so that every package the platforms
     share has the same version everywhere; uv runs them with
     platforms.LOCK_ENVIRONMENT (macOS 14, which torch's macOS wheels need).
@@ -174,13 +174,16 @@ def lock_commands() -> list[list[str]]:
         compile_("--extra", "torch-gpu", "-c", "requirements/gpu.lock", "-c", "requirements/lab.lock",
                  output="requirements/torch-gpu.lock"),
     ]
-    for arm in platforms.PLATFORMS[1:]:
+    for other in platforms.PLATFORMS[1:]:
+        # Windows's TensorFlow is tensorflow-cpu, as on x86-64 Linux; arm64's is `tensorflow`.
+        cpu_extra = "cpu" if other.tensorflow == "tensorflow-cpu" else "cpu-arm64"
         commands += [
-            compile_("--extra", "cpu-arm64", "-c", "requirements/cpu.lock", output=arm.cpu_lock, target=arm.uv_platform),
-            compile_("--extra", "lab", "-c", arm.cpu_lock, "-c", "requirements/lab.lock",
-                     output=arm.lab_lock, target=arm.uv_platform),
-            compile_("--extra", f"torch-{arm.name}", "-c", arm.cpu_lock, "-c", arm.lab_lock,
-                     output=arm.torch_lock, target=arm.uv_platform),
+            compile_("--extra", cpu_extra, "-c", "requirements/cpu.lock", output=other.cpu_lock,
+                     target=other.uv_platform),
+            compile_("--extra", "lab", "-c", other.cpu_lock, "-c", "requirements/lab.lock",
+                     output=other.lab_lock, target=other.uv_platform),
+            compile_("--extra", f"torch-{other.name}", "-c", other.cpu_lock, "-c", other.lab_lock,
+                     output=other.torch_lock, target=other.uv_platform),
         ]
     return commands
 

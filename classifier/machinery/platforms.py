@@ -1,6 +1,6 @@
 """The machines the lab installs on, and the hash-locked files each one uses.
 
-    invoke lock --proof      # pip downloads every lock's wheels for its platform, hashes checked
+    invoke lock --proof      # uv resolves each lock for its platform; pip downloads its wheels, hashes checked
 
 One table, read by `invoke lock` (classifier/machinery/locks.py), `invoke
 doctor`, the image build (docker/Dockerfile picks by TARGETARCH) and setup.sh
@@ -8,7 +8,11 @@ doctor`, the image build (docker/Dockerfile picks by TARGETARCH) and setup.sh
 x86-64 Linux keeps the lab's first lock files (cpu.lock, lab.lock,
 torch-cpu.lock); aarch64 Linux and macOS arm64 have their own, because there
 TensorFlow's CPU build is the `tensorflow` package (`tensorflow-cpu` has
-x86-64 wheels only) and PyTorch comes from PyPI. requirements/course.lock
+x86-64 wheels only) and PyTorch comes from PyPI. Native Windows has its own
+too: its markers add packages (colorama, pywinpty) and drop others (pexpect),
+and its PyTorch is PyPI's, whose Windows wheel is the CPU build. install.py
+reads this table on every platform (setup.sh gives it `uname -sm`; Windows runs
+it directly). requirements/course.lock
 (tf-keras, one pure-Python wheel installed with --no-deps) serves every
 platform; the proof fetches it for each.
 
@@ -22,7 +26,9 @@ environment has torchvision).
 
 from __future__ import annotations
 
+import os
 import platform as _platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,7 +43,7 @@ COURSE_LOCK = "requirements/course.lock"  # every platform's: tf-keras is one py
 @dataclass(frozen=True)
 class Platform:
     name: str  # short name, used in messages and in the lock files' names
-    uname: str  # what `uname -sm` prints there
+    uname: str  # what `uname -sm` prints there (Windows: platform.system() and platform.machine())
     uv_platform: str  # uv pip compile --python-platform
     pip_platform: str  # pip download --platform: the newest tag the lock's wheels may carry
     tensorflow: str  # the TensorFlow package of the CPU lock there
@@ -65,6 +71,12 @@ PLATFORMS = (
     Platform("macos-arm64", "Darwin arm64", "aarch64-apple-darwin", "macosx_14_0_arm64", "tensorflow",
              "requirements/cpu-macos-arm64.lock", "requirements/lab-macos-arm64.lock",
              "requirements/torch-macos-arm64.lock", "2.13.0"),
+    # Native Windows (docs/windows.md); `uname` is Python's platform.system() and
+    # platform.machine() there. PyPI's Windows torch is the CPU build, and its
+    # torchvision loads beside it; TensorFlow is tensorflow-cpu as on x86-64 Linux.
+    Platform("windows-x86_64", "Windows AMD64", "x86_64-pc-windows-msvc", "win_amd64", "tensorflow-cpu",
+             "requirements/cpu-windows-x86_64.lock", "requirements/lab-windows-x86_64.lock",
+             "requirements/torch-windows-x86_64.lock", "2.13.0"),
 )
 # uv targets macOS 13 unless told otherwise; torch 2.13's macOS wheels need 14.
 LOCK_ENVIRONMENT = {"MACOSX_DEPLOYMENT_TARGET": "14.0"}
@@ -136,3 +148,53 @@ def prove(platforms: tuple[Platform, ...] = PLATFORMS, destination: Path | None 
                 if done.returncode:
                     failures.append(f"{lock}: {status}")
     return failures
+
+
+def marker_command(uv: str, platform: Platform, lock: str, target: Path) -> list[str]:
+    """The uv command that resolves `lock` for `platform` without installing anything.
+
+    pip judges a dependency's markers (`sys_platform == "win32"`) by the
+    machine it runs on; uv's --python-platform judges them for `platform`, so
+    a package only that platform needs (colorama on Windows: a dependency
+    without a pinned hash) and a wheel it lacks both fail here, from the
+    index's metadata alone. A dry run downloads no wheel, so it does not
+    compare hashes: prove() does, with pip.
+    """
+    no_deps = ["--no-deps"] if lock == COURSE_LOCK else []  # as setup.sh installs it
+    # PyTorch's +cpu builds are not on PyPI: uv looks where pip does (PIP_FIND_LINKS), then PyTorch's CPU index.
+    torch_cpu = [] if "+cpu" not in (PROJECT_ROOT / lock).read_text(encoding="utf-8") else [
+        *(argument for folder in os.environ.get("PIP_FIND_LINKS", "").split() for argument in ("--find-links", folder)),
+        "--extra-index-url", "https://download.pytorch.org/whl/cpu", "--index-strategy", "unsafe-best-match"]
+    return [uv, "pip", "install", "--dry-run", "--quiet", "--only-binary", ":all:", *no_deps, *torch_cpu,
+            "--python-version", "3.11", "--python-platform", platform.uv_platform, "--target", str(target),
+            "--require-hashes", "-r", str(PROJECT_ROOT / lock)]
+
+
+def prove_markers(platforms: tuple[Platform, ...] = PLATFORMS) -> list[str]:
+    """Resolve every lock of every platform but this machine's (pip resolves those) with uv for its platform.
+
+    Returns the failures, each "lock: uv's error line"; uv missing is one failure.
+    """
+    uv = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
+    if uv is None:
+        return ["uv: not found; install the lab's tools: pip install --require-hashes -r requirements/lab.lock"]
+    failures = []
+    with tempfile.TemporaryDirectory() as target:
+        for platform in platforms:
+            if platform == current():
+                continue
+            for lock in (*platform.locks, COURSE_LOCK):
+                done = subprocess.run(marker_command(uv, platform, lock, Path(target)), capture_output=True,
+                                      text=True, env={**os.environ, **LOCK_ENVIRONMENT})
+                status = "resolves" if done.returncode == 0 else "FAILED: " + _uv_error(done.stderr)
+                print(f"{platform.name:14} {lock:42} {status}", flush=True)
+                if done.returncode:
+                    failures.append(f"{lock}: {status}")
+    return failures
+
+
+def _uv_error(stderr: str) -> str:
+    """uv's reason in one line: its `cause:` line where it gives one (why no solution), else its `error:` line."""
+    lines = [line.strip() for line in stderr.splitlines()]
+    reasons = [line for line in lines if line.startswith("cause:")] or [line for line in lines if line.startswith("error:")]
+    return reasons[-1].split(":", 1)[1].strip() if reasons else (stderr.strip() or "uv failed without a message")
