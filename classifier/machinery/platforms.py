@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from classifier.config import PROJECT_ROOT
@@ -136,3 +137,11 @@ def prove(platforms: tuple[Platform, ...] = PLATFORMS, destination: Path | None 
                 if done.returncode:
                     failures.append(f"{lock}: {status}")
     return failures
+
+
+def installed_version(package: str) -> str | None:
+    """The version of `package` installed in this environment, without importing it (None if not installed)."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
