@@ -48,7 +48,8 @@ def markdown_table(summary: dict[str, dict]) -> str:
 def numerics_cost_table(cost: dict[str, dict]) -> str:
     """The numerics cost as a Markdown table."""
     rows = [[name, f"{figures['train_ratio']:.2f}x", f"{figures['eval_ratio']:.2f}x",
-             f"{figures['baseline_accuracy']:.4f}", f"{figures['accuracy']:.4f}", f"{figures['accuracy_difference']:+.4f}"]
+             f"{figures['baseline_accuracy']:.4f}", f"{figures['accuracy']:.4f}",
+             f"{figures['accuracy_difference']:+.4f}"]
             for name, figures in cost.items()]
     return pipe_table(["subject: mode vs baseline", "train images/s ratio", "eval images/s ratio", "baseline accuracy",
                        "accuracy", "difference"], rows)
@@ -125,7 +126,8 @@ def budget_table(budget: dict, stopped: bool = False) -> str:
         return "none" if value is None else f"{value:.4f}"
 
     rows = [[recipe, accuracy(figures["mean"]), figures["seeds_with_value"],
-             ", ".join(accuracy(value) for value in figures["per_seed"])] for recipe, figures in budget["recipes"].items()]
+             ", ".join(accuracy(value) for value in figures["per_seed"])]
+            for recipe, figures in budget["recipes"].items()]
     return (f"## Test accuracy within {budget['seconds']:g} s of training\n\n"
             "After each run's last epoch that ended within the budget; 'none': even its first epoch took longer."
             + (" A run that stopped at the highest target counts the accuracy it stopped with." if stopped else "")
