@@ -74,6 +74,7 @@ def test_numerics_cost_of_the_fast_recipe_is_measured(fashion_lab, tmp_path):
     assert has_row(output.with_suffix(".md").read_text(), "fast: portable vs fastest")
 
 
+@pytest.mark.slow
 def test_tensorboard_rows_are_timed_by_their_epochs_and_change_no_result(fashion_lab, tmp_path):
     results = run_benchmark(limit=500, epochs=2, repeats=1, output=str(tmp_path / "tb"),
                             data_dir=str(fashion_lab / "data"), subjects=("fit", "fit+tensorboard"))
