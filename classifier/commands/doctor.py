@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from classifier.config import PROJECT_ROOT
@@ -66,7 +65,7 @@ def check_versions(lock_dir: Path = PROJECT_ROOT / "requirements", uname: str | 
     pins = locked_versions(lock)
     fix = f"reinstall from the lock: pip install --require-hashes -r {lock_name} (or ./setup.sh)"
     for package in (package, "keras", "numpy"):
-        installed, wanted = _installed(package), pins.get(package)
+        installed, wanted = platforms.installed_version(package), pins.get(package)
         if installed is None:
             checks.append(Check(package, FAIL, f"not installed (lock: {wanted})", fix))
         elif wanted and installed != wanted:
@@ -82,7 +81,8 @@ def _expected_locks(machine: platforms.Platform) -> tuple[str, str, str]:
     On x86-64 an installed `tensorflow` without `tensorflow-cpu` is the CUDA
     build (LAB_VARIANT=gpu); on arm64 `tensorflow` is the CPU build.
     """
-    if machine.tensorflow == "tensorflow-cpu" and _installed("tensorflow") and not _installed("tensorflow-cpu"):
+    installed = platforms.installed_version
+    if machine.tensorflow == "tensorflow-cpu" and installed("tensorflow") and not installed("tensorflow-cpu"):
         return "tensorflow", "requirements/gpu.lock", "requirements/torch-gpu.lock"
     return machine.tensorflow, machine.cpu_lock, machine.torch_lock
 
@@ -93,13 +93,6 @@ def python_check(version: tuple[int, ...]) -> Check:
     if tuple(version[:2]) == (3, 11):
         return Check("python", OK, text)
     return Check("python", WARN, text, "the locks are made for Python 3.11: use python3.11 (the container has it)")
-
-
-def _installed(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def check_tensorflow() -> list[Check]:
@@ -180,7 +173,7 @@ def check_torch(lock_dir: Path = PROJECT_ROOT / "requirements") -> list[Check]:
         torch_lock = lock_dir / "torch-gpu.lock"
     wanted = locked_versions(torch_lock).get("torch") if torch_lock.is_file() else None
     # The installed distribution's version is the lock's (a local build's torch.__version__ may add "+cpu").
-    installed = _installed("torch") or torch.__version__
+    installed = platforms.installed_version("torch") or torch.__version__
     if wanted and installed != wanted:
         checks = [Check("torch", FAIL, f"{installed} installed, lock says {wanted}", fix)]
     else:

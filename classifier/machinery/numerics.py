@@ -238,7 +238,7 @@ def machine_kind() -> dict:
         is None, cpu_model names the host, and isa is the emulated CPU's (its
         hardware capabilities, from /proc/self/auxv).
     """
-    info = _cpuinfo()
+    info = cpuinfo_fields()
     architecture = platform.machine()
     emulated = architecture in _ARM and "vendor_id" in info
     # x86-64 names its instruction sets "flags", Arm "Features".
@@ -276,7 +276,7 @@ def native_bfloat16(environ=None) -> bool:
     cap = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
     if cap != "ALL" and not any(level in cap for level in ("BF16", "FP16", "AMX", "AVX10")):
         return False
-    flags = set(_cpuinfo().get("flags", "").split())
+    flags = set(cpuinfo_fields().get("flags", "").split())
     return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
@@ -292,11 +292,15 @@ def _arm_hwcaps(auxv: Path = Path("/proc/self/auxv")) -> set[str]:
             if present}
 
 
-def _cpuinfo() -> dict[str, str]:
-    """The first processor's entries in /proc/cpuinfo (empty where there is none)."""
+def cpuinfo_fields(text: str | None = None) -> dict[str, str]:
+    """The first processor's entries in /proc/cpuinfo (empty where there is none).
+
+    Args:
+        text: the file's text to read instead of this machine's (tests give a made-up one).
+    """
     entries: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in (Path("/proc/cpuinfo").read_text(encoding="utf-8") if text is None else text).splitlines():
             key, _, value = line.partition(":")
             if not key.strip() and entries:
                 break  # the blank line after the first processor

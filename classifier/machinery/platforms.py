@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from classifier.config import PROJECT_ROOT
@@ -198,3 +199,11 @@ def _uv_error(stderr: str) -> str:
     lines = [line.strip() for line in stderr.splitlines()]
     reasons = [line for line in lines if line.startswith("cause:")] or [line for line in lines if line.startswith("error:")]
     return reasons[-1].split(":", 1)[1].strip() if reasons else (stderr.strip() or "uv failed without a message")
+
+
+def installed_version(package: str) -> str | None:
+    """The version of `package` installed in this environment, without importing it (None if not installed)."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None

@@ -131,13 +131,7 @@ def _git_state() -> dict:
 
 def cpu_model() -> str:
     """The CPU's model name as /proc/cpuinfo gives it (platform's answer elsewhere), for manifests and benchmarks."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return numerics.cpuinfo_fields().get("model name") or platform.processor() or platform.machine()
 
 
 def weights_hash(model) -> str:
