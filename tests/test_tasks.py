@@ -61,6 +61,18 @@ def _assert_one_line_error(result, expected):
         (["train", "--seed", "-1"], "error: seed must be between 0 and 4294967295 (2**32 - 1), got -1"),
         (["train", "--batch-size", str(2**63)], f"error: batch_size must be at most 2147483647, got {2**63}"),
         (["plot", "--output", "/nonexistent/folder/m.png"], "--output folder /nonexistent/folder does not exist"),
+        (["bench", "--limit", "-5"], "error: --limit must be 0 (all 60,000 training images) or a number of images, "
+                                     "got -5"),
+        (["bench", "--limit", "-5", "--target", "0.9"], "error: --limit must be 0 (all 60,000 training images) or a "
+                                                        "number of images, got -5"),
+        # invoke's own parse errors, said as the lab's one line (tasks.py wraps invoke's parsing).
+        (["train", "--bogus"], "error: unknown task or flag '--bogus'; see invoke --help train"),
+        (["trian"], "error: unknown task or flag 'trian'; see invoke --list"),
+        (["--help", "trian"], "error: unknown task or flag 'trian'; see invoke --list"),
+        (["train", "--epochs"], "error: --epochs needs a value; see invoke --help train"),
+        (["lab", "--tensorboard-port"], "error: --tensorboard-port needs a value; see invoke --help lab"),
+        (["reproduce"], "error: 'reproduce' did not receive required positional arguments: 'run'; "
+                        "see invoke --help reproduce"),
     ],
 )
 def test_bad_flags(args, expected):

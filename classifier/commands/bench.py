@@ -93,6 +93,7 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
     """
     subjects = _checked_settings(epochs, repeats, subjects, numerics_modes)
     # Validates limit and data_dir the way `invoke train` does, and checks the files before minutes of work.
+    _check_limit(limit)
     config = make_config(dataset="fashion_mnist", limit=limit or None, epochs=epochs, seed=seed, data_dir=data_dir)
     root = config_module.data_dir(config)
     from classifier.machinery.datasets import get_dataset
@@ -292,11 +293,18 @@ def parse_recipes(recipes) -> dict[str, tuple[str, int | None]]:
     return rows
 
 
+def _check_limit(limit: int) -> None:
+    """The bench's --limit, where 0 means all images (train's message, "leave it out", would name the wrong default)."""
+    if limit < 0:
+        raise UserError(f"--limit must be 0 (all 60,000 training images) or a number of images, got {limit}")
+
+
 def _fashion_mnist_root(limit: int, data_dir: str) -> Path:
     """The Fashion-MNIST folder `invoke train` would read, after a UserError if its files are not ready."""
     from classifier.machinery.datasets import get_dataset
     from classifier.machinery.download import problems
 
+    _check_limit(limit)
     root = config_module.data_dir(make_config(dataset="fashion_mnist", limit=limit or None, data_dir=data_dir))
     if found := problems(get_dataset("fashion_mnist"), root):
         raise UserError(f"Fashion-MNIST is not ready in {root}: {found[0]}; run: invoke data --dataset fashion_mnist")
