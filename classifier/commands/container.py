@@ -89,8 +89,10 @@ _CAUSES: list[tuple[tuple[str, ...], str]] = [
      "docker-compose gave up waiting for the engine (slow storage such as vfs): "
      "raise COMPOSE_HTTP_TIMEOUT (the tasks use 600 seconds), e.g. COMPOSE_HTTP_TIMEOUT=1200"),
 ]
+# Docker 28 says "failed to bind host port for 127.0.0.1:8888:172.18.0.2:8888/tcp: address already in use".
 _PORT_IN_USE = re.compile(r"(?:127\.0\.0\.1|0\.0\.0\.0|\[::\]|::)?:(\d+)(?:: bind)?: address already in use"
-                          r"|bind for [\d.:]+:(\d+) failed: port is already allocated", re.IGNORECASE)
+                          r"|bind for [\d.:]+:(\d+) failed: port is already allocated"
+                          r"|bind host port for (?:127\.0\.0\.1|0\.0\.0\.0|\[::\]|::):(\d+):", re.IGNORECASE)
 
 
 def explain(output: str, ports: dict[int, str] | None = None) -> str | None:
@@ -105,7 +107,7 @@ def explain(output: str, ports: dict[int, str] | None = None) -> str | None:
     """
     port_match = _PORT_IN_USE.search(output)
     if port_match:
-        port = int(port_match.group(1) or port_match.group(2))
+        port = int(next(group for group in port_match.groups() if group))
         flag = (ports or {}).get(port, "--port")
         return (f"port {port} on 127.0.0.1 is already in use by another program: stop it, "
                 f"or choose another port with `{flag} {port + 1}`")
@@ -560,11 +562,14 @@ def lab_up(variant: str = "gpu", *, port: int = 8888, tensorboard_port: int = 60
     for number, flag in ports.items():
         if not 1 <= number <= 65535:
             raise ContainerError(f"{flag} must be between 1 and 65535, got {number}")
-    reference = _prepare(variant, _requested_image(read_env_file(ENV_FILE)))
+    check_engine()
+    settings = read_env_file(ENV_FILE)
+    # Before the image is resolved (a pull takes minutes), so that a taken port is named at once. A lab that
+    # is already up holds its own ports (`up -d` leaves it running); any other port it is given must be free.
+    held = {settings.get("LAB_PORT"), settings.get("TENSORBOARD_PORT")} if _service_container(variant, "lab") else set()
+    _ports_free({number: flag for number, flag in ports.items() if str(number) not in held})
+    reference = _prepare(variant, _requested_image(settings))
     compose = _compose(variant)
-    # A lab that is already up holds its own ports; `up -d` leaves it running.
-    if not _service_container(variant, "lab"):
-        _ports_free(ports)
     values = write_env_file(variant, port=port, tensorboard_port=tensorboard_port,
                             image="" if _is_local_build(reference) else reference)
     print(f"starting the lab from {reference} ...", flush=True)
