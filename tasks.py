@@ -6,9 +6,11 @@ package. Bad input ends the task with one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import re
 import sys
 
-from invoke import Exit, task
+from invoke import Exit, Program, task
+from invoke.exceptions import ParseError
 
 from classifier.config import Interrupted, UserError
 
@@ -18,6 +20,48 @@ _CONFIG_HELP = {
              "--trainer torch: torch_module (default), torch_sequential, torch_mixed or torch_lecture (both pitfalls)",
     "data_dir": "dataset cache (default: $CLASSIFIER_DATA_DIR or ./data)",
 }
+
+
+# invoke's parse messages, said the way the lab's flags are written (a flag's name is in an Argument's repr).
+_PARSE_ERRORS = (
+    (r"^No idea what (.*) is$", r"unknown task or flag \1"),
+    (r"^Flag <Argument: (\w+).*> needed value and was not given one$",
+     lambda match: f"--{match.group(1).replace('_', '-')} needs a value"),
+    (r"^Flag <Argument: (\w+).*> doesn't take any value$",
+     lambda match: f"--{match.group(1).replace('_', '-')} takes no value"),
+)
+
+
+def _usage_errors_exit_2(parse):
+    """Wrap one of invoke's parsing steps so that its ParseError ends as the lab's one line and exit 2.
+
+    invoke parses a task's flags only after it has loaded this file, and ends a
+    parse error with "No idea what ..." and exit 1 (invoke/program.py,
+    Program.run); an Exit raised instead is printed as it stands with its own code.
+    """
+    def parse_step(program):
+        try:
+            return parse(program)
+        except ParseError as error:
+            task_name = getattr(error.context, "name", None)
+            text = str(error).rstrip("!")
+            for pattern, replacement in _PARSE_ERRORS:
+                text = re.sub(pattern, replacement, text)
+            way_out = f"invoke --help {task_name}" if task_name else "invoke --list"
+            raise Exit(f"error: {text}; see {way_out}", code=2) from None
+    return parse_step
+
+
+# A task's flags (parse_tasks) and `--help TASK` (parse_cleanup) are parsed after this file is loaded.
+Program.parse_tasks = _usage_errors_exit_2(Program.parse_tasks)
+Program.parse_cleanup = _usage_errors_exit_2(Program.parse_cleanup)
+
+
+def _quiet():
+    """TensorFlow's C++ start-up notices off stderr, as in the notebooks (CLASSIFIER_VERBOSE=1 shows them)."""
+    from classifier.machinery import quiet
+
+    quiet.drop_native_notices()
 
 
 def _run(function, *args, **kwargs):
@@ -68,6 +112,7 @@ def _config(**overrides):
 })
 def data(c, dataset="cifar10", data_dir="", from_="", mirror="", torchvision_root=""):
     """Download (or import) a dataset into the cache and verify every file's SHA-256."""
+    _quiet()
     from classifier.commands.data import data_command
 
     _run(data_command, dataset, data_dir=data_dir, mirror=mirror, source=from_, torchvision_root=torchvision_root)
@@ -99,6 +144,7 @@ def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=Non
           val_split=None, limit=None, runs_dir=None, data_dir=None, recipe=None, strategy=None, resume="",
           numerics=None, tensorboard=None, workers=None):
     """Train a classifier, evaluate it on the test set and write a run folder."""
+    _quiet()
     from classifier.machinery import numerics as numerics_module
     from classifier.commands.train import train_command
 
@@ -146,6 +192,7 @@ def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=Non
 def bench(c, limit="12000", epochs="3", repeats="3", output="", data_dir="", subjects="", numerics="fastest",
           target="", seeds="3", recipes="", budget=""):
     """Time the lecture's script against the lab's trainers, or (--target) each recipe's time to accuracy."""
+    _quiet()
     from classifier.commands.bench import run_benchmark, run_time_to_accuracy
 
     if target:
@@ -168,6 +215,7 @@ def bench(c, limit="12000", epochs="3", repeats="3", output="", data_dir="", sub
 })
 def reproduce(c, run, runs_dir="", tolerance=""):
     """Re-run a finished run from its manifest and compare metrics and weights."""
+    _quiet()
     from classifier.commands.reproduce import reproduce as reproduce_run
 
     limit = _float("tolerance", tolerance) if tolerance else None
@@ -183,6 +231,7 @@ def reproduce(c, run, runs_dir="", tolerance=""):
 })
 def compare(c, run_a, run_b, tolerance=""):
     """Compare two finished run folders without retraining: IDENTICAL, WITHIN TOLERANCE or DIFFERENT."""
+    _quiet()
     from classifier.commands.compare import compare as compare_runs
 
     limit = _float("tolerance", tolerance) if tolerance else None
@@ -196,6 +245,7 @@ def compare(c, run_a, run_b, tolerance=""):
 })
 def doctor(c, data_dir="", runs_dir=""):
     """Check Python, TensorFlow, GPUs, Conv2D, graphviz, data, disk and Docker; say how to fix."""
+    _quiet()
     from classifier import config as config_module
     from classifier.commands.doctor import diagnose, report
 
@@ -212,6 +262,7 @@ def doctor(c, data_dir="", runs_dir=""):
 })
 def plot(c, dataset=None, model=None, output=""):
     """Draw the model's picture with keras.utils.plot_model (needs graphviz)."""
+    _quiet()
     from classifier.commands.plot import plot_command
 
     _run(plot_command, _config(dataset=dataset, model=model), output=output)
@@ -224,6 +275,7 @@ def plot(c, dataset=None, model=None, output=""):
 })
 def course(c, script, args=""):
     """Run one of the course's own scripts unchanged, offline (TensorFlow: legacy Keras 2; PyTorch: .venv-torch)."""
+    _quiet()
     import shlex
 
     from classifier.commands.course import run_script
@@ -241,6 +293,7 @@ def course(c, script, args=""):
 @task
 def tensors(c):
     """Walk through TensorFlow tensor basics (lecture 1.1)."""
+    _quiet()
     from classifier.lecture.tensors import demonstrate
 
     demonstrate()
@@ -340,6 +393,7 @@ def lock(c, upgrade=False, proof=False):
 })
 def export(c, run, format="savedmodel,tflite,onnx", int8=False, data_dir=""):
     """Export a run's model (SavedModel, TFLite, ONNX; a torch run: ONNX), check each on the test set, write export.md."""
+    _quiet()
     from classifier.commands.export import ExportMismatch, export_run
     from classifier.machinery.exporters import markdown_table
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from classifier import config as config_module
-from classifier.config import make_config, to_dict
+from classifier import registry
+from classifier.config import UserError, make_config, to_dict
 from classifier.machinery import numerics, quiet
 from classifier.machinery.datasets import get_dataset
 from classifier.machinery.download import verified_files
@@ -47,6 +48,40 @@ def __getattr__(name: str):
 
         return getattr(runtime, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def check_notebook_environment(environment=os.environ) -> None:
+    """The notebooks' NOTEBOOK_* settings, checked when their first cell imports this module.
+
+    A notebook reads them with a bare `int(...)`: NOTEBOOK_LIMIT=-5 would train
+    on all but 5 images and NOTEBOOK_EPOCHS=0 would fail only in the last cell,
+    at the run record, without naming the variable.
+
+    Args:
+        environment: the variables to check (default: this process's).
+
+    Raises:
+        UserError: a variable that is set holds a value the notebooks cannot use; the message names it.
+    """
+    wanted = {"NOTEBOOK_LIMIT": (0, "0 (all training images) or a number of images, e.g. NOTEBOOK_LIMIT=600"),
+              "NOTEBOOK_EPOCHS": (1, "a number of epochs, at least 1, e.g. NOTEBOOK_EPOCHS=1")}
+    for name, (least, accepted) in wanted.items():
+        value = environment.get(name)
+        if value is None:
+            continue
+        try:
+            number = int(value)
+        except ValueError:
+            number = least - 1
+        if number < least:
+            raise UserError(f"{name}={value!r} cannot be used: give {accepted}, or unset it for the default")
+    dataset = environment.get("NOTEBOOK_DATASET")
+    if dataset is not None and dataset not in registry.DATASETS:
+        raise UserError(f"NOTEBOOK_DATASET={dataset!r} is not a dataset the lab knows; accepted: "
+                        f"{', '.join(registry.DATASETS)}")
+
+
+check_notebook_environment()
 
 
 # A notebook's first cell, before TensorFlow starts: the numerics mode `invoke train` would use here
@@ -70,6 +105,9 @@ def load_data(dataset_name: str = "cifar10", limit: int | None = None):
     Returns:
         ((x_train, y_train), (x_test, y_test), class_names).
     """
+    if limit is not None and limit < 0:
+        # A negative slice would keep all but the last images, silently.
+        raise UserError(f"limit must be None or 0 (all training images) or a number of images, got {limit}")
     dataset = get_dataset(dataset_name)
     source = os.environ.get("NOTEBOOK_DATA_SOURCE")
     ((x_train, y_train), test), _ = read_verified(dataset, config_module.data_dir(make_config(dataset=dataset_name)),

@@ -313,4 +313,31 @@ def test_a_wrong_lab_torch_python_is_one_line(tmp_path):
     result = run_invoke("course", str(script), env={"LAB_TORCH_PYTHON": str(tmp_path / "missing" / "python")})
     assert result.returncode == 2 and "ran" not in result.stdout and "Traceback" not in result.stderr
     assert result.stderr.strip().startswith(f"error: LAB_TORCH_PYTHON={tmp_path / 'missing' / 'python'} is not a "
-                                            "Python with torchvision; point it at the PyTorch environment's")
+                                            "Python with torch; point it at the PyTorch environment's")
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("notes.txt", "is not a Python script (.py); give a course script, e.g. "
+                  "detlec/01_classifiers/tf_classifier_basic.py"),
+    ("tf_classifier.ipynb", "is a notebook, not a script: open it in JupyterLab (invoke lab), or give the course's "
+                            ".py script"),
+])
+def test_a_file_that_is_not_a_python_script_is_one_line(tmp_path, name, expected):
+    script = tmp_path / name
+    script.write_text('{"cells": []}\nprint("ran")\n', encoding="utf-8")
+    result = run_invoke("course", str(script))
+    assert result.returncode == 2 and "ran" not in result.stdout, result.stderr
+    assert result.stderr.splitlines() == [f"error: {script} {expected}"]
+
+
+def test_a_script_importing_only_torch_runs_where_torch_is(tmp_path):
+    """No torchvision needed: the first Python with torch runs it (here the lab's own, whose torch is installed)."""
+    pytest.importorskip("torch")
+    script = tmp_path / "torch_only.py"
+    script.write_text("import sys\nimport torch\nprint('ran', torch.__name__, sys.executable)\n", encoding="utf-8")
+    result = run_invoke("course", str(script), env={"LAB_TORCH_PYTHON": sys.executable})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"ran torch {sys.executable}"]
+    without = run_invoke("course", str(script), env={"LAB_TORCH_PYTHON": ""})
+    assert without.returncode == 0, without.stderr
+    assert without.stdout.startswith("ran torch ")

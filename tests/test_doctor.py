@@ -177,3 +177,77 @@ def test_torch_in_its_own_kernel_environment_is_found_by_doctor_and_named_by_tra
         import_torch()
     (kernel / "kernel.json").unlink()  # without the kernel: the warning, as before
     assert [(check.name, check.status) for check in doctor.check_torch()] == [("torch", WARN)]
+
+
+def _rows(checks):
+    return {check.name: (check.status, check.detail, check.fix) for check in checks}
+
+
+def test_diagnose_fails_missing_task_packages_and_a_runs_path_that_is_a_file(tmp_path, monkeypatch, capsys):
+    """onnxruntime and tf_keras not importable (at the lookup the tasks use), --runs-dir a file: problems, not OK."""
+    import importlib.util
+
+    from classifier.commands import doctor
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name in ("onnxruntime", "tf_keras") else find_spec(name, *args))
+    monkeypatch.delenv("LAB_IMAGE", raising=False)
+    runs = tmp_path / "runs"
+    runs.write_text("a file", encoding="utf-8")
+    data = tmp_path / "blocker" / "data"
+    data.parent.write_text("a file", encoding="utf-8")
+    checks = doctor.diagnose(data, runs)
+    rows = _rows(checks)
+    assert rows["onnxruntime"] == (FAIL, "not importable: invoke export --format onnx needs it",
+                                   "pip install --require-hashes -r requirements/lab.lock (or ./setup.sh)")
+    assert rows["tf_keras"] == (FAIL, "not importable: invoke course (the course's TensorFlow scripts) needs it",
+                                "pip install --no-deps --require-hashes -r requirements/course.lock")
+    assert rows["onnx"][0] == rows["tf2onnx"][0] == rows["ai_edge_litert"][0] == OK  # the control: installed here
+    assert rows[f"disk {runs}"][:2] == (FAIL, f"{runs} is a file, not a folder")
+    assert rows[f"disk {data}"][:2] == (FAIL, f"{data} cannot be made: {data.parent} is a file, not a folder")
+    assert runs.read_text(encoding="utf-8") == "a file"
+    assert not doctor.report(checks)
+    assert "no problems found" not in capsys.readouterr().out
+
+
+def test_tf_keras_missing_in_the_lab_image_is_a_warning(monkeypatch):
+    """The image does not install requirements/course.lock: there `invoke course` with TensorFlow is a known gap."""
+    import importlib.util
+
+    from classifier.commands import doctor
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    monkeypatch.setenv("LAB_IMAGE", "classifier-lab:cpu")
+    rows = _rows(doctor.check_task_modules())
+    assert rows["tf_keras"][0] == WARN and rows["onnxruntime"][0] == FAIL
+
+
+def _fake_commands(folder: Path, **scripts: str) -> str:
+    """Executables named after the keywords (docker_compose -> docker-compose) in `folder`; returns a PATH."""
+    folder.mkdir()
+    for name, body in scripts.items():
+        path = folder / name.replace("_", "-")
+        path.write_text(f"#!/bin/sh\n{body}\n", encoding="utf-8")
+        path.chmod(0o755)
+    return str(folder)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the fake docker commands are shell scripts")
+def test_doctor_accepts_docker_compose_v1_as_the_container_tasks_do(tmp_path, monkeypatch):
+    from classifier.commands import doctor
+    from classifier.machinery import docker_engine
+
+    # A docker without the compose plugin, and docker-compose 1.29 beside it.
+    monkeypatch.setenv("PATH", _fake_commands(
+        tmp_path / "bin",
+        docker='[ "$1" = compose ] && exit 1\n[ "$1" = info ] && echo \'{"runc":{}}\'\nexit 0',
+        docker_compose='echo "docker-compose version 1.29.2, build 5becea4c"'))
+    monkeypatch.delenv("LAB_IMAGE", raising=False)
+    assert docker_engine.compose_command() == ["docker-compose"]
+    rows = _rows(doctor.check_host_docker())
+    assert rows["docker compose"] == (OK, "docker-compose version 1.29.2, build 5becea4c", "")
+    (tmp_path / "bin" / "docker-compose").unlink()  # neither: the warning, with both ways to fix it
+    assert rows != _rows(doctor.check_host_docker())
+    assert _rows(doctor.check_host_docker())["docker compose"] == (
+        WARN, "missing", "install the docker-compose-plugin (Compose v2), or docker-compose 1.28+")

@@ -216,3 +216,24 @@ def test_the_lecture_faithful_torch_model_is_named_as_random_at_evaluation(fashi
     if result.returncode == 1:
         assert "onnx accuracy" in result.stderr and "--model torch_module" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_full_disk_is_named_not_cut_from_tensorflows_message(tiny_run, small_tmpfs):
+    """The run folder on a full tmpfs: TensorFlow's SaveV2 error is about 600 characters; the line says what happened."""
+    from classifier.commands.export import export_run
+    from classifier.config import UserError
+
+    run = small_tmpfs / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "export.*"))
+    before = sorted((path.relative_to(run).as_posix(), path.stat().st_size) for path in run.rglob("*"))
+    with open(small_tmpfs / "filler", "wb") as filler:  # all but 64 KB: the SavedModel's variables do not fit
+        os.posix_fallocate(filler.fileno(), 0, shutil.disk_usage(small_tmpfs).free - 64 * 1024)
+    with pytest.raises(UserError) as raised:
+        export_run(run, formats="savedmodel")
+    assert str(raised.value) == ("savedmodel export failed: the disk that holds the run folder is full (no space left on "
+                                 "device); free space there (old runs/ folders can be moved elsewhere) and export "
+                                 "again; nothing of this export was kept")
+    (small_tmpfs / "filler").unlink()
+    after = sorted((path.relative_to(run).as_posix(), path.stat().st_size) for path in run.rglob("*"))
+    assert [entry for entry in after if entry[0] != "export"] == [entry for entry in before if entry[0] != "export"]
+    assert not list((run / "export").iterdir())  # no scratch folder left behind

@@ -11,6 +11,7 @@ import pytest
 from classifier.commands import container
 from classifier.commands.doctor import FAIL, OK, check_versions, locked_versions
 from classifier.machinery import platforms
+from conftest import run_invoke
 
 ROOT = Path(__file__).parent.parent
 X86_64, AARCH64, MACOS, WINDOWS = platforms.PLATFORMS
@@ -185,3 +186,15 @@ def test_gpu_image_on_arm64_says_it_is_amd64_only(monkeypatch):
         container.build("gpu")
     assert str(raised.value) == ("the GPU image is linux/amd64 only and this machine is aarch64: "
                                  "build the CPU image with --variant cpu (docs/arm64.md: Jetson)")
+
+
+def test_the_proof_without_a_reachable_index_names_the_index_not_the_locks():
+    # A closed port: pip would fail every lock with "No matching distribution found", blaming locks that are fine.
+    result = run_invoke("lock", "--proof", env={"PIP_INDEX_URL": "http://127.0.0.1:9/simple"})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""  # no lock was tried
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: cannot reach the package index http://127.0.0.1:9/simple (")
+    assert "Connection refused" in line or "10061" in line  # Linux and macOS, Windows
+    assert line.endswith("): the locks were not checked; run `invoke lock --proof` online, or set PIP_INDEX_URL to a "
+                         "mirror you can reach")

@@ -61,6 +61,18 @@ def _assert_one_line_error(result, expected):
         (["train", "--seed", "-1"], "error: seed must be between 0 and 4294967295 (2**32 - 1), got -1"),
         (["train", "--batch-size", str(2**63)], f"error: batch_size must be at most 2147483647, got {2**63}"),
         (["plot", "--output", "/nonexistent/folder/m.png"], "--output folder /nonexistent/folder does not exist"),
+        (["bench", "--limit", "-5"], "error: --limit must be 0 (all 60,000 training images) or a number of images, "
+                                     "got -5"),
+        (["bench", "--limit", "-5", "--target", "0.9"], "error: --limit must be 0 (all 60,000 training images) or a "
+                                                        "number of images, got -5"),
+        # invoke's own parse errors, said as the lab's one line (tasks.py wraps invoke's parsing).
+        (["train", "--bogus"], "error: unknown task or flag '--bogus'; see invoke --help train"),
+        (["trian"], "error: unknown task or flag 'trian'; see invoke --list"),
+        (["--help", "trian"], "error: unknown task or flag 'trian'; see invoke --list"),
+        (["train", "--epochs"], "error: --epochs needs a value; see invoke --help train"),
+        (["lab", "--tensorboard-port"], "error: --tensorboard-port needs a value; see invoke --help lab"),
+        (["reproduce"], "error: 'reproduce' did not receive required positional arguments: 'run'; "
+                        "see invoke --help reproduce"),
     ],
 )
 def test_bad_flags(args, expected):
@@ -138,3 +150,42 @@ def test_resume_with_settings_is_one_line_naming_the_flags(tmp_path):
     result = run_invoke("train", "--resume", str(tmp_path), "--epochs", "3", "--batch-size", "64")
     _assert_one_line_error(result, "--resume continues with the run's own settings (its config.json); "
                                    "drop --epochs, --batch-size")
+
+
+def test_a_taken_port_is_named_before_the_image_is_looked_at(tmp_path):
+    """`invoke lab` with JupyterLab's port held by another program: the port and the flag, at once (no pull, no wait)."""
+    import os
+    import socket
+    import sys
+    import time
+
+    if sys.platform == "win32":
+        pytest.skip("the stand-in docker is a shell script")
+    calls = tmp_path / "calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # A Docker engine and Compose v2 with no lab running; any other command (an image lookup, a pull) fails.
+    (bin_dir / "docker").write_text(f"""#!/bin/sh
+echo "$*" >> '{calls}'
+case "$*" in
+  version*) echo 28.2.2 ;;
+  "compose version") echo "Docker Compose version v2.29.7" ;;
+  compose*" ps -q lab") ;;
+  *) echo "not expected: $*" >&2; exit 1 ;;
+esac
+""", encoding="utf-8")
+    (bin_dir / "docker").chmod(0o755)
+    with socket.socket() as taken, socket.socket() as free:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        free.bind(("127.0.0.1", 0))
+        port, other = taken.getsockname()[1], free.getsockname()[1]
+        free.close()
+        started = time.monotonic()
+        result = run_invoke("lab", "--variant", "cpu", "--port", str(port), "--tensorboard-port", str(other),
+                            env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "LAB_IMAGE": ""})
+    assert time.monotonic() - started < 60
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [f"error: port {port} on 127.0.0.1 is already in use by another program: "
+                                          f"stop it, or choose another port with `--port {port + 1}`"]
+    assert not any("image" in line or "pull" in line for line in calls.read_text().splitlines())

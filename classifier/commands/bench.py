@@ -56,6 +56,7 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
     """
     subjects = _checked_settings(epochs, repeats, subjects, numerics_modes)
     # Validates limit and data_dir the way `invoke train` does, and checks the files before minutes of work.
+    _check_limit(limit)
     config = make_config(dataset="fashion_mnist", limit=limit or None, epochs=epochs, seed=seed, data_dir=data_dir)
     root = _fashion_mnist_root(config)
     target = writable_output(output)
@@ -137,6 +138,7 @@ def run_time_to_accuracy(target: float | str | tuple = 0.91, seeds: int = 3,
     baseline = next((label for label, (name, _) in rows.items() if name == "lecture"), None)
     if lecture and baseline is None:
         raise UserError("--target lecture needs the lecture recipe among --recipes, e.g. --recipes lecture,fast")
+    _check_limit(limit)
     root = _fashion_mnist_root(make_config(dataset="fashion_mnist", limit=limit or None, data_dir=data_dir))
     target_path = writable_output(output)
     plans = {label: measure.plan(name, epochs, numbers, lecture) for label, (name, epochs) in rows.items()}
@@ -155,6 +157,12 @@ def run_time_to_accuracy(target: float | str | tuple = 0.91, seeds: int = 3,
     print(report)
     print(f"[bench] wrote {target_path.with_suffix('.json')} and {target_path.with_suffix('.md')}")
     return results
+
+
+def _check_limit(limit: int) -> None:
+    """The bench's --limit, where 0 means all images (train's message, "leave it out", would name the wrong default)."""
+    if limit < 0:
+        raise UserError(f"--limit must be 0 (all 60,000 training images) or a number of images, got {limit}")
 
 
 def _fashion_mnist_root(config) -> Path:

@@ -95,11 +95,14 @@ def lab_up(variant: str = "gpu", *, port: int = 8888, tensorboard_port: int = 60
     for number, flag in ports.items():
         if not 1 <= number <= 65535:
             raise ContainerError(f"{flag} must be between 1 and 65535, got {number}")
-    reference = prepare(variant, requested_image(read_env_file(ENV_FILE)))
+    check_engine()
+    settings = read_env_file(ENV_FILE)
+    # Before the image is resolved (a pull takes minutes), so that a taken port is named at once. A lab that
+    # is already up holds its own ports (`up -d` leaves it running); any other port it is given must be free.
+    held = {settings.get("LAB_PORT"), settings.get("TENSORBOARD_PORT")} if service_container(variant, "lab") else set()
+    check_ports_free({number: flag for number, flag in ports.items() if str(number) not in held})
+    reference = prepare(variant, requested_image(settings))
     compose = compose_for(variant)
-    # A lab that is already up holds its own ports; `up -d` leaves it running.
-    if not service_container(variant, "lab"):
-        check_ports_free(ports)
     values = write_env_file(variant, port=port, tensorboard_port=tensorboard_port,
                             image="" if is_local_build(reference) else reference)
     print(f"starting the lab from {reference} ...", flush=True)

@@ -9,6 +9,7 @@ FAIL (broken: training or the tests will not work as promised).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import re
@@ -18,7 +19,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from classifier.config import PROJECT_ROOT
+from classifier.machinery import docker_engine
+from classifier.commands.course import INSTALL_HINT as LEGACY_KERAS_HINT
+from classifier.config import PROJECT_ROOT, UserError
 from classifier.machinery import platforms
 from classifier.machinery.torch_runs import torch_kernel_python
 
@@ -228,6 +231,41 @@ def _torch_conv2d_check(torch, device: str) -> Check:
     return Check(f"torch conv2d {device}", OK, "forward and backward pass ran")
 
 
+# The modules a task imports beyond TensorFlow and Keras, and the task: (module, what needs it, lock that installs it).
+TASK_MODULES = (
+    ("onnxruntime", "invoke export --format onnx", "requirements/lab.lock"),
+    ("onnx", "invoke export --format onnx", "requirements/lab.lock"),
+    ("tf2onnx", "invoke export --format onnx", "requirements/lab.lock"),
+    ("ai_edge_litert", "invoke export --format tflite", "requirements/lab.lock"),
+    ("tf_keras", "invoke course (the course's TensorFlow scripts)", "requirements/course.lock"),
+)
+
+
+def importable(module: str) -> bool:
+    """Whether `module` can be found for import (looked up, not imported), as the tasks that need it look it up."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module that sys.modules holds as None or without a spec
+        return False
+
+
+def check_task_modules() -> list[Check]:
+    """The packages `invoke export` and `invoke course` import, which ./setup.sh installs beside TensorFlow.
+
+    A missing one fails (the task that needs it would stop at once); tf_keras
+    in the lab image, which does not install requirements/course.lock, is a warning.
+    """
+    checks = []
+    for module, needed_by, lock in TASK_MODULES:
+        if importable(module):
+            checks.append(Check(module, OK, "importable"))
+            continue
+        fix = LEGACY_KERAS_HINT if module == "tf_keras" else f"pip install --require-hashes -r {lock} (or ./setup.sh)"
+        status = WARN if module == "tf_keras" and in_container() else FAIL
+        checks.append(Check(module, status, f"not importable: {needed_by} needs it", fix))
+    return checks
+
+
 def check_graphviz() -> Check:
     from classifier.machinery.report import graphviz_missing
 
@@ -271,9 +309,16 @@ def check_datasets(data_dir: Path) -> list[Check]:
 
 
 def check_disk(*folders: Path, warn_below_gb: float = 2.0, fail_below_gb: float = 0.2) -> list[Check]:
+    """Free space where each folder is (or will be made); a folder path that is, or lies under, a file fails."""
     checks = []
     for folder in folders:
         existing = next((p for p in [Path(folder), *Path(folder).parents] if p.exists()), Path("/"))
+        if not existing.is_dir():
+            where = "is a file" if existing == Path(folder) else f"cannot be made: {existing} is a file"
+            checks.append(Check(f"disk {folder}", FAIL, f"{folder} {where}, not a folder",
+                                "point --runs-dir/--data-dir (or CLASSIFIER_RUNS_DIR/CLASSIFIER_DATA_DIR) at a "
+                                "folder, or move the file away"))
+            continue
         free = shutil.disk_usage(existing).free / 1e9
         status = FAIL if free < fail_below_gb else WARN if free < warn_below_gb else OK
         checks.append(Check(f"disk {folder}", status, f"{free:.1f} GB free",
@@ -287,16 +332,20 @@ def in_container() -> bool:
 
 
 def check_host_docker() -> list[Check]:
-    """Docker, Compose v2 and the NVIDIA runtime, for running the lab container (on the host)."""
+    """Docker, Compose (v2, or docker-compose 1.x as the container tasks accept it) and the NVIDIA runtime,
+    for running the lab container (on the host)."""
     if in_container():
         return check_container()
     checks = []
     docker = shutil.which("docker")
     if not docker:
         return [Check("docker", WARN, "not installed", "install Docker Engine to use the lab container")]
-    compose = _run([docker, "compose", "version"])
-    checks.append(Check("docker compose v2", OK if compose else WARN, compose or "missing",
-                        "" if compose else "install the docker-compose-plugin (Compose v2)"))
+    try:
+        compose = _run(docker_engine.compose_command() + ["version"])  # the one the container tasks will run
+    except UserError:
+        compose = None
+    checks.append(Check("docker compose", OK if compose else WARN, compose or "missing",
+                        "" if compose else "install the docker-compose-plugin (Compose v2), or docker-compose 1.28+"))
     info = _run([docker, "info", "--format", "{{json .Runtimes}}"])
     if info is None:
         checks.append(Check("docker engine", WARN, "not reachable", "start it: sudo systemctl start docker"))
@@ -389,6 +438,7 @@ def diagnose(data_dir: Path, runs_dir: Path) -> list[Check]:
     return [
         *check_versions(),
         *check_tensorflow(),
+        *check_task_modules(),
         *check_torch(),
         check_graphviz(),
         *check_datasets(data_dir),

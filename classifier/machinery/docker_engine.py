@@ -81,8 +81,10 @@ _CAUSES: list[tuple[tuple[str, ...], str]] = [
      "docker-compose gave up waiting for the engine (slow storage such as vfs): "
      "raise COMPOSE_HTTP_TIMEOUT (the tasks use 600 seconds), e.g. COMPOSE_HTTP_TIMEOUT=1200"),
 ]
+# Docker 28 says "failed to bind host port for 127.0.0.1:8888:172.18.0.2:8888/tcp: address already in use".
 _PORT_IN_USE = re.compile(r"(?:127\.0\.0\.1|0\.0\.0\.0|\[::\]|::)?:(\d+)(?:: bind)?: address already in use"
-                          r"|bind for [\d.:]+:(\d+) failed: port is already allocated", re.IGNORECASE)
+                          r"|bind for [\d.:]+:(\d+) failed: port is already allocated"
+                          r"|bind host port for (?:127\.0\.0\.1|0\.0\.0\.0|\[::\]|::):(\d+):", re.IGNORECASE)
 
 
 def explain(output: str, ports: dict[int, str] | None = None) -> str | None:
@@ -97,7 +99,7 @@ def explain(output: str, ports: dict[int, str] | None = None) -> str | None:
     """
     port_match = _PORT_IN_USE.search(output)
     if port_match:
-        port = int(port_match.group(1) or port_match.group(2))
+        port = int(next(group for group in port_match.groups() if group))
         flag = (ports or {}).get(port, "--port")
         return (f"port {port} on 127.0.0.1 is already in use by another program: stop it, "
                 f"or choose another port with `{flag} {port + 1}`")

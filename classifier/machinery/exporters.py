@@ -16,6 +16,7 @@ is the command around it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -117,6 +118,7 @@ def torch_rows(run_dir: Path, config, out: Path, test, reference: float) -> list
                 export_torch_onnx(model, path, test.images[:1])
                 predict = _onnx_runtime(path)
         except Exception as error:  # the exporter raises many types; each ends here as one line
+            _raise_if_disk_full("onnx", error)
             raise UserError(f"onnx export of {config.model} failed: {_short(error)}") from None
         rows.append(_measure("onnx", f"onnxruntime {onnxruntime.__version__}", predict, path, test, reference))
         _publish(path, out / _FILE_NAMES["onnx"])
@@ -204,10 +206,19 @@ def _convert(model, name: str, action) -> None:
         with _native_stderr_captured():
             action()
     except Exception as error:  # the converters raise many types; each ends here as one line
+        _raise_if_disk_full(name, error)  # before the layer search, which would blame a layer for it
         layer, reason = _first_unconvertible_layer(model, name)
         if layer is None:
             raise UserError(f"{name} export failed: {_short(error)}") from None
         raise UserError(f"{name} cannot hold layer {layer.name!r} ({type(layer).__name__}): {reason}") from None
+
+
+def _raise_if_disk_full(name: str, error: BaseException) -> None:
+    """A UserError saying the disk is full, when that is why a converter failed (an OSError, or TensorFlow's text)."""
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+        raise UserError(f"{name} export failed: the disk that holds the run folder is full (no space left on device); "
+                        "free space there (old runs/ folders can be moved elsewhere) and export again; nothing of "
+                        "this export was kept") from None
 
 
 def _first_unconvertible_layer(model, name: str):

@@ -32,11 +32,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from classifier.config import PROJECT_ROOT
+from classifier.config import PROJECT_ROOT, UserError
 
 COURSE_LOCK = "requirements/course.lock"  # every platform's: tf-keras is one py3-none-any wheel
 
@@ -129,6 +131,33 @@ def proof_command(platform: Platform, lock: str, destination: Path) -> list[str]
             "--require-hashes", "-r", str(PROJECT_ROOT / lock), "-d", str(destination)]
 
 
+def index_url() -> str:
+    """The package index pip downloads from: $PIP_INDEX_URL, else pip's configured index-url, else PyPI's."""
+    if url := os.environ.get("PIP_INDEX_URL"):
+        return url.split()[0]
+    listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
+    for line in listed.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.endswith(".index-url") and not key.endswith("extra-index-url"):
+            return value.strip("'\"").split()[0]
+    return "https://pypi.org/simple"
+
+
+def _require_reachable(index: str) -> None:
+    """A UserError naming the index when it does not answer: without it every lock would fail, through no fault of its own."""
+    if not index.startswith(("http://", "https://")):
+        return  # a local index (file://) is pip's to judge
+    try:
+        with urllib.request.urlopen(f"{index.rstrip('/')}/pip/", timeout=30):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answered: pip will say what it lacks
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise UserError(f"cannot reach the package index {index} ({reason}): the locks were not checked; run "
+                        "`invoke lock --proof` online, or set PIP_INDEX_URL to a mirror you can reach") from None
+
+
 def prove(platforms: tuple[Platform, ...] = PLATFORMS, destination: Path | None = None) -> list[str]:
     """Download every lock's wheels for its platform with --require-hashes; return the failures.
 
@@ -137,6 +166,7 @@ def prove(platforms: tuple[Platform, ...] = PLATFORMS, destination: Path | None 
     pinned) is a failure (pip's last line). About 2 GB. x86-64's torch+cpu is not
     on PyPI: pip finds it where setup.sh does (PIP_FIND_LINKS, PyTorch's index).
     """
+    _require_reachable(index_url())
     failures = []
     with tempfile.TemporaryDirectory(dir=destination) as folder:
         for platform in platforms:

@@ -1,7 +1,9 @@
-"""Keep TensorFlow's C++ start-up notices out of a notebook's cells.
+"""Keep TensorFlow's C++ start-up notices out of a notebook's cells and off the command line.
 
     from classifier.machinery import quiet
     quiet.drop_native_notices()   # before `import tensorflow`
+
+    CLASSIFIER_VERBOSE=1 invoke train ...   # shows them again (no filter)
 
 On import, TensorFlow 2.21's two libraries each write absl INFO lines straight
 to the process's stderr (file descriptor 2), before TF_CPP_MIN_LOG_LEVEL
@@ -11,10 +13,14 @@ to the process's stderr (file descriptor 2), before TF_CPP_MIN_LOG_LEVEL
     I0000 00:00:1796415520.553973   20205 port.cc:153] oneDNN custom operations are on. ...
 
 A Jupyter kernel shows each as a red stderr box, twice, though nothing is
-wrong. `drop_native_notices()` puts a filter on file descriptor 2 that drops
-exactly those lines (absl's INFO lines and its preamble) and passes everything
-else on at once: warnings, errors and Python's own stderr are untouched.
-TensorFlow-free; `invoke` commands do not use it.
+wrong; on the command line they come before a task's one-line error or its
+first line of output. `drop_native_notices()` puts a filter on file
+descriptor 2 that drops exactly those lines (absl's INFO lines and its
+preamble) and passes everything else on at once: warnings, errors and
+Python's own stderr are untouched. The notebooks call it (classifier/lab.py),
+and so do the invoke tasks that import TensorFlow (tasks.py). With
+CLASSIFIER_VERBOSE=1 it does nothing, for whoever needs to see the notices.
+TensorFlow-free.
 """
 
 from __future__ import annotations
@@ -29,12 +35,14 @@ _DROPPED = re.compile(rb"I\d{4} \S+ +\d+ [\w.-]+:\d+\] .*"
                       rb"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR")
 _PREAMBLE = b"WARNING: All log messages before absl::InitializeLog()"
 _installed = False
+# Set to 1 (or any non-empty value but 0) to keep the notices.
+VERBOSE_VARIABLE = "CLASSIFIER_VERBOSE"
 
 
 def drop_native_notices() -> None:
     """Filter absl INFO lines out of this process's stderr from now on (once per process; returns nothing)."""
     global _installed
-    if _installed:
+    if _installed or os.environ.get(VERBOSE_VARIABLE, "") not in ("", "0"):
         return
     try:
         target = os.dup(2)  # where stderr went so far: the terminal, or the Jupyter kernel's capture
