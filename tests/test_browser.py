@@ -201,10 +201,10 @@ def _compose_lab(root: Path, image: str):
 def invoke_lab(root: Path, variant: str):
     """The lab as a student starts it: `invoke lab --variant VARIANT` in the copy (the image `invoke build` made),
     on ports of its own; the token is the one it wrote to the copy's .env. `invoke down` stops it."""
-    from classifier.commands import container
+    from classifier.machinery import docker_engine
 
-    if os.getuid() == 0:  # the lab runs as the host user's ids, 1000 for root (container.host_ids)
-        uid, gid = container.host_ids()
+    if os.getuid() == 0:  # the lab runs as the host user's ids, 1000 for root (docker_engine.host_ids)
+        uid, gid = docker_engine.host_ids()
         for path in [root, *root.rglob("*")]:
             os.chown(path, uid, gid, follow_symlinks=False)
     lab_port, board_port = _free_port(), _free_port()
@@ -222,7 +222,7 @@ def invoke_lab(root: Path, variant: str):
     if up.returncode != 0:
         stop()
     assert up.returncode == 0, up.stdout + up.stderr
-    token = container.read_env_file(root / ".env")["JUPYTER_TOKEN"]
+    token = docker_engine.read_env_file(root / ".env")["JUPYTER_TOKEN"]
     return f"http://127.0.0.1:{lab_port}", token, f"http://127.0.0.1:{board_port}", stop
 
 

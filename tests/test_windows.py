@@ -48,9 +48,9 @@ def test_windows_torch_is_pypis_with_its_torchvision_and_no_cuda():
 
 
 def test_windows_locks_are_written_by_invoke_lock_for_windows():
-    from classifier.commands import container
+    from classifier.machinery import locks
 
-    commands = {command[-1]: command for command in container.lock_commands()}
+    commands = {command[-1]: command for command in locks.lock_commands()}
     for lock in WINDOWS.locks:
         header = (ROOT / lock).read_text(encoding="utf-8").splitlines()[1].removeprefix("#    ")
         assert header == " ".join(commands[lock]) and "--python-platform x86_64-pc-windows-msvc" in header
