@@ -220,12 +220,12 @@ def _leading_names(cell: str) -> list[str]:
 
 def test_each_choice_flag_lists_the_names_the_code_accepts():
     from classifier import registry
-    from classifier.commands import bench
+    from classifier.machinery import measure
     from classifier.config import MAX_SEED
 
     accepted = {"dataset": registry.DATASETS, "model": registry.MODELS, "recipe": registry.RECIPES,
                 "trainer": registry.TRAINERS + registry.TORCH_TRAINERS, "strategy": registry.STRATEGIES,
-                "numerics": registry.NUMERICS, "subjects": bench.SUBJECTS}
+                "numerics": registry.NUMERICS, "subjects": measure.SUBJECTS}
     compared, wrong = 0, {}
     for task, section in docs_sections().items():
         for row in table_rows(section):
