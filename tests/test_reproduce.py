@@ -134,6 +134,20 @@ def test_a_notebooks_run_is_rerun_as_the_command_it_names(tiny_dataset, tmp_path
     assert len(list((tmp_path / "notebook runs").iterdir())) == 2
 
 
+@pytest.mark.parametrize("architecture", ["x86_64", "aarch64"])
+def test_a_notebooks_mode_is_read_from_the_variables_it_recorded(architecture, monkeypatch):
+    """lab.record_run writes the config's default mode; the variables lab.use_numerics() set say which one ran."""
+    from classifier.commands.compare import recorded_mode
+
+    monkeypatch.setattr(numerics.platform, "machine", lambda: architecture)
+    for mode in ("portable", "fastest"):
+        variables = numerics.apply(mode, environ={"TF_NUM_INTRAOP_THREADS": "16"}, announce=print)["environment"]
+        notebook = {"source": "notebook", "config": {"numerics": "fastest"}, "environment": {"numerics_env": variables}}
+        assert recorded_mode(notebook) == mode
+    command = {"config": {"numerics": "fastest"}, "numerics": {"mode": "portable"}}
+    assert recorded_mode(command) == "portable"
+
+
 def test_a_negative_tolerance_is_refused(tiny_dataset, tmp_path):
     with pytest.raises(UserError, match="--tolerance must be 0 or more, got -1"):
         reproduce(str(tmp_path), tolerance=-1)
