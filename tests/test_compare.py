@@ -1,6 +1,11 @@
-"""`invoke compare RUN_A RUN_B`: two finished run folders judged without retraining."""
+"""`invoke compare RUN_A RUN_B`: two finished run folders judged without retraining.
+
+The tiny dataset is trained a few times for the whole module (module_runs);
+each test judges those folders or copies of them that it changes.
+"""
 
 import json
+import shlex
 import shutil
 
 import pytest
@@ -8,7 +13,8 @@ import pytest
 from classifier.commands.train import train_command
 from classifier.config import make_config
 from classifier.machinery.download import import_from
-from conftest import run_invoke, train_fashion
+from classifier.machinery.runs import files_record
+from conftest import registered, run_invoke, tiny_spec, train_fashion
 
 
 def _verdict(result) -> str:
@@ -17,7 +23,7 @@ def _verdict(result) -> str:
 
 
 def _evidence(result, name: str) -> list[str]:
-    """The evidence line of `name` (settings, data, machine, software) and its indented differences."""
+    """The evidence line of `name` (framework, settings, data, machine, software) and its indented differences."""
     lines = result.stdout.splitlines()
     start = next(index for index, line in enumerate(lines) if line.startswith(f"{name:9} "))
     rest = lines[start + 1:]
@@ -25,49 +31,81 @@ def _evidence(result, name: str) -> list[str]:
     return [lines[start], *rest[:end]]
 
 
-@pytest.fixture
-def tiny_runs(tiny_dataset, tmp_path):
-    """A function training the tiny dataset in this process with config overrides; returns the run folder."""
-    dataset, source = tiny_dataset
-    import_from(dataset, tmp_path / "data", source)
-
-    def train(**overrides):
-        config = make_config(dataset="tiny", trainer="tape", epochs=1, data_dir=str(tmp_path / "data"),
-                             runs_dir=str(tmp_path / "runs"), **overrides)
-        return train_command(config, verbose=0)
-
-    return train
+@pytest.fixture(scope="module")
+def tiny_lab(tmp_path_factory):
+    """The tiny dataset registered for this module and imported into 'lab folder/data' (a space in the path)."""
+    root = tmp_path_factory.mktemp("compare") / "lab folder"
+    with registered(tiny_spec(root / "source")) as spec:
+        import_from(spec, root / "data", root / "source")
+        yield root
 
 
-def _edit(run_dir, edit_manifest=None, edit_metrics=None) -> None:
+def _train(lab, **overrides):
+    config = make_config(**{"dataset": "tiny", "trainer": "tape", "epochs": 1, "data_dir": str(lab / "data"),
+                            "runs_dir": str(lab / "runs"), **overrides})
+    return train_command(config, verbose=0)
+
+
+@pytest.fixture(scope="module")
+def module_runs(tiny_lab):
+    """The module's trainings, each once: {"reference", "again" (the same settings), "seed" (seed 7)}."""
+    return {"reference": _train(tiny_lab), "again": _train(tiny_lab), "seed": _train(tiny_lab, seed=7)}
+
+
+def _copy(run_dir, tmp_path, name: str):
+    copy = tmp_path / name
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def _edit(run_dir, edit_manifest=None, edit_metrics=None, reseal: bool = True) -> None:
+    """Change a run's manifest or metrics; `reseal` records the files' new SHA-256, as a run that wrote them would."""
     for name, edit in (("manifest.json", edit_manifest), ("metrics.json", edit_metrics)):
         if edit:
-            record = json.loads((run_dir / name).read_text())
+            record = json.loads((run_dir / name).read_text(encoding="utf-8"))
             edit(record)
-            (run_dir / name).write_text(json.dumps(record))
+            (run_dir / name).write_text(json.dumps(record), encoding="utf-8")
+    if reseal:
+        manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+        manifest["files_sha256"] = files_record(run_dir)
+        (run_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
 
 
-def test_the_same_training_twice_is_identical(tiny_runs):
-    first, second = tiny_runs(), tiny_runs()
+def test_the_same_training_twice_is_identical(module_runs):
+    first, second = module_runs["reference"], module_runs["again"]
     result = run_invoke("compare", str(first), str(second))
     assert result.returncode == 0, result.stderr
     assert _verdict(result) == f"IDENTICAL: {first} vs {second}"
-    for name in ("settings", "data", "machine", "software"):
+    for name in ("framework", "settings", "data", "machine", "software"):
         assert _evidence(result, name) == [f"{name:9} the same"]
+    assert "note:" not in result.stdout  # both runs' files verified against their manifests
 
 
-def test_another_seed_is_different_settings(tiny_runs):
-    first, second = tiny_runs(seed=1), tiny_runs(seed=2)
+def test_another_seed_is_different_settings(module_runs):
+    first, second = module_runs["reference"], module_runs["seed"]
     result = run_invoke("compare", str(first), str(second))
     assert result.returncode == 1, result.stderr
     assert _verdict(result) == f"DIFFERENT: other settings: {first} vs {second}"
     assert _evidence(result, "settings") == ["settings  other settings: the runs trained something else",
-                                             "  seed: 1 -> 2"]
+                                             "  seed: 42 -> 7"]
     assert "weights_sha256" in result.stdout and result.stdout.count("  NO") >= 1
 
 
-def test_other_data_is_named(tiny_runs):
-    first, second = tiny_runs(), tiny_runs(limit=300)
+def test_tensorboard_and_where_files_lie_are_not_settings(module_runs, tiny_lab, tmp_path):
+    """config.py: --tensorboard only writes event files, --runs-dir and --data-dir say where files lie."""
+    moved = tmp_path / "other data"
+    shutil.copytree(tiny_lab / "data", moved)
+    without = _train(tiny_lab, tensorboard=False, runs_dir=str(tmp_path / "other runs"), data_dir=str(moved))
+    assert not (without / "tensorboard").exists()
+    reference = module_runs["reference"]
+    result = run_invoke("compare", str(reference), str(without))
+    assert (result.returncode, _verdict(result)) == (0, f"IDENTICAL: {reference} vs {without}"), result.stdout
+    assert _evidence(result, "settings") == ["settings  the same"]
+
+
+def test_other_data_is_named(module_runs, tiny_lab, tmp_path):
+    first = module_runs["reference"]
+    second = _copy(_train(tiny_lab, limit=300), tmp_path, "limit 300")
     _edit(second, edit_manifest=lambda manifest: manifest["data"]["sha256"].update({"extra.gz": "ab" * 32}))
     result = run_invoke("compare", str(first), str(second))
     assert result.returncode == 1
@@ -77,11 +115,10 @@ def test_other_data_is_named(tiny_runs):
                                          "  extra.gz: sha256 absent -> abababababab..."]
 
 
-def test_another_kind_of_machine_is_judged_within_the_tolerance(tiny_runs, tmp_path):
+def test_another_kind_of_machine_is_judged_within_the_tolerance(module_runs, tmp_path):
     """A run whose manifest says it ran on a CPU with another L1 cache, with other weights and a slightly other loss."""
-    reference = tiny_runs()
-    other = tmp_path / "other-machine"
-    shutil.copytree(reference, other)
+    reference = module_runs["reference"]
+    other = _copy(reference, tmp_path, "other-machine")
 
     def other_machine(manifest):
         manifest["numerics"]["machine"]["l1d_kib"] = 4096
@@ -98,10 +135,9 @@ def test_another_kind_of_machine_is_judged_within_the_tolerance(tiny_runs, tmp_p
     assert _verdict(result).startswith("DIFFERENT: largest metric difference 0.005")
 
 
-def test_other_weights_on_the_same_machine_are_different(tiny_runs, tmp_path):
-    reference = tiny_runs()
-    copy = tmp_path / "copy"
-    shutil.copytree(reference, copy)
+def test_other_weights_on_the_same_machine_are_different(module_runs, tmp_path):
+    reference = module_runs["reference"]
+    copy = _copy(reference, tmp_path, "copy")
     _edit(copy, lambda manifest: manifest.update(weights_sha256="0" * 64))
     result = run_invoke("compare", str(reference), str(copy), "--tolerance", "1")
     assert result.returncode == 1
@@ -109,19 +145,112 @@ def test_other_weights_on_the_same_machine_are_different(tiny_runs, tmp_path):
                                 f"{reference} vs {copy}")
 
 
+@pytest.mark.parametrize("name, change", [
+    ("metrics.json", lambda path: path.write_text(
+        json.dumps({**json.loads(path.read_text(encoding="utf-8")), "loss": 0.01}), encoding="utf-8")),
+    ("model.keras", lambda path: path.write_bytes(path.read_bytes() + b"\0")),
+    ("model.keras", lambda path: path.unlink()),
+])
+def test_a_file_changed_after_the_run_is_one_line(module_runs, tmp_path, name, change):
+    """The weights file and metrics.json are hashed and checked against the manifest, not trusted."""
+    reference = module_runs["reference"]
+    altered = _copy(reference, tmp_path, "altered run")
+    change(altered / name)
+    for first, second in ((reference, altered), (altered, reference)):
+        result = run_invoke("compare", str(first), str(second))
+        assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.startswith(f"error: {altered / name} ")
+        assert "the run folder was altered; put back the file the run wrote, or train it again" in result.stderr
+
+
+def test_edited_metrics_of_an_older_run_are_other_metrics_not_other_weights(module_runs, tmp_path):
+    """A run from before the manifest recorded its files' hashes: the same weights, edited metrics."""
+    reference = module_runs["reference"]
+    older = _copy(reference, tmp_path, "older")
+    _edit(older, lambda manifest: manifest.pop("files_sha256"),
+          lambda metrics: metrics.update(loss=metrics["loss"] + 0.25), reseal=False)
+    result = run_invoke("compare", str(reference), str(older), "--tolerance", "1")
+    assert result.returncode == 1
+    assert f"note: {older}'s manifest records no SHA-256 of its files" in result.stdout
+    assert _verdict(result) == ("DIFFERENT: other test metrics from the same weights, settings, data, machine and "
+                                f"software (largest difference 0.25): {reference} vs {older}")
+    assert "other weights" not in result.stdout
+
+
+def test_the_same_folder_twice_is_one_line(module_runs):
+    reference = module_runs["reference"]
+    for second in (reference, reference.parent / ".." / reference.parent.name / reference.name):
+        result = run_invoke("compare", str(reference), str(second))
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr.strip() == (f"error: {reference} and {second} are the same run folder, so there is "
+                                         "nothing to compare; give another run folder, or retrain this one and "
+                                         f"compare: invoke reproduce {shlex.quote(str(reference))}")
+    assert "'" in result.stderr  # the lab folder's name holds a space: the hint pastes as one argument
+
+
+def test_a_notebooks_run_is_the_run_of_the_command_it_names(module_runs, tiny_lab, monkeypatch):
+    """lab.record_run of the model the command trained: the same settings, data and weights, either way round."""
+    import keras
+
+    from classifier import lab
+    from classifier.config import make_config as config_of
+    from classifier.machinery.loading import load_dataset
+
+    command = module_runs["reference"]
+    monkeypatch.setenv("CLASSIFIER_RUNS_DIR", str(tiny_lab / "notebook runs"))
+    monkeypatch.setenv("CLASSIFIER_DATA_DIR", str(tiny_lab / "data"))
+    _, (_, _, test), _ = load_dataset(config_of(dataset="tiny"))
+    history = json.loads((command / "history.json").read_text(encoding="utf-8"))
+    notebook = lab.record_run(keras.models.load_model(command / "model.keras"),
+                              {key: history[key] for key in ("loss", "accuracy", "val_loss", "val_accuracy")},
+                              (test.images, test.labels), dataset="tiny", trainer="tape", model_name="sequential_add",
+                              epochs=1, batch_size=32, seed=42, direct=True)
+    for first, second in ((command, notebook), (notebook, command)):
+        result = run_invoke("compare", str(first), str(second))
+        assert (result.returncode, _verdict(result)) == (0, f"IDENTICAL: {first} vs {second}"), result.stdout
+        for name in ("framework", "settings", "data", "machine", "software"):
+            assert _evidence(result, name) == [f"{name:9} the same"], result.stdout
+
+
+def test_a_torch_run_beside_a_keras_run_is_another_framework(module_runs, tiny_lab, torch_on_one_thread):
+    """The same machine: the verdict names the framework and the settings, never the machine."""
+    torch_run = _train(tiny_lab, trainer="torch")
+    keras_run = module_runs["reference"]
+    result = run_invoke("compare", str(keras_run), str(torch_run))
+    assert result.returncode == 1, result.stderr
+    assert _verdict(result) == f"DIFFERENT: other framework, other settings: {keras_run} vs {torch_run}"
+    assert _evidence(result, "framework") == ["framework other framework: the runs trained with other libraries",
+                                              "  TensorFlow (tape) -> PyTorch (torch)"]
+    assert _evidence(result, "machine") == ["machine   the same"]
+    assert _evidence(result, "software") == ["software  the same"]
+
+
+@pytest.fixture
+def torch_on_one_thread():
+    """torch on one intra-op thread (conftest.torch_on_one_thread); skipped where PyTorch is not installed."""
+    from conftest import require_torch
+
+    torch = require_torch()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _write(folder, manifest: str | None, metrics: str | None = None):
     folder.mkdir()
     for name, text in (("manifest.json", manifest), ("metrics.json", metrics)):
         if text is not None:
-            (folder / name).write_text(text)
+            (folder / name).write_text(text, encoding="utf-8")
     return folder
 
 
 @pytest.mark.parametrize("make, message", [
     (lambda root: root / "nothing", "does not exist or is not a folder"),
     (lambda root: _write(root / "empty", None), "is not a run folder (no manifest.json in it)"),
-    (lambda root: _write(root / "stopped", '{"status": "interrupted"}'),
-     "did not finish (status 'interrupted'); finish it with: invoke train --resume"),
+    (lambda root: _write(root / "stopped run", '{"status": "interrupted"}'),
+     "did not finish (status 'interrupted'); finish it with: invoke train --resume '"),
     (lambda root: _write(root / "cut", '{"status": "comp'), "manifest.json is damaged (not JSON"),
     (lambda root: _write(root / "cut-metrics", '{"status": "complete"}', '{"loss": 1.'),
      "metrics.json is damaged (not JSON"),
@@ -129,6 +258,9 @@ def _write(folder, manifest: str | None, metrics: str | None = None):
     (lambda root: _write(root / "hashless", '{"status": "complete", "config": {}, "data": {}}',
                          '{"loss": 1.0, "accuracy": 0.5, "argmax_accuracy": 0.5}'),
      "is damaged: manifest.json's weights_sha256 is missing"),
+    (lambda root: _write(root / "modelless", '{"status": "complete", "config": {}, "data": {}, "weights_sha256": "a"}',
+                         '{"loss": 1.0, "accuracy": 0.5, "argmax_accuracy": 0.5}'),
+     "is damaged: it holds no model.keras or model.pt; train it again"),
 ])
 def test_a_bad_folder_is_one_line_and_exit_2(tmp_path, make, message):
     bad = make(tmp_path)
@@ -136,6 +268,8 @@ def test_a_bad_folder_is_one_line_and_exit_2(tmp_path, make, message):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: {bad}") and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+    if "--resume" in message:  # the hint pastes into a shell: the folder's name holds a space
+        assert result.stderr.strip().endswith(f"--resume {shlex.quote(str(bad))}")
 
 
 def test_a_bad_tolerance_is_refused(tmp_path):

@@ -1,12 +1,14 @@
 """`invoke reproduce`: a rerun from the manifest is bit-identical, and differences are named."""
 
 import json
+import shlex
 
 import pytest
 
 from classifier.machinery import numerics
 from classifier.config import UserError, make_config
 from classifier.machinery.download import import_from
+from classifier.machinery.runs import files_record
 from classifier.commands.train import train_command
 from classifier.commands.compare import environment_differences, load_finished_run
 from classifier.commands.reproduce import reproduce
@@ -58,13 +60,15 @@ def _finished_tiny_run(tiny_dataset, tmp_path):
 
 def _edit_run(run_dir, machine: dict, loss_shift: float) -> None:
     """Make the run look as if it came from another machine with slightly other numbers."""
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     manifest["numerics"]["machine"] = {**manifest["numerics"]["machine"], **machine}
     manifest["weights_sha256"] = "0" * 64
-    (run_dir / "manifest.json").write_text(json.dumps(manifest))
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     metrics["loss"] += loss_shift
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    (run_dir / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    # The files' SHA-256 as that machine's run would have recorded them (compare checks them).
+    manifest["files_sha256"] = files_record(run_dir)
+    (run_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
 
 
 def test_the_manifest_records_the_numerics_mode(tiny_dataset, tmp_path):
@@ -97,6 +101,51 @@ def test_the_same_kind_of_machine_must_give_the_same_bits(tiny_dataset, tmp_path
     out = capsys.readouterr().out
     assert "Same environment and kind of machine as recorded" in out and "not promised" not in out
     assert "DIFFERENT: other weights from the same settings, data, machine and software" in out
+
+
+def test_a_notebooks_run_is_rerun_as_the_command_it_names(tiny_dataset, tmp_path, monkeypatch, capsys):
+    """lab.record_run of a model trained as `invoke train` trains it: the rerun is that command, bit for bit."""
+    import keras
+
+    from classifier import lab
+    from classifier.machinery.loading import load_dataset
+
+    command = _finished_tiny_run(tiny_dataset, tmp_path)
+    monkeypatch.setenv("CLASSIFIER_RUNS_DIR", str(tmp_path / "notebook runs"))
+    monkeypatch.setenv("CLASSIFIER_DATA_DIR", str(tmp_path / "data"))
+    _, (_, _, test), _ = load_dataset(make_config(dataset="tiny"))
+    history = json.loads((command / "history.json").read_text(encoding="utf-8"))
+    notebook = lab.record_run(keras.models.load_model(command / "model.keras"),
+                              {key: history[key] for key in ("loss", "accuracy", "val_loss", "val_accuracy")},
+                              (test.images, test.labels), dataset="tiny", trainer="tape", model_name="sequential_add",
+                              epochs=1, batch_size=32, seed=42, direct=True)
+    capsys.readouterr()
+    assert reproduce(str(notebook)) is True
+    out = capsys.readouterr().out
+    assert "Same environment and kind of machine as recorded: the rerun should be bit-identical." in out
+    rerun = max((tmp_path / "notebook runs").iterdir(), key=lambda path: path.stat().st_mtime)
+    assert rerun != notebook and out.strip().splitlines()[-1] == f"IDENTICAL: {notebook} vs {rerun}"
+    # The hint pastes into a shell as two arguments: the runs folder's name holds a space.
+    assert f"invoke compare {shlex.quote(str(notebook))} {shlex.quote(str(rerun))}" in out and "'" in out
+    # A run folder changed since it finished is refused before anything is retrained.
+    (notebook / "metrics.json").write_text('{"loss": 0.0}', encoding="utf-8")
+    with pytest.raises(UserError, match="metrics.json is not the file the run wrote .* the run folder was altered"):
+        reproduce(str(notebook))
+    assert len(list((tmp_path / "notebook runs").iterdir())) == 2
+
+
+@pytest.mark.parametrize("architecture", ["x86_64", "aarch64"])
+def test_a_notebooks_mode_is_read_from_the_variables_it_recorded(architecture, monkeypatch):
+    """lab.record_run writes the config's default mode; the variables lab.use_numerics() set say which one ran."""
+    from classifier.commands.compare import recorded_mode
+
+    monkeypatch.setattr(numerics.platform, "machine", lambda: architecture)
+    for mode in ("portable", "fastest"):
+        variables = numerics.apply(mode, environ={"TF_NUM_INTRAOP_THREADS": "16"}, announce=print)["environment"]
+        notebook = {"source": "notebook", "config": {"numerics": "fastest"}, "environment": {"numerics_env": variables}}
+        assert recorded_mode(notebook) == mode
+    command = {"config": {"numerics": "fastest"}, "numerics": {"mode": "portable"}}
+    assert recorded_mode(command) == "portable"
 
 
 def test_a_negative_tolerance_is_refused(tiny_dataset, tmp_path):

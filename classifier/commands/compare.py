@@ -13,9 +13,16 @@ metrics.json), one line per kind of evidence, then one verdict:
     WITHIN TOLERANCE  (exit 0) other weights, where bit-identical ones are not
                       promised (another kind of machine or other software),
                       and every test metric within --tolerance.
-    DIFFERENT         (exit 1) other settings or other data (named), metrics
-                      beyond the tolerance, or other weights where the same
-                      machine and software promise the same bits.
+    DIFFERENT         (exit 1) another framework, other settings or other data
+                      (named), metrics beyond the tolerance, or other weights or
+                      metrics where the same machine and software promise the same bits.
+
+Each run's weights file and metrics.json are checked against the SHA-256 its
+manifest recorded when it finished (runs.verify_run_files): a file changed
+since is one line, exit 2, and nothing is judged. A notebook's run
+(lab.record_run) is judged as the run of the `invoke train` it names: the
+same settings, the same data files, its numerics mode read from the
+variables it recorded. The same folder given twice is one line, exit 2.
 
 `invoke reproduce` retrains a run and judges the rerun with the same functions.
 This module never imports TensorFlow.
@@ -23,12 +30,14 @@ This module never imports TensorFlow.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from classifier import registry
 from classifier.machinery import numerics
 from classifier.config import UserError
-from classifier.machinery.runs import read_object, read_run_files
+from classifier.machinery.runs import read_object, read_run_files, verify_run_files
 
 # Keys of runs.environment_record() whose change can change the numbers, split
 # into the machine's (hardware and the numerics variables) and the software's.
@@ -36,9 +45,17 @@ MACHINE_KEYS = ("cpu", "cpu_count", "devices", "torch_devices", "torch_threads",
 SOFTWARE_KEYS = ("python", "tensorflow", "tensorflow_build", "torch", "torch_build", "container_image", "git")
 METRICS = ("loss", "accuracy", "argmax_accuracy")
 
-# Config keys that say where files lie, not what is computed; the numerics
+# Config keys that do not change the weights (config.py says so of each): where files lie, whether
+# TensorBoard event files are written, how many test images one evaluation step takes. The numerics
 # mode is judged with the machine (it decides the arithmetic, not the model).
-_NOT_SETTINGS = ("data_dir", "runs_dir", "numerics")
+_NOT_SETTINGS = ("data_dir", "runs_dir", "tensorboard", "eval_batch_size", "numerics")
+
+# What each framework alone records in the environment: compared only between two runs of one framework,
+# so that a torch run beside a Keras run on one machine is "other framework", not "other machine". torch's
+# trainer sets CUBLAS_WORKSPACE_CONFIG itself (lecture/torch_train.py), so a Keras run records it unset.
+FRAMEWORK_KEYS = {"TensorFlow": ("tensorflow", "tensorflow_build", "devices"),
+                  "PyTorch": ("torch", "torch_build", "torch_devices", "torch_threads")}
+_FRAMEWORK_VARIABLES = ("CUBLAS_WORKSPACE_CONFIG",)
 
 # The metrics' largest accepted absolute difference on another kind of machine.
 # Measured (benchmarks/results/numerics_machines_pre_redesign.md): across ten
@@ -112,20 +129,41 @@ def load_finished_run(run_dir: Path) -> tuple[dict, dict]:
         read_run_files(run_dir)  # a hand-edited config.json or manifest.json is refused here
     if manifest.get("status") != "complete" or not (run_dir / "metrics.json").is_file():
         raise UserError(f"{run_dir} did not finish (status {manifest.get('status')!r}); "
-                        f"finish it with: invoke train --resume {run_dir}")
+                        f"finish it with: invoke train --resume {shlex.quote(str(run_dir))}")
+    # A file changed since the run finished is named as such before its contents are judged.
+    verified = "files_sha256" in manifest and verify_run_files(run_dir, manifest)
     metrics = read_object(run_dir / "metrics.json")
     missing = [f"manifest.json's {key}" for key in ("config", "data", "weights_sha256") if key not in manifest]
     missing += [f"metrics.json's {key}" for key in METRICS if not isinstance(metrics.get(key), (int, float))]
     if missing:
         raise UserError(f"{run_dir} is damaged: {', '.join(missing)} is missing; train it again")
+    if not verified and not verify_run_files(run_dir, manifest):
+        print(f"note: {run_dir}'s manifest records no SHA-256 of its files (a run from before the lab recorded "
+              "them): its weights file and metrics.json are taken as they are")
     return manifest, metrics
+
+
+def framework(manifest: dict) -> str:
+    """The library a run trained with: "PyTorch" for the torch trainer, else "TensorFlow"."""
+    return "PyTorch" if manifest["config"].get("trainer") in registry.TORCH_TRAINERS else "TensorFlow"
+
+
+def recorded_mode(manifest: dict) -> str:
+    """A run's numerics mode: the one its manifest records, or for a notebook's run the one its variables hold."""
+    if isinstance(manifest.get("numerics"), dict) and manifest["numerics"].get("mode"):
+        return manifest["numerics"]["mode"]
+    if manifest.get("source") == "notebook":
+        # lab.record_run writes the config's default mode; lab.use_numerics() applied $CLASSIFIER_NUMERICS.
+        return numerics.mode_of(manifest.get("environment", {}).get("numerics_env") or {})
+    return manifest["config"].get("numerics", numerics.DEFAULT_MODE)
 
 
 @dataclass(frozen=True)
 class Comparison:
     """The evidence of two runs side by side; each list holds one line per difference."""
 
-    settings: list[str]  # the configs, less where files lie
+    framework: list[str]  # the libraries trained with, e.g. ["TensorFlow (fit) -> PyTorch (torch)"]
+    settings: list[str]  # the configs, less what does not change the weights (_NOT_SETTINGS)
     data: list[str]  # the dataset, its files' SHA-256 and the split sizes
     machine: list[str]  # numerics mode, kind of machine, numerics variables (machine_differences)
     software: list[str]  # Python, frameworks, image, lab commit, packages (software_differences)
@@ -135,6 +173,11 @@ class Comparison:
     def identical(self) -> bool:
         """The same test metrics and bit-identical weights."""
         return all(first == second for _, first, second in self.rows)
+
+    @property
+    def same_weights(self) -> bool:
+        """Bit-identical weights (the last row)."""
+        return self.rows[-1][1] == self.rows[-1][2]
 
     @property
     def bits_promised(self) -> bool:
@@ -150,12 +193,17 @@ class Comparison:
 def compare_records(first: tuple[dict, dict], second: tuple[dict, dict]) -> Comparison:
     """Compare two runs' (manifest, metrics), as load_finished_run returns them."""
     (manifest_a, metrics_a), (manifest_b, metrics_b) = first, second
-    modes = tuple(manifest["config"].get("numerics", "fastest") for manifest in (manifest_a, manifest_b))
-    environments = (manifest_a.get("environment", {}), manifest_b.get("environment", {}))
-    kinds = tuple(manifest.get("numerics", {}).get("machine") for manifest in (manifest_a, manifest_b))
+    modes = (recorded_mode(manifest_a), recorded_mode(manifest_b))
+    frameworks = (framework(manifest_a), framework(manifest_b))
+    environments = _comparable_environments(frameworks, manifest_a.get("environment", {}),
+                                            manifest_b.get("environment", {}))
+    kinds = tuple((manifest.get("numerics") or {}).get("machine") for manifest in (manifest_a, manifest_b))
     rows = [(key, metrics_a[key], metrics_b[key]) for key in METRICS]
     rows.append(("weights_sha256", manifest_a["weights_sha256"], manifest_b["weights_sha256"]))
+    trainers = (manifest_a["config"].get("trainer"), manifest_b["config"].get("trainer"))
     return Comparison(
+        framework=([f"{frameworks[0]} ({trainers[0]}) -> {frameworks[1]} ({trainers[1]})"]
+                   if frameworks[0] != frameworks[1] else []),
         settings=_settings_differences(manifest_a["config"], manifest_b["config"]),
         data=_data_differences(manifest_a["data"], manifest_b["data"]),
         machine=machine_differences(modes, environments, kinds),
@@ -164,14 +212,30 @@ def compare_records(first: tuple[dict, dict], second: tuple[dict, dict]) -> Comp
     )
 
 
+def _comparable_environments(frameworks: tuple[str, str], first: dict, second: dict) -> tuple[dict, dict]:
+    """The two environment records, less what only one framework records when the frameworks differ."""
+    if frameworks[0] == frameworks[1]:
+        return first, second
+    own = {key for keys in FRAMEWORK_KEYS.values() for key in keys}
+
+    def common(environment: dict) -> dict:
+        variables = {name: value for name, value in (environment.get("numerics_env") or {}).items()
+                     if name not in _FRAMEWORK_VARIABLES}
+        return {**{key: value for key, value in environment.items() if key not in own}, "numerics_env": variables}
+
+    return common(first), common(second)
+
+
 def _settings_differences(first: dict, second: dict) -> list[str]:
     return [f"{key}: {first.get(key)} -> {second.get(key)}" for key in sorted(set(first) | set(second))
             if key not in _NOT_SETTINGS and first.get(key) != second.get(key)]
 
 
 def _data_differences(first: dict, second: dict) -> list[str]:
+    # A notebook's run records no training and validation counts: limit and val_split, compared with the
+    # settings, decide them. The dataset and the test count every run records.
     lines = [f"{key}: {first.get(key)} -> {second.get(key)}" for key in ("dataset", "train", "validation", "test")
-             if first.get(key) != second.get(key)]
+             if first.get(key) != second.get(key) and (key in first and key in second or key in ("dataset", "test"))]
     hashes_a, hashes_b = first.get("sha256", {}), second.get("sha256", {})
     for name in sorted(set(hashes_a) | set(hashes_b)):
         if hashes_a.get(name) != hashes_b.get(name):
@@ -194,6 +258,7 @@ def print_table(comparison: Comparison, labels: tuple[str, str]) -> None:
 def print_evidence(comparison: Comparison) -> None:
     """One line per kind of evidence, with its verdict, and one indented line per difference."""
     verdicts = {
+        "framework": "other framework: the runs trained with other libraries",
         "settings": "other settings: the runs trained something else",
         "data": "other data: the runs trained on other files",
         "machine": "other machine: bit-identical weights are not promised",
@@ -215,13 +280,19 @@ def verdict(comparison: Comparison, tolerance: float, names: str) -> bool:
             where bit-identical weights are not promised.
         names: the two runs, e.g. "runs/a vs runs/b", ending the line.
     """
-    differing = [f"other {name}" for name in ("settings", "data", "machine", "software") if getattr(comparison, name)]
-    if comparison.settings or comparison.data:
+    differing = [f"other {name}" for name in ("framework", "settings", "data", "machine", "software")
+                 if getattr(comparison, name)]
+    if comparison.framework or comparison.settings or comparison.data:
         print(f"DIFFERENT: {', '.join(differing)}: {names}")
         return False
     if comparison.identical:
         print(f"IDENTICAL: {names}")
         return True
+    if comparison.bits_promised and comparison.same_weights:
+        # Bit-identical weights tested on the same images by the same machine and software give the same numbers.
+        print(f"DIFFERENT: other test metrics from the same weights, settings, data, machine and software "
+              f"(largest difference {comparison.largest:.3g}): {names}")
+        return False
     if comparison.bits_promised:
         print(f"DIFFERENT: other weights from the same settings, data, machine and software: {names}")
         return False
@@ -254,10 +325,15 @@ def compare(run_a: str, run_b: str, tolerance: float | None = None) -> bool:
         Whether the verdict is IDENTICAL or WITHIN TOLERANCE.
 
     Raises:
-        UserError: a folder that is missing, not a run, unfinished or damaged; a negative tolerance.
+        UserError: a folder that is missing, not a run, unfinished, damaged or
+            altered since it finished; the same folder twice; a negative tolerance.
     """
     tolerance = check_tolerance(tolerance)
-    comparison = compare_records(load_finished_run(Path(run_a)), load_finished_run(Path(run_b)))
+    first = load_finished_run(Path(run_a))
+    if Path(run_b).exists() and Path(run_a).samefile(run_b):
+        raise UserError(f"{run_a} and {run_b} are the same run folder, so there is nothing to compare; give "
+                        f"another run folder, or retrain this one and compare: invoke reproduce {shlex.quote(run_a)}")
+    comparison = compare_records(first, load_finished_run(Path(run_b)))
     print_table(comparison, ("A", "B"))
     print(f"\nA: {run_a}\nB: {run_b}\n")
     print_evidence(comparison)

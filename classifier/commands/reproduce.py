@@ -13,15 +13,18 @@ compared within a tolerance instead of the weights hash:
     invoke reproduce runs/20261126-231502-fashion_mnist-sequential_add-fit --tolerance 0.01
 
 The rerun is judged by classifier/commands/compare.py, as `invoke compare` judges two folders.
+A notebook's run (lab.record_run) is rerun as the `invoke train` it names:
+its settings, in the numerics mode its recorded variables hold.
 """
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from classifier.machinery import numerics
 from classifier.commands.compare import (check_tolerance, compare_records, load_finished_run, machine_differences,
-                                print_table, software_differences, verdict)
+                                         print_table, recorded_mode, software_differences, verdict)
 from classifier.config import make_config
 from classifier.machinery.runs import environment_record
 
@@ -47,7 +50,9 @@ def reproduce(run_dir: str, runs_dir: str = "", tolerance: float | None = None) 
     tolerance = check_tolerance(tolerance)
     original = Path(run_dir)
     manifest, metrics = load_finished_run(original)
-    config = make_config(**{**manifest["config"], "runs_dir": runs_dir or str(original.parent)})
+    # A notebook's config says the default mode whatever lab.use_numerics() applied: the rerun takes the one it ran.
+    config = make_config(**{**manifest["config"], "runs_dir": runs_dir or str(original.parent),
+                            "numerics": recorded_mode(manifest)})
     # The run's own numerics mode, before TensorFlow starts (environment_record loads it).
     numerics.apply(config.numerics)
     if config.trainer == "torch":
@@ -61,16 +66,16 @@ def reproduce(run_dir: str, runs_dir: str = "", tolerance: float | None = None) 
     comparison = compare_records((manifest, metrics), load_finished_run(rerun))
     print()
     print_table(comparison, ("original", "rerun"))
-    print()
+    print(f"\nThe evidence side by side: invoke compare {shlex.quote(str(original))} {shlex.quote(str(rerun))}\n")
     return verdict(comparison, tolerance, f"{original} vs {rerun}")
 
 
 def _expect(manifest: dict, current: dict, tolerance: float) -> None:
     """Say, before the rerun, the one thing to expect of it and why."""
-    mode = manifest["config"].get("numerics", "fastest")
+    mode = recorded_mode(manifest)
     recorded = manifest.get("environment", {})
     machine = machine_differences((mode, mode), (recorded, current),
-                                  (manifest.get("numerics", {}).get("machine"), numerics.machine_kind()))
+                                  ((manifest.get("numerics") or {}).get("machine"), numerics.machine_kind()))
     software = software_differences((recorded, current))
     if not machine and not software:
         print("Same environment and kind of machine as recorded: the rerun should be bit-identical.")

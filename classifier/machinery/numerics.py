@@ -355,10 +355,11 @@ def kind_differences(mode: str, recorded: dict | None, current: dict) -> list[st
 
     Returns:
         e.g. ["l1d_kib: 32 -> 48"]; empty when the rerun should be bit-identical,
-        and for a run that recorded no kind (made before it was recorded, or by
-        the torch trainer): for those the promise stays the same-machine one.
+        and where either side recorded no kind (a run made before it was
+        recorded, or a notebook's run): for those the promise stays the
+        same-machine one, judged by the environment's CPU and core count.
     """
-    if not recorded:
+    if not recorded or not current:
         return []
     keys = ["architecture", "vendor", "isa", "l1d_kib", "l2_kib", "gpus"]
     if mode != "portable":
@@ -371,6 +372,22 @@ def kind_differences(mode: str, recorded: dict | None, current: dict) -> list[st
         if before != now:
             lines.append(f"{key}: {before} -> {now}")
     return lines
+
+
+def mode_of(numerics_env: dict, architecture: str | None = None) -> str:
+    """The mode whose settings a run's recorded variables (its environment's numerics_env) hold.
+
+    A notebook's run records no mode: `lab.use_numerics()` applied one from
+    $CLASSIFIER_NUMERICS, and only the variables it left show which.
+
+    Args:
+        numerics_env: the recorded RECORDED variables, name -> value (None where unset).
+        architecture: the run's machine (default: try x86-64's and aarch64's portable settings both).
+    """
+    for machine in (architecture,) if architecture else ("x86_64", "aarch64"):
+        if all(numerics_env.get(name) == value for name, value in settings("portable", machine).items()):
+            return "portable"
+    return "fastest"
 
 
 def resolve(mode: str | None) -> str:

@@ -29,6 +29,11 @@ from classifier.machinery.files import atomic_write, read_json, write_json
 # Environment variables that change what TensorFlow computes or where (classifier/machinery/numerics.py).
 NUMERICS_ENV = numerics.RECORDED
 
+# The files a finished run is judged by (`invoke compare`, `reproduce`): its weights, as Keras or PyTorch
+# saved them, and its test metrics. The manifest records their SHA-256 when the run finishes.
+WEIGHTS_FILES = ("model.keras", "model.pt")
+JUDGED_FILES = (*WEIGHTS_FILES, "metrics.json")
+
 
 def create_run_dir(runs_root: Path, config: Config) -> Path:
     """Make a new, empty run folder; two runs started in the same second get two folders."""
@@ -178,8 +183,55 @@ def finish_run(run_dir: Path, history: dict, metrics: dict, timings: dict, manif
     write_json(run_dir / "timings.json", timings)
     report.learning_curves(history, run_dir / "learning_curves.png")
     report.confusion_matrix_plot(metrics["confusion_matrix"], class_names, run_dir / "confusion_matrix.png")
-    manifest.update(status="complete", weights_sha256=weights_sha256)
+    manifest.update(status="complete", weights_sha256=weights_sha256, files_sha256=files_record(run_dir))
     write_json(run_dir / "manifest.json", manifest)
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of the file's bytes."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def files_record(run_dir: Path) -> dict:
+    """{name: SHA-256} of the run's JUDGED_FILES that are there, for the finished manifest."""
+    return {name: file_sha256(run_dir / name) for name in JUDGED_FILES if (run_dir / name).is_file()}
+
+
+def verify_run_files(run_dir: Path, manifest: dict) -> bool:
+    """Check a finished run's weights file and metrics.json against the SHA-256 its manifest recorded.
+
+    The weights hash in the manifest is taken over the weights as the
+    framework holds them, so only the files' own hashes show that the files
+    beside it are still the ones the run wrote.
+
+    Returns:
+        True when every recorded file is as the run wrote it; False for a run
+        whose manifest records no file hashes (finished before the lab recorded them).
+
+    Raises:
+        UserError: a recorded file is missing or is not the one the run wrote
+            (the run folder was altered), or no weights file is there at all.
+    """
+    run_dir = Path(run_dir)
+    recorded = manifest.get("files_sha256")
+    if recorded is None:
+        if not any((run_dir / name).is_file() for name in WEIGHTS_FILES):
+            raise UserError(f"{run_dir} is damaged: it holds no {' or '.join(WEIGHTS_FILES)}; train it again")
+        return False
+    if not isinstance(recorded, dict) or not any(name in recorded for name in WEIGHTS_FILES):
+        raise UserError(f"{run_dir / 'manifest.json'} is damaged (files_sha256 is not the record the lab writes); "
+                        "put back the file the run wrote, or train it again")
+    for name in (name for name in JUDGED_FILES if name in recorded):
+        path = run_dir / name
+        if not path.is_file():
+            raise UserError(f"{path} is missing: the run folder was altered; put back the file the run wrote, "
+                            "or train it again")
+        if file_sha256(path) != recorded[name]:
+            raise UserError(f"{path} is not the file the run wrote (its SHA-256 is not the one manifest.json "
+                            "records): the run folder was altered; put back the file the run wrote, "
+                            "or train it again")
+    return True
 
 
 def save_keras_model(run_dir: Path, model) -> str:
