@@ -493,4 +493,4 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(line)
     output = ROOT / "test-output"
     output.mkdir(exist_ok=True)
-    (output / "tiers.txt").write_text("\n".join(lines) + "\n")
+    (output / "tiers.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,9 +1,11 @@
 """The lab on arm64 under QEMU user emulation: docker/arm64-check.sh, and what its commands print.
 
 The script makes (or reuses) a Debian arm64 root with the aarch64 locks
-installed, trains the x86-64 reference run here, then runs doctor, the three
-trainers and reproduce in the root, and compares the x86-64 run with the
-arm64 one. Minutes even with the root cached (CI's arm64 tier), hence its own
+installed, trains the x86-64 reference run here, then runs doctor, the fit
+trainer and reproduce in the root, and compares the x86-64 run with the
+arm64 one. The tape and torch trainers are not trained under QEMU (290 s
+more): their aarch64 wheels are proven by `invoke lock --proof`, and their
+Python is the same as on x86-64. Minutes even with the root cached (CI's arm64 tier), hence its own
 marker:
 
     pytest -m arm64 tests/test_arm64.py     # root, qemu-user-static, debootstrap
@@ -70,9 +72,8 @@ def test_doctor_on_arm64_names_the_platform_its_locks_and_torchs_release(check):
     assert "no problems found" in doctor
 
 
-@pytest.mark.parametrize("trainer", ["fit", "tape", "torch"])
-def test_each_trainer_trains_and_evaluates_on_arm64(check, trainer):
-    train = _section(check, f"arm64: invoke train --trainer {trainer}")
+def test_the_fit_trainer_trains_and_evaluates_on_arm64(check):
+    train = _section(check, "arm64: invoke train --trainer fit")
     assert "train (480, 28, 28, 1), validation (120, 28, 28, 1), test (200, 28, 28, 1)" in train
     accuracy = float(re.search(r"test accuracy ([0-9.]+)", train).group(1))
     assert 0.3 < accuracy <= 1.0  # 480 images, one epoch: well above chance (0.1)

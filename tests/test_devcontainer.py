@@ -127,8 +127,12 @@ def _free_port() -> int:
 
 
 @pytest.mark.docker
-def test_devcontainer_up_then_exec_runs_the_quick_tests(cli, tmp_path, request):
-    """`devcontainer up` on the CPU configuration, then `devcontainer exec ... invoke test` as the host user."""
+def test_devcontainer_up_then_exec_runs_the_lab_as_the_host_user(cli, tmp_path, request):
+    """`devcontainer up` on the CPU configuration, then `devcontainer exec ... invoke doctor` as the host user.
+
+    doctor is the smoke test: the locked packages installed, a Conv2D pass in TensorFlow and in PyTorch,
+    graphviz, the workspace's folders. The lab image's own tests run in tests/test_docker.py already.
+    """
     if not docker_engine_answers():
         _unavailable("no Docker engine is reachable (bash docker/ci-setup.sh starts one)")
     # The lab image first, as `invoke build` makes it (this sandbox's Docker has no bridge network,
@@ -177,12 +181,12 @@ def test_devcontainer_up_then_exec_runs_the_quick_tests(cli, tmp_path, request):
 
         ids = subprocess.run([cli, "exec", *where, "id", "-u"], capture_output=True, text=True, timeout=300)
         assert ids.stdout.strip().splitlines()[-1] == str(TEST_UID), ids.stdout + ids.stderr
-        test = subprocess.run([cli, "exec", *where, "invoke", "test", "--markers", "not slow and not docker and not gpu",
-                               "--args", "-q -p no:cacheprovider tests/test_config.py tests/test_models.py"],
-                              capture_output=True, text=True, timeout=1200)
-        print("[devcontainer exec invoke test] " + "\n".join(test.stdout.strip().splitlines()[-2:]))
-        assert test.returncode == 0, test.stdout[-3000:] + test.stderr[-3000:]
-        assert re.search(r"\d+ passed", test.stdout) and "failed" not in test.stdout.splitlines()[-1]
+        doctor = subprocess.run([cli, "exec", *where, "invoke", "doctor"], capture_output=True, text=True, timeout=600)
+        print("[devcontainer exec invoke doctor] " + "\n".join(doctor.stdout.strip().splitlines()[-2:]))
+        assert doctor.returncode == 0, doctor.stdout[-3000:] + doctor.stderr[-3000:]
+        assert re.search(rf"^INFO +container +inside the lab container {re.escape(IMAGE)}$", doctor.stdout, re.M)
+        assert re.search(r"^OK +conv2d ", doctor.stdout, re.M) and re.search(r"^OK +torch conv2d ", doctor.stdout, re.M)
+        assert doctor.stdout.strip().splitlines()[-1] == "no problems found"
         # A file the container writes to the mounted workspace belongs to the host user.
         subprocess.run([cli, "exec", *where, "touch", "/workspace/runs/written-in-devcontainer"],
                        capture_output=True, text=True, timeout=300, check=True)

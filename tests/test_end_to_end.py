@@ -10,8 +10,6 @@ from tensorflow import keras
 from classifier.machinery.runs import weights_hash
 from conftest import run_invoke, sha256_bytes, train_fashion
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
 def lab(fashion_lab):
@@ -22,6 +20,8 @@ def _train(lab, *args):
     return train_fashion(lab, *args)
 
 
+# The trainings are slow; the two refusals below train nothing (quick).
+@pytest.mark.slow
 @pytest.mark.parametrize("trainer", ["fit", "tape"])
 def test_brief_training_on_real_fashion_mnist(lab, trainer):
     run_dir, result = _train(lab, "--trainer", trainer, "--limit", "6000", "--epochs", "1")
@@ -54,6 +54,7 @@ def test_brief_training_on_real_fashion_mnist(lab, trainer):
     assert "test accuracy" in result.stdout
 
 
+@pytest.mark.slow
 def test_same_seed_twice_gives_identical_metrics(lab):
     first, _ = _train(lab, "--limit", "2000", "--epochs", "2", "--seed", "3")
     second, _ = _train(lab, "--limit", "2000", "--epochs", "2", "--seed", "3")

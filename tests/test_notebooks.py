@@ -29,8 +29,6 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 LECTURE = ["01_tensor_basics", "02_keras_classifier", "03_advanced_classifier", "04_pytorch_classifier"]
 SMALL = {"NOTEBOOK_LIMIT": "600", "NOTEBOOK_EPOCHS": "1"}
 
-pytestmark = pytest.mark.slow
-
 
 def test_the_lecture_notebooks_are_there():
     assert LECTURE == [path.stem for path in NOTEBOOKS][: len(LECTURE)]
@@ -97,6 +95,9 @@ def execute(path: Path, tmp_path: Path, monkeypatch, fashion_source) -> tuple[st
     return text + f"\n[{images} images]", noise
 
 
+# Executing a notebook starts a kernel that imports TensorFlow (15 s) and trains: slow. The checks of the
+# stored notebooks and the progress-bar kernel (no TensorFlow, 2 s) are quick.
+@pytest.mark.slow
 def test_tensor_basics_runs_and_shows_the_lecture_output(tmp_path, monkeypatch, fashion_source):
     text, noise = execute(ROOT / "notebooks" / "01_tensor_basics.ipynb", tmp_path, monkeypatch, fashion_source)
     assert noise == []
@@ -112,6 +113,7 @@ def test_tensor_basics_runs_and_shows_the_lecture_output(tmp_path, monkeypatch, 
     ("03_advanced_classifier", ("--model", "functional", "--trainer", "tape")),
     ("04_pytorch_classifier", ("--model", "torch_module", "--trainer", "torch")),
 ])
+@pytest.mark.slow
 def test_notebook_runs_and_equals_its_invoke_train(name, flags, tmp_path, monkeypatch, fashion_source, fashion_lab):
     if "torch" in flags:
         require_torch()

@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
-from classifier import registry
 from classifier.machinery import numerics
-from classifier.config import Config, UserError, make_config
+from classifier.config import UserError, make_config
 from conftest import ROOT, run_folder_from
 
 
@@ -37,7 +38,9 @@ def test_portable_sets_the_cap_threads_and_gpu_determinism():
     assert record["mode"] == "portable" and record["applied"] == numerics.MODES["portable"]
     assert record["environment"]["TF_NUM_INTRAOP_THREADS"] == "4"
     assert record["overridden"] == {}
-    assert record["machine"] == numerics.machine_kind()
+    # The record names this machine as the operating system does, not as machine_kind() would say again.
+    assert record["machine"]["architecture"] == os.uname().machine
+    assert record["machine"]["cpus"] == len(os.sched_getaffinity(0))
 
 
 def test_portable_names_what_it_overrides_in_one_line():
@@ -93,9 +96,33 @@ def test_config_takes_and_checks_the_mode():
 def test_machine_kind_reads_this_cpu():
     here = numerics.machine_kind()
     assert set(here) == {"architecture", "vendor", "cpu_model", "cpus", "isa", "l1d_kib", "l2_kib", "gpus", "emulated"}
-    assert here["cpus"] == len(os.sched_getaffinity(0)) and isinstance(here["gpus"], list)
+    assert here["architecture"] == os.uname().machine and here["cpus"] == len(os.sched_getaffinity(0))
     if here["architecture"] == "x86_64":
-        assert here["isa"] in ("avx512f", "avx2", "avx", "sse4_1") and here["l1d_kib"] > 0
+        # The first processor's flags, read here with a regular expression rather than by the lab's parser.
+        flags = re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(encoding="utf-8"), re.M).group(1).split()
+        highest = next(isa for isa in ("avx512f", "avx2", "avx", "sse4_1") if isa in flags)
+        assert here["isa"] == highest and here["l1d_kib"] > 0
+
+
+# Recorded /proc/cpuinfo texts (first processor, abridged) and what machine_kind() must make of each.
+@pytest.mark.parametrize("cpuinfo, expected", [
+    ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+     "flags\t\t: fpu sse4_1 sse4_2 avx avx2 avx512f avx512bw amx_tile\n\nprocessor\t: 1\nvendor_id\t: Other\n",
+     {"vendor": "GenuineIntel", "cpu_model": "Intel(R) Xeon(R) Platinum 8480+", "isa": "avx512f", "emulated": None}),
+    ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD Ryzen 7 5800X 8-Core Processor\n"
+     "flags\t\t: fpu sse4_1 sse4_2 avx avx2 fma\n",
+     {"vendor": "AuthenticAMD", "cpu_model": "AMD Ryzen 7 5800X 8-Core Processor", "isa": "avx2", "emulated": None}),
+    ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Core(TM) i5-2500 CPU\nflags\t\t: fpu sse4_1 avx\n",
+     {"vendor": "GenuineIntel", "cpu_model": "Intel(R) Core(TM) i5-2500 CPU", "isa": "avx", "emulated": None}),
+])
+def test_machine_kind_on_x86_64(monkeypatch, tmp_path, cpuinfo, expected):
+    monkeypatch.setattr(numerics.platform, "machine", lambda: "x86_64")
+    real_path = numerics.Path
+    (tmp_path / "cpuinfo").write_text(cpuinfo, encoding="utf-8")
+    monkeypatch.setattr(numerics, "Path", lambda path, *rest: real_path(tmp_path / "cpuinfo")
+                        if str(path) == "/proc/cpuinfo" else real_path(path, *rest))
+    here = numerics.machine_kind()
+    assert {key: here[key] for key in expected} == expected and here["architecture"] == "x86_64"
 
 
 def test_portable_on_aarch64_runs_eigens_kernels_and_clears_the_x86_cap(monkeypatch):
@@ -126,7 +153,7 @@ def test_machine_kind_on_aarch64(monkeypatch, tmp_path, cpuinfo, expected):
     hwcaps = numerics._arm_hwcaps
     monkeypatch.setattr(numerics, "_arm_hwcaps", lambda: hwcaps(tmp_path / "auxv"))
     real_path = numerics.Path
-    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    (tmp_path / "cpuinfo").write_text(cpuinfo, encoding="utf-8")
     monkeypatch.setattr(numerics, "Path", lambda path, *rest: real_path(tmp_path / "cpuinfo")
                         if str(path) == "/proc/cpuinfo" else real_path(path, *rest))
     here = numerics.machine_kind()
@@ -171,10 +198,6 @@ def test_bad_numerics_in_the_environment_names_the_variable(invoke_cli, tmp_path
     result = invoke_cli("train", "--runs-dir", str(tmp_path / "runs"), env={"CLASSIFIER_NUMERICS": "exact"})
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == "error: CLASSIFIER_NUMERICS=exact is not a numerics mode; accepted: fastest, portable"
-
-
-def test_the_modes_are_the_registrys_names():
-    assert tuple(numerics.MODES) == registry.NUMERICS and numerics.DEFAULT_MODE == Config().numerics
 
 
 # Emulated machines: (name, CPUs for taskset, environment the user exported).

@@ -100,6 +100,7 @@ def test_only_the_fast_recipe_computes_in_bfloat16_and_never_under_portable_nume
     assert policy == "float32" and lecture.layers[0].dtype_policy.name == "float32"
 
 
+@pytest.mark.slow
 def test_fast_recipe_model_keras_loads_with_plain_keras_in_a_fresh_python(fashion_lab):
     """`invoke train --recipe fast` (fit compiles with the smoothed loss), then keras.models.load_model alone."""
     run, _ = train_fashion(fashion_lab, "--recipe", "fast", "--limit", "600", "--epochs", "1")

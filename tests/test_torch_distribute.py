@@ -52,6 +52,7 @@ def test_bad_batch_split_is_one_line(fashion_lab, tmp_path):
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.slow  # its fixture trains two workers on 2,400 real images for 3 epochs
 def test_two_workers_train_with_gloo_and_only_worker_0_writes(two_workers):
     run_dir, output = two_workers
     assert "[torch.distributed] worker 0 of 2, backend gloo, device cpu" in output

@@ -72,9 +72,3 @@ def test_unknown_model_lists_the_accepted_names():
 
     with pytest.raises(UserError, match="unknown torch model 'resnet'; accepted: torch_module, torch_sequential"):
         build_torch_model("resnet", (28, 28, 1), 10)
-
-
-def test_the_registry_names_every_torch_model():
-    from classifier import registry
-
-    assert tuple(TORCH_MODELS) == registry.TORCH_MODELS

@@ -40,14 +40,6 @@ def train(trainer_name, folder, epochs=2, seed=7, recipe="lecture", **overrides)
     return model, checkpoints.history
 
 
-def test_the_registry_names_the_trainers():
-    from classifier import registry
-    from classifier.lecture.train import TRAINERS
-
-    assert tuple(TRAINERS) == registry.TRAINERS
-    assert TRAINERS == {"fit": FitTrainer, "tape": TapeTrainer}
-
-
 @pytest.mark.parametrize("trainer_name", ["fit", "tape"])
 def test_trainer_learns_and_reports_every_epoch(trainer_name, tmp_path):
     _, history = train(trainer_name, tmp_path, epochs=3)
