@@ -130,20 +130,19 @@ def test_tensors_task_runs():
     assert "[None, 3]" in result.stdout
 
 
-def test_a_full_disk_is_one_line_not_a_traceback():
-    import errno
-
-    from invoke import Exit
-
-    import tasks
-
-    def write():
-        raise OSError(errno.ENOSPC, "No space left on device", "/lab/runs/x/model.keras")
-
-    with pytest.raises(Exit) as stopped:
-        tasks._run(write)
-    assert stopped.value.code == 2
-    assert stopped.value.message == "error: /lab/runs/x/model.keras: No space left on device"
+def test_a_full_disk_is_one_line_not_a_traceback(fashion_source, small_tmpfs):
+    """`invoke data --from` onto a disk with no room: one line naming the file, exit 2, nothing half-written kept."""
+    (small_tmpfs / "filler").write_bytes(b"\0" * (160 * 2**20 - 8 * 2**20))  # leaves less than the 30 MB import
+    data_dir = small_tmpfs / "data"
+    result = run_invoke("data", "--dataset", "fashion_mnist", "--from", str(fashion_source), "--data-dir", str(data_dir))
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write ") and lines[0].endswith(
+        "no space left on device"), lines
+    assert "Traceback" not in result.stderr
+    # Every file is written under a temporary name first: no partial file under a final name stays behind.
+    kept = {path.name: path.stat().st_size for path in data_dir.rglob("*.gz")}
+    assert kept == {name: (fashion_source / name).stat().st_size for name in kept}, kept
 
 
 def test_resume_with_settings_is_one_line_naming_the_flags(tmp_path):
