@@ -3,6 +3,8 @@
 import json
 import os
 import random
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -18,9 +20,9 @@ pytestmark = pytest.mark.slow
 ARGS = ("--limit", "2000", "--epochs", "3", "--seed", "11")
 
 
-def _start(lab, log, *args):
+def _start(lab, log, *args, base=ARGS):
     command = [sys.executable, "-m", "invoke", "train", "--dataset", "fashion_mnist", "--data-dir", str(lab / "data"),
-               "--runs-dir", str(lab / "runs"), *ARGS, *args]
+               "--runs-dir", str(lab / "runs"), *base, *args]
     return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -57,9 +59,12 @@ def test_sigkill_during_an_epoch_then_resume_is_bit_identical(fashion_lab, tmp_p
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "running"
+    # The killed run's lock is left behind; its process is gone, so --resume takes the run over.
+    assert json.loads((run_dir / ".lock").read_text())["pid"] == process.pid
     result = run_invoke("train", "--resume", str(run_dir))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Resuming" in result.stdout
+    assert not (run_dir / ".lock").exists()
     assert _weights(run_dir) == _weights(reference)
     assert json.loads((run_dir / "metrics.json").read_text()) == json.loads((reference / "metrics.json").read_text())
 
@@ -86,6 +91,30 @@ def test_finished_run_cannot_be_resumed(fashion_lab):
     result = run_invoke("train", "--resume", str(finished))
     assert result.returncode == 2
     assert f"error: --resume {finished} has already finished" in result.stderr
+
+
+def test_resume_of_a_run_still_in_training_is_refused_in_one_line(fashion_lab, tmp_path):
+    # Two writers on one run folder would leave two event files and mixed checkpoints.
+    log_path = tmp_path / "train.log"
+    with open(log_path, "w") as log:
+        # Long enough to be still training below.
+        process = _start(fashion_lab, log, base=("--limit", "2000", "--epochs", "50"))
+        try:
+            run_dir = _wait_for_first_checkpoint(process, log_path)
+            for workers in ((), ("--workers", "2")):
+                result = run_invoke("train", "--resume", str(run_dir), *workers)
+                assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+                assert result.stderr.splitlines() == [
+                    f"error: {run_dir} is being trained by process {process.pid}; wait for it to finish or stop it "
+                    "(Ctrl-C), then resume"]
+            assert process.poll() is None, "the run must still have been training when --resume was refused"
+            os.killpg(process.pid, signal.SIGINT)
+            assert process.wait(timeout=120) == 130
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    assert not (run_dir / ".lock").exists(), "Ctrl-C gives the run folder back"
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
 
 
 @pytest.fixture
