@@ -319,6 +319,32 @@ def test_a_damaged_checkpoint_with_nothing_to_fall_back_to_is_one_line(finished_
     _assert_refused(run_invoke("train", "--resume", str(run_dir)), expected, run_dir, before)
 
 
+def test_a_finished_run_that_lost_its_metrics_is_finished_again_as_the_hint_says(finished_runs, tmp_path):
+    # `invoke compare` tells a run folder without metrics.json to --resume; --resume used to refuse it.
+    fit, _ = finished_runs
+    run_dir = shutil.copytree(fit, tmp_path / "run")
+    (run_dir / "metrics.json").unlink()
+    result = run_invoke("compare", str(run_dir), str(fit))
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    hint = re.search(r"invoke train --resume \S+$", result.stderr.strip()).group(0)
+    result = _paste(hint)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert _weights(run_dir) == _weights(fit)
+    metrics, reference = (json.loads((folder / "metrics.json").read_text()) for folder in (run_dir, fit))
+    assert metrics["accuracy"] == reference["accuracy"] and metrics["confusion_matrix"] == reference["confusion_matrix"]
+
+
+def test_a_finished_run_without_metrics_or_checkpoint_is_refused_in_one_line(finished_runs, tmp_path):
+    fit, _ = finished_runs
+    run_dir = shutil.copytree(fit, tmp_path / "run")
+    (run_dir / "metrics.json").unlink()
+    shutil.rmtree(run_dir / "checkpoint")
+    before = _snapshot(run_dir)
+    _assert_refused(run_invoke("train", "--resume", str(run_dir)),
+                    f"--resume {run_dir} has no metrics.json and no checkpoint to evaluate again; "
+                    f"start a new run with the settings in {run_dir / 'config.json'}", run_dir, before)
+
+
 def _edit_json(path, change):
     data = json.loads(path.read_text())
     change(data)
