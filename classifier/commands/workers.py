@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--given", default="", help="comma-separated config keys the person set")
     parser.add_argument("--resume", default="", help="run folder to continue")
     args = parser.parse_args(argv)
-    stop_when_parent_exits(sys.stdin.buffer)
+    stop_when_parent_exits(sys.stdin.fileno())
     try:
         config = make_config(**json.loads(args.config))
         given = frozenset(key for key in args.given.split(",") if key)

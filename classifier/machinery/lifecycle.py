@@ -232,8 +232,8 @@ def _handle_pending_signals() -> None:
 PARENT_GONE_GRACE_SECONDS = 5.0
 
 
-def stop_when_parent_exits(pipe) -> threading.Thread:
-    """Stop this process as Ctrl-C would when `pipe` ends: its other end is held by the parent, never written.
+def stop_when_parent_exits(pipe: int) -> threading.Thread:
+    """Stop this process as Ctrl-C would when the pipe `pipe` (a file descriptor) ends: the parent holds its other end.
 
     A parent killed with SIGKILL cannot stop its children; its end of the
     pipe closes with it, so the child reads end-of-file at once (on every
@@ -243,10 +243,14 @@ def stop_when_parent_exits(pipe) -> threading.Thread:
     whose partner is gone does not come back to Python: after
     PARENT_GONE_GRACE_SECONDS its runs are released from this thread and the
     process ends. Returns the watching thread.
+
+    The descriptor is read with os.read, not through sys.stdin: a daemon
+    thread blocked inside a buffered reader holds its lock, and Python's
+    shutdown then stops with "could not acquire lock for <stdin>".
     """
     def watch():
-        with contextlib.suppress(OSError, ValueError):
-            while pipe.read(4096):
+        with contextlib.suppress(OSError):
+            while os.read(pipe, 4096):  # the parent never writes: this returns b"" when it is gone
                 pass
         null = os.open(os.devnull, os.O_WRONLY)
         for stream in (sys.stdout, sys.stderr):
