@@ -225,7 +225,8 @@ def _repeat_ctrl_c(leaving: threading.Event) -> None:
 
 
 def _handle_pending_signals() -> None:
-    """Nothing: calling a Python function lets the interpreter run a repeat that was sent before the join."""
+    """Empty on purpose: entering a Python function makes the interpreter run the handler of a repeat
+    that the thread sent just before it was joined, while `interrupt` still ignores it."""
 
 
 # After the launcher of a multi-worker run is gone, how long a worker gets to stop as Ctrl-C stops it.
@@ -253,10 +254,8 @@ def stop_when_parent_exits(pipe: int) -> threading.Thread:
             while os.read(pipe, 4096):  # the parent never writes: this returns b"" when it is gone
                 pass
         null = os.open(os.devnull, os.O_WRONLY)
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-            os.dup2(null, stream.fileno())
+        os.dup2(null, 1)  # standard output and error, which went to the parent
+        os.dup2(null, 2)
         _thread.interrupt_main(signal.SIGINT)
         time.sleep(PARENT_GONE_GRACE_SECONDS)
         for run in list(_IN_USE):
