@@ -482,3 +482,37 @@ except Interrupted as stop:
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.stdout.strip() == f"stopped after 0/2 epoch(s); continue with: invoke train --resume {tmp_path}"
     assert result.stderr == "", result.stderr
+
+
+def test_a_run_lock_is_taken_over_only_from_a_process_that_is_gone(tmp_path):
+    # What `invoke train --resume` does when it claims a run folder (runs.lock_run, called by Run.claim).
+    import socket
+
+    import psutil
+
+    from classifier.config import UserError
+    from classifier.machinery.runs import lock_run, unlock_run
+
+    lock = tmp_path / ".lock"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        holder = {"pid": child.pid, "started": psutil.Process(child.pid).create_time(), "host": socket.gethostname()}
+        lock.write_text(json.dumps(holder))
+        with pytest.raises(UserError, match=rf"^{tmp_path} is being trained by process {child.pid}; "):
+            lock_run(tmp_path)
+        lock.write_text(json.dumps({**holder, "host": "another-machine"}))
+        with pytest.raises(UserError, match=rf"on another-machine; .* delete {lock}$"):
+            lock_run(tmp_path)
+        lock.write_text(json.dumps({**holder, "started": holder["started"] - 3600}))  # the pid, given to another
+        assert json.loads(lock_run(tmp_path).read_text())["pid"] == os.getpid()
+    finally:
+        child.kill()
+        child.wait()
+    lock.write_text(json.dumps(holder))  # the process has ended
+    assert json.loads(lock_run(tmp_path).read_text())["pid"] == os.getpid()
+    lock.write_text("")  # being written by another process this moment
+    with pytest.raises(UserError, match="is being taken by another process at this moment; try again$"):
+        lock_run(tmp_path)
+    os.utime(lock, (time.time() - 60, time.time() - 60))  # cut short by a kill a minute ago
+    unlock_run(lock_run(tmp_path))
+    assert not lock.exists()

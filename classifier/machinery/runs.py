@@ -255,6 +255,8 @@ def resume_hint(run_dir: Path) -> str:
 
 # A run folder in training holds this file: the training's process, so that a second writer is refused.
 LOCK_FILE = ".lock"
+# A lock file younger than this that cannot be read is being written; an older one was cut short by a kill.
+LOCK_WRITE_SECONDS = 10.0
 
 
 def lock_run(run_dir: Path) -> Path:
@@ -304,7 +306,11 @@ def check_not_in_use(run_dir: Path) -> None:
     except FileNotFoundError:
         return
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return  # a lock file cut short by a kill while it was written: no live process holds it
+        # Empty or cut short: another process is writing it this moment, or one was killed while it wrote it.
+        with contextlib.suppress(OSError):
+            if time.time() - path.stat().st_mtime < LOCK_WRITE_SECONDS:
+                raise UserError(f"{run_dir} is being taken by another process at this moment; try again") from None
+        return
     if host not in (None, socket.gethostname()):
         raise UserError(f"{run_dir} is being trained by process {pid} on {host}; wait for it to finish or stop it, "
                         f"or if nothing trains there any more delete {path}")
