@@ -11,6 +11,9 @@ batch 32, 3 epochs:
   and one line naming the worker and the --resume command, within the
   collective ops' timeout plus a margin, never hanging.
 - `--resume` of that run with two workers against an uninterrupted two-worker run.
+- the launcher killed with SIGKILL: its workers read the end of their stdin
+  pipe and stop within seconds, the run marked interrupted, no lock or scratch
+  folder left; Ctrl-C leaves no scratch folder either.
 """
 
 import contextlib
