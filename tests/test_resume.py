@@ -3,7 +3,6 @@
 import json
 import os
 import random
-import re
 import shlex
 import shutil
 import signal
@@ -320,14 +319,17 @@ def test_a_damaged_checkpoint_with_nothing_to_fall_back_to_is_one_line(finished_
 
 
 def test_a_finished_run_that_lost_its_metrics_is_finished_again_as_the_hint_says(finished_runs, tmp_path):
-    # `invoke compare` tells a run folder without metrics.json to --resume; --resume used to refuse it.
+    # `invoke compare` and `invoke export` tell a run folder without metrics.json to --resume, which used to refuse it.
     fit, _ = finished_runs
-    run_dir = shutil.copytree(fit, tmp_path / "run")
+    run_dir = shutil.copytree(fit, tmp_path / "run copy")
     (run_dir / "metrics.json").unlink()
     result = run_invoke("compare", str(run_dir), str(fit))
+    assert result.returncode == 2 and "invoke train --resume" in result.stderr, result.stderr[-2000:]
+    result = run_invoke("export", str(run_dir))
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
-    hint = re.search(r"invoke train --resume \S+$", result.stderr.strip()).group(0)
-    result = _paste(hint)
+    assert result.stderr.splitlines() == [f"error: run {run_dir} has no metrics.json; it is not a finished run; "
+                                          f"finish it with: invoke train --resume {shlex.quote(str(run_dir))}"]
+    result = _paste(result.stderr.split("finish it with: ")[1])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert _weights(run_dir) == _weights(fit)
     metrics, reference = (json.loads((folder / "metrics.json").read_text()) for folder in (run_dir, fit))

@@ -41,7 +41,7 @@ from classifier.lecture.split import prepare
 from classifier.machinery.datasets import get_dataset
 from classifier.machinery.loading import read_verified
 from classifier.machinery.files import read_json, write_json, write_text
-from classifier.machinery.runs import read_object, read_run_files
+from classifier.machinery.runs import read_object, read_run_files, resume_hint
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 TORCH_FORMATS = ("onnx",)  # what a --trainer torch run exports to
@@ -87,12 +87,11 @@ def check_run(run_dir: Path) -> dict:
     status = manifest.get("status") if manifest is not None else "unknown (no manifest.json)"
     if status != "complete":
         raise UserError(
-            f"run {run_dir} did not finish (status {status}); export a complete run, "
-            f"or finish it first with: invoke train --resume {run_dir}"
+            f"run {run_dir} did not finish (status {status}); export a complete run, or {resume_hint(run_dir)}"
         )
     for name in (model_file(config), "metrics.json"):
         if not (run_dir / name).is_file():
-            raise UserError(f"run {run_dir} has no {name}; it is not a finished run")
+            raise UserError(f"run {run_dir} has no {name}; it is not a finished run; {resume_hint(run_dir)}")
     return {"config": config, "metrics": read_object(run_dir / "metrics.json")}
 
 

@@ -247,10 +247,13 @@ def resume_hint(run_dir: Path) -> str:
     one `invoke train --resume` then follows rather than refuses.
     """
     try:
-        resume_target(Path(run_dir))
+        _, config = resume_target(Path(run_dir))
     except UserError as error:
         return f"it cannot be resumed: {error}"
-    return f"finish it with: {resume_command(run_dir)}"
+    if config.strategy != "multiworker":
+        return f"finish it with: {resume_command(run_dir)}"
+    _, manifest = read_run_files(Path(run_dir))
+    return f"finish it with: {resume_command(run_dir, (manifest or {}).get('replicas') or 'N')}"
 
 
 # A run folder in training holds this file: the training's process, so that a second writer is refused.
