@@ -250,7 +250,8 @@ def _write(folder, manifest: str | None, metrics: str | None = None):
     (lambda root: root / "nothing", "does not exist or is not a folder"),
     (lambda root: _write(root / "empty", None), "is not a run folder (no manifest.json in it)"),
     (lambda root: _write(root / "stopped run", '{"status": "interrupted"}'),
-     "did not finish (status 'interrupted'); finish it with: invoke train --resume '"),
+     # No config.json: --resume would refuse it, so the hint says so rather than suggest it.
+     "did not finish (status 'interrupted'); it cannot be resumed: --resume "),
     (lambda root: _write(root / "cut", '{"status": "comp'), "manifest.json is damaged (not JSON"),
     (lambda root: _write(root / "cut-metrics", '{"status": "complete"}', '{"loss": 1.'),
      "metrics.json is damaged (not JSON"),

@@ -11,6 +11,9 @@ batch 32, 3 epochs:
   and one line naming the worker and the --resume command, within the
   collective ops' timeout plus a margin, never hanging.
 - `--resume` of that run with two workers against an uninterrupted two-worker run.
+- the launcher killed with SIGKILL: its workers read the end of their stdin
+  pipe and stop within seconds, the run marked interrupted, no lock or scratch
+  folder left; Ctrl-C leaves no scratch folder either.
 """
 
 import contextlib
@@ -144,14 +147,17 @@ def test_a_killed_worker_stops_the_others_then_resume_finishes(fashion_lab, two_
 
 
 @contextlib.contextmanager
-def _two_worker_launcher(fashion_lab, log_path):
-    """`invoke train --workers 2` in its own session, stdout to log_path; killed on the way out if still running."""
+def _two_worker_launcher(fashion_lab, log_path, env=None):
+    """`invoke train --workers 2` in its own session, stdout to log_path; killed on the way out if still running.
+
+    `env`: variables added to the environment (TMPDIR, to see where the workers' scratch folders go).
+    """
     command = [sys.executable, "-m", "invoke", "train", "--dataset", "fashion_mnist",
                "--data-dir", str(fashion_lab / "data"), "--runs-dir", str(fashion_lab / "runs"), *ARGS,
                "--workers", "2"]
     with open(log_path, "w") as log:
         launcher = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.PIPE, text=True,
-                                    start_new_session=True)
+                                    start_new_session=True, env={**os.environ, **(env or {})})
         try:
             yield launcher
         finally:
@@ -178,7 +184,9 @@ def _wait_for_first_checkpoint(launcher, log_path, timeout=600):
 @pytest.mark.slow
 def test_ctrl_c_during_a_two_worker_run_marks_it_and_says_how_to_resume(fashion_lab, tmp_path):
     log_path = tmp_path / "workers.log"
-    with _two_worker_launcher(fashion_lab, log_path) as launcher:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    with _two_worker_launcher(fashion_lab, log_path, env={"TMPDIR": str(scratch)}) as launcher:
         run_dir, _ = _wait_for_first_checkpoint(launcher, log_path)
         os.kill(launcher.pid, signal.SIGINT)  # Ctrl-C reaches the launcher; the workers lead their own groups
         _, stderr = launcher.communicate(timeout=120)
@@ -187,3 +195,40 @@ def test_ctrl_c_during_a_two_worker_run_marks_it_and_says_how_to_resume(fashion_
     assert stderr.strip().splitlines() == [f"error: stopped after {done}/3 epoch(s); continue with: "
                                            f"invoke train --resume {run_dir} --workers 2"]
     assert _manifest(run_dir)["status"] == "interrupted"
+    assert not (run_dir / ".lock").exists()
+    assert list(scratch.glob("worker-run-*")) == [], "worker 1's scratch folder is deleted"
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.slow
+def test_a_launcher_killed_with_sigkill_stops_its_workers_and_marks_the_run(fashion_lab, tmp_path):
+    from classifier.machinery.lifecycle import PARENT_GONE_GRACE_SECONDS
+
+    log_path = tmp_path / "workers.log"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    with _two_worker_launcher(fashion_lab, log_path, env={"TMPDIR": str(scratch)}) as launcher:
+        run_dir, _ = _wait_for_first_checkpoint(launcher, log_path)
+        pids = [int(line.split("pid ")[1].split(",")[0]) for line in log_path.read_text().splitlines()
+                if line.startswith("[workers] worker ")]
+        assert len(pids) == 2 and all(_running(pid) for pid in pids)
+        os.kill(launcher.pid, signal.SIGKILL)  # the launcher alone: each worker leads its own process group
+        killed_at = time.monotonic()
+        launcher.wait()
+        while any(_running(pid) for pid in pids) and time.monotonic() < killed_at + 120:
+            time.sleep(0.1)
+    seconds = time.monotonic() - killed_at
+    print(f"the workers ended {seconds:.1f} s after the launcher was killed")
+    # The workers read the end of their launcher's pipe at once; one stuck in a collective op gets the grace period.
+    assert seconds < PARENT_GONE_GRACE_SECONDS + 10
+    assert _manifest(run_dir)["status"] == "interrupted"
+    assert not (run_dir / ".lock").exists()
+    assert list(scratch.glob("worker-run-*")) == [], "worker 1's scratch folder is deleted"

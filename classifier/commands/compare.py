@@ -37,7 +37,7 @@ from pathlib import Path
 from classifier import registry
 from classifier.machinery import numerics
 from classifier.config import UserError
-from classifier.machinery.runs import read_object, read_run_files, verify_run_files
+from classifier.machinery.runs import read_object, read_run_files, resume_hint, verify_run_files
 
 # Keys of runs.environment_record() whose change can change the numbers, split
 # into the machine's (hardware and the numerics variables) and the software's.
@@ -128,8 +128,7 @@ def load_finished_run(run_dir: Path) -> tuple[dict, dict]:
     if (run_dir / "config.json").is_file():
         read_run_files(run_dir)  # a hand-edited config.json or manifest.json is refused here
     if manifest.get("status") != "complete" or not (run_dir / "metrics.json").is_file():
-        raise UserError(f"{run_dir} did not finish (status {manifest.get('status')!r}); "
-                        f"finish it with: invoke train --resume {shlex.quote(str(run_dir))}")
+        raise UserError(f"{run_dir} did not finish (status {manifest.get('status')!r}); {resume_hint(run_dir)}")
     # A file changed since the run finished is named as such before its contents are judged.
     verified = "files_sha256" in manifest and verify_run_files(run_dir, manifest)
     metrics = read_object(run_dir / "metrics.json")

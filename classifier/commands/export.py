@@ -29,7 +29,7 @@ from pathlib import Path
 from classifier.config import UserError, make_config
 from classifier.machinery import exporters
 from classifier.machinery.exporters import FORMATS, TOLERANCE, TORCH_FORMATS
-from classifier.machinery.runs import read_object, read_run_files
+from classifier.machinery.runs import read_object, read_run_files, resume_hint
 
 EXPORT_DIR = "export"
 
@@ -55,12 +55,11 @@ def check_run(run_dir: Path) -> dict:
     status = manifest.get("status") if manifest is not None else "unknown (no manifest.json)"
     if status != "complete":
         raise UserError(
-            f"run {run_dir} did not finish (status {status}); export a complete run, "
-            f"or finish it first with: invoke train --resume {run_dir}"
+            f"run {run_dir} did not finish (status {status}); export a complete run, or {resume_hint(run_dir)}"
         )
     for name in (model_file(config), "metrics.json"):
         if not (run_dir / name).is_file():
-            raise UserError(f"run {run_dir} has no {name}; it is not a finished run")
+            raise UserError(f"run {run_dir} has no {name}; it is not a finished run; {resume_hint(run_dir)}")
     return {"config": config, "metrics": read_object(run_dir / "metrics.json")}
 
 

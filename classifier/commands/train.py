@@ -79,7 +79,8 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
 def settle_config(config: Config, resume: str, given: frozenset[str] | None) -> tuple[Path | None, Config]:
     """(the run folder to continue or None, the config to train with): a resumed run's own, or the recipe's."""
     if resume:
-        return resume_target(Path(resume))
+        # A worker of a multi-worker run leaves the lock to its chief, which takes it when it claims the folder.
+        return resume_target(Path(resume), check_lock=config.strategy != "multiworker")
     if config.trainer == "torch":
         return None, config
     config, chosen = resolve_recipe(config, given)

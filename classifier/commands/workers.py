@@ -13,7 +13,10 @@ worker 0's address instead (classifier/machinery/torch_distribute.py):
 
 A watchdog stops the demo when a worker dies: the others fail on their own
 within distribute.COLLECTIVE_TIMEOUT_SECONDS, and whatever is still running
-after that and a grace period is killed, so nothing waits for ever.
+after that and a grace period is killed, so nothing waits for ever. Each
+worker's standard input is a pipe the launcher holds: when the launcher dies
+(even by SIGKILL) the workers stop within seconds as Ctrl-C stops them, the
+chief marking the run interrupted (lifecycle.stop_when_parent_exits).
 `--resume RUN --workers 2` continues a stopped run from its last checkpoint.
 This module imports neither TensorFlow nor torch; the workers do.
 """
@@ -33,8 +36,8 @@ from pathlib import Path
 from classifier.config import PROJECT_ROOT, Config, Interrupted, UserError, make_config, to_dict
 from classifier.machinery.cluster import check_batch_split, free_ports, tf_config
 from classifier.machinery.files import read_json, write_json
-from classifier.machinery.lifecycle import epochs_saved
-from classifier.machinery.runs import resume_target
+from classifier.machinery.lifecycle import epochs_saved, stop_when_parent_exits
+from classifier.machinery.runs import LOCK_FILE, resume_command, resume_target
 
 # After one worker has failed, how long the others get to stop by themselves
 # (their collective ops time out after distribute.COLLECTIVE_TIMEOUT_SECONDS)
@@ -78,10 +81,9 @@ def start_local_workers(config: Config, workers: int, resume: str = "", given: f
         failed = _watch(processes, grace_seconds)
     except KeyboardInterrupt:
         _stop(processes)
+        _finish_reading(readers, lines)
         _interrupted(resume or _run_folder(lines), workers)
-    for reader in readers:
-        reader.join(timeout=5)
-    _remove_scratch_folders(lines)
+    _finish_reading(readers, lines)
     run_dir = _run_folder(lines)
     if failed is not None:
         index, code = failed
@@ -90,7 +92,7 @@ def start_local_workers(config: Config, workers: int, resume: str = "", given: f
         # A worker's own error (bad data, a full disk) says more than its exit code.
         detail = f": {errors[0]}" if errors and index == 0 else ""
         target = resume or run_dir
-        hint = f"; continue with: invoke train --resume {target} --workers {workers}" if target else ""
+        hint = f"; continue with: {resume_command(target, workers)}" if target else ""
         raise UserError(f"worker {index} {reason}{detail}; the other workers were stopped{hint}")
     return Path(run_dir)
 
@@ -103,11 +105,19 @@ def _start(settings: str, workers: int, resume: str, keys: str) -> list[subproce
         command = [sys.executable, "-m", "classifier.commands.workers", "--config", settings, "--given", keys,
                    "--resume", resume]
         environment = {**os.environ, "TF_CONFIG": tf_config(ports, index), "PYTHONUNBUFFERED": "1"}
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=environment, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        # stdin: a pipe never written to, whose end tells the worker that the launcher is gone (main, below).
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=environment, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         print(f"[workers] worker {index}: pid {process.pid}, 127.0.0.1:{ports[index]}", flush=True)
         processes.append(process)
     return processes
+
+
+def _finish_reading(readers: list[threading.Thread], lines: list[str]) -> None:
+    """Wait for the workers' last lines, then delete their scratch folders (named in those lines)."""
+    for reader in readers:
+        reader.join(timeout=5)
+    _remove_scratch_folders(lines)
 
 
 def _run_folder(lines: list[str]) -> str:
@@ -132,9 +142,10 @@ def _interrupted(run_dir: str, workers: int) -> None:
         manifest = None
     if isinstance(manifest, dict) and manifest.get("status") == "running":
         write_json(manifest_path, {**manifest, "status": "interrupted"})
+    (run / LOCK_FILE).unlink(missing_ok=True)  # the chief's, which was killed before it could give it back
     epochs = manifest.get("config", {}).get("epochs", "?") if isinstance(manifest, dict) else "?"
     raise Interrupted(f"stopped after {epochs_saved(run / 'checkpoint')}/{epochs} epoch(s); "
-                      f"continue with: invoke train --resume {run} --workers {workers}")
+                      f"continue with: {resume_command(run, workers)}")
 
 
 def _remove_scratch_folders(lines: list[str]) -> None:
@@ -195,7 +206,10 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """One worker of `start_local_workers` (TF_CONFIG in its environment): train_command, errors as one line."""
+    """One worker of `start_local_workers` (TF_CONFIG in its environment): train_command, errors as one line.
+
+    Its standard input is the launcher's pipe: its end (the launcher died) stops the worker as Ctrl-C would.
+    """
     import argparse
 
     from classifier.commands.train import train_command
@@ -205,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--given", default="", help="comma-separated config keys the person set")
     parser.add_argument("--resume", default="", help="run folder to continue")
     args = parser.parse_args(argv)
+    stop_when_parent_exits(sys.stdin.fileno())
     try:
         config = make_config(**json.loads(args.config))
         given = frozenset(key for key in args.given.split(",") if key)

@@ -38,6 +38,7 @@ from classifier.lecture.runtime import gpu_config
 from classifier.lecture.train import FitTrainer, TapeTrainer
 from classifier.machinery.cluster import worker_role
 from classifier.machinery.recipes import build_model, make_loss, make_optimizer, steps_per_epoch, use_mixed_precision
+from classifier.machinery.runs import resume_command
 from classifier.machinery.steps import STEPS_PER_CALL, StepsPerCallTapeTrainer
 
 # Seconds a collective operation (adding the workers' gradients) may wait for
@@ -76,8 +77,8 @@ def collective_failures(config: Config, run, epochs_done):
             raise
         run.stopped()
         raise UserError(f"a worker stopped or cannot be reached ({type(error).__name__}) after "
-                        f"{epochs_done()}/{config.epochs} epoch(s); continue with: invoke train --resume "
-                        f"{run.checkpoint_folder.parent} on every worker") from None
+                        f"{epochs_done()}/{config.epochs} epoch(s); continue with: "
+                        f"{resume_command(run.checkpoint_folder.parent)} on every worker") from None
 
 
 def make_strategy(config: Config) -> tf.distribute.Strategy:

@@ -11,9 +11,13 @@ moment leaves no half-written file under a final name.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import platform
+import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -241,20 +245,146 @@ def save_keras_model(run_dir: Path, model) -> str:
     return weights_hash(model)
 
 
-def resume_target(run_dir: Path) -> tuple[Path, Config]:
+def resume_target(run_dir: Path, check_lock: bool = True) -> tuple[Path, Config]:
     """The stopped run folder `--resume` names, and its own config (from its config.json).
 
+    Args:
+        run_dir: the folder given to --resume.
+        check_lock: refuse a run that a live process is training (RUN/.lock); the
+            workers of a multi-worker run leave it to their launcher and chief.
+
+    A run whose manifest says "complete" but whose metrics.json is missing
+    (deleted, or lost with a copy) is taken too when its checkpoint is there:
+    resuming evaluates the saved epochs again and writes the evidence anew.
+
     Raises:
-        UserError: the folder is not a run folder, its run has already finished, or its
-            config.json or manifest.json is damaged or was edited (read_run_files).
+        UserError: the folder is not a run folder, its run has already finished, another
+            process is training it (its lock), or its config.json or manifest.json is
+            damaged or was edited (read_run_files).
     """
     if not (run_dir / "config.json").is_file():
         raise UserError(f"--resume {run_dir} is not a run folder (no config.json in it)")
     config, manifest = read_run_files(run_dir)
     if manifest is not None and manifest.get("status") == "complete":
-        raise UserError(f"--resume {run_dir} has already finished; start a new run instead")
+        if (run_dir / "metrics.json").is_file():
+            raise UserError(f"--resume {run_dir} has already finished; start a new run instead")
+        if not (run_dir / "checkpoint").is_dir():
+            raise UserError(f"--resume {run_dir} has no metrics.json and no checkpoint to evaluate again; "
+                            f"start a new run with the settings in {run_dir / 'config.json'}")
+    if check_lock:
+        check_not_in_use(run_dir)
     try:
         return run_dir, make_config(**config)
     except UserError as error:
         raise UserError(f"{run_dir / 'config.json'} was changed by hand: {error}; put it back as the run wrote it, "
                         "or start a new run") from None
+
+
+def resume_command(run_dir: Path, workers: int | str | None = None) -> str:
+    """The command that continues `run_dir`, shell-quoted so that it pastes as one (a path may hold spaces)."""
+    command = f"invoke train --resume {shlex.quote(str(run_dir))}"
+    return f"{command} --workers {workers}" if workers else command
+
+
+def resume_hint(run_dir: Path) -> str:
+    """What to do with a run folder that did not finish: the --resume command when resume_target takes it.
+
+    For `compare`, `export` and the like, so that the advice they print is the
+    one `invoke train --resume` then follows rather than refuses.
+    """
+    try:
+        _, config = resume_target(Path(run_dir))
+    except UserError as error:
+        return f"it cannot be resumed: {error}"
+    if config.strategy != "multiworker":
+        return f"finish it with: {resume_command(run_dir)}"
+    _, manifest = read_run_files(Path(run_dir))
+    return f"finish it with: {resume_command(run_dir, (manifest or {}).get('replicas') or 'N')}"
+
+
+# A run folder in training holds this file: the training's process, so that a second writer is refused.
+LOCK_FILE = ".lock"
+# A lock file younger than this that cannot be read is being written; an older one was cut short by a kill.
+LOCK_WRITE_SECONDS = 10.0
+
+
+def lock_run(run_dir: Path) -> Path:
+    """Take `run_dir` for this process: create RUN/.lock (O_EXCL) holding its pid, start time and host.
+
+    A lock left by a process that is gone (killed with SIGKILL, a machine
+    that restarted) is taken over; one held by a live process is refused.
+    Returns the lock file, for unlock_run.
+
+    Raises:
+        UserError: another live process holds the run (one line naming the run and its pid).
+    """
+    path = Path(run_dir) / LOCK_FILE
+    record = json.dumps({"pid": os.getpid(), "started": _process_started(os.getpid()), "host": socket.gethostname()})
+    for _ in range(3):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            check_not_in_use(run_dir)
+            path.unlink(missing_ok=True)  # a dead process's lock; the O_EXCL create decides who takes it
+            continue
+        except OSError as error:
+            raise UserError(f"cannot write {path}: {error.strerror}") from None
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(record)
+        return path
+    raise UserError(f"{run_dir} is being taken by another process at this moment; try again")
+
+
+def unlock_run(lock: Path) -> None:
+    """Give the run folder back (remove the lock file lock_run made), if this process still holds it."""
+    with contextlib.suppress(OSError, ValueError):
+        if read_json(lock).get("pid") == os.getpid():
+            lock.unlink()
+
+
+def check_not_in_use(run_dir: Path) -> None:
+    """Refuse a run folder that a live process is training (its RUN/.lock); a dead process's lock is ignored.
+
+    Raises:
+        UserError: one line naming the run, the process and the way out.
+    """
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+        pid, started, host = int(holder["pid"]), holder.get("started"), holder.get("host")
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        # Empty or cut short: another process is writing it this moment, or one was killed while it wrote it.
+        with contextlib.suppress(OSError):
+            if time.time() - path.stat().st_mtime < LOCK_WRITE_SECONDS:
+                raise UserError(f"{run_dir} is being taken by another process at this moment; try again") from None
+        return
+    if host not in (None, socket.gethostname()):
+        raise UserError(f"{run_dir} is being trained by process {pid} on {host}; wait for it to finish or stop it, "
+                        f"or if nothing trains there any more delete {path}")
+    if pid != os.getpid() and _alive(pid, started):
+        raise UserError(f"{run_dir} is being trained by process {pid}; wait for it to finish or stop it "
+                        "(Ctrl-C), then resume")
+
+
+def _alive(pid: int, started: float | None) -> bool:
+    """Whether process `pid` runs and is the one that wrote the lock (not a later process given the same pid)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(process.create_time() - started) < 1.0
+    except psutil.Error:
+        return False
+
+
+def _process_started(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None

@@ -36,6 +36,7 @@ from torch.utils.data.distributed import DistributedSampler
 from classifier.config import Config, UserError
 from classifier.lecture.torch_train import TorchTrainer, to_tensors
 from classifier.machinery.cluster import check_batch_split, chief_address, worker_role
+from classifier.machinery.runs import resume_command
 
 # How long a worker waits for the others to join, or in a gradient exchange,
 # before it gives up. A worker that was killed is noticed at once (its
@@ -144,7 +145,7 @@ def lost_workers(config: Config, run, epochs_done):
         run.stopped()
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
         raise UserError(f"a worker stopped or cannot be reached ({first[:120]}) after {epochs_done()}/{config.epochs} "
-                        f"epoch(s); continue with: invoke train --resume {run.home} --workers N") from None
+                        f"epoch(s); continue with: {resume_command(run.home, 'N')}") from None
 
 
 def _lost_a_worker(error: RuntimeError) -> bool:
