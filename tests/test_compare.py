@@ -269,7 +269,7 @@ def test_a_bad_folder_is_one_line_and_exit_2(tmp_path, make, message):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: {bad}") and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
-    if "--resume" in message:  # the hint pastes into a shell: the folder's name holds a space
+    if "finish it with" in message:  # the hint pastes into a shell: the folder's name holds a space
         assert result.stderr.strip().endswith(f"--resume {shlex.quote(str(bad))}")
 
 
