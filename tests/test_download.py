@@ -279,7 +279,7 @@ shutil.copyfileobj = copyfileobj
 def test_a_killed_import_leaves_a_temporary_file_that_doctor_reports_and_the_next_import_removes(
         fashion_source, tmp_path):
     from classifier.machinery.datasets import get_dataset
-    from classifier.commands.doctor import OK, WARN, check_datasets
+    from classifier.machinery.checks import OK, WARN, check_datasets
 
     prelude = tmp_path / "prelude"
     prelude.mkdir()
