@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 import sys
+import traceback
 
-from invoke import Exit, Program, task
+from invoke import Argument, Exit, Program, task
 from invoke.exceptions import ParseError
+from invoke.parser.parser import ParseMachine
 
 from classifier.config import Interrupted, UserError
 
@@ -32,6 +34,26 @@ _PARSE_ERRORS = (
 )
 
 
+def _refused_flag(error: ValueError) -> tuple[str | None, str] | None:
+    """(task, "--port must be a whole number, got 'x'") when `error` is invoke refusing a whole-number flag's
+    value, else None.
+
+    invoke gives a flag its default's type (an int default: int(value)) and
+    lets int()'s ValueError through as it stands, without the flag's name; the
+    flag (an Argument) and the task being parsed (the ParseMachine's context)
+    are in the frames it passed through.
+    """
+    argument = machine = None
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        owner = frame.f_locals.get("self")
+        argument = owner if isinstance(owner, Argument) else argument
+        machine = owner if isinstance(owner, ParseMachine) else machine
+    if argument is None or argument.kind is not int:
+        return None
+    task_name = getattr(getattr(machine, "context", None), "name", None)
+    return task_name, f"--{argument.name.replace('_', '-')} must be a whole number, got {argument.raw_value!r}"
+
+
 def _usage_errors_exit_2(parse):
     """Wrap one of invoke's parsing steps so that its ParseError ends as the lab's one line and exit 2.
 
@@ -47,8 +69,12 @@ def _usage_errors_exit_2(parse):
             text = str(error).rstrip("!")
             for pattern, replacement in _PARSE_ERRORS:
                 text = re.sub(pattern, replacement, text)
-            way_out = f"invoke --help {task_name}" if task_name else "invoke --list"
-            raise Exit(f"error: {text}; see {way_out}", code=2) from None
+        except ValueError as error:
+            if (refused := _refused_flag(error)) is None:
+                raise
+            task_name, text = refused
+        way_out = f"invoke --help {task_name}" if task_name else "invoke --list"
+        raise Exit(f"error: {text}; see {way_out}", code=2) from None
     return parse_step
 
 
@@ -80,16 +106,13 @@ def _run(function, *args, **kwargs):
         raise Exit(f"error: {where}{error.strerror or error}", code=2) from None
 
 
-def _int(flag: str, value: str) -> int:
-    """A whole-number flag; invoke itself would answer a typo with a traceback."""
-    try:
-        return int(value)
-    except ValueError:
-        raise Exit(f"error: --{flag} must be a whole number, got {value!r}", code=2) from None
-
-
 def _float(flag: str, value: str) -> float:
-    """A number flag, answered in one line when it is not one."""
+    """A number flag, answered in one line when it is not one.
+
+    Unlike an int default, a float default would make invoke's help show the
+    flag without a value (`--budget`, as a switch: invoke/parser/context.py
+    names only STRING and INT), so number flags are strings converted here.
+    """
     try:
         return float(value)
     except ValueError:
@@ -138,11 +161,12 @@ def data(c, dataset="cifar10", data_dir="", from_="", mirror="", torchvision_roo
                 "(the lab image sets portable)",
     "tensorboard": "true (default): write TensorBoard event files into RUN/tensorboard; false: none",
     "workers": "start this many multiworker processes on this machine (127.0.0.1), e.g. 2 for a class demo "
-               "(with --trainer torch: torch.distributed, gloo on CPU, NCCL with a GPU per worker)",
+               "(with --trainer torch: torch.distributed, gloo on CPU, NCCL with a GPU per worker); default 0: "
+               "this process alone",
 })
 def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=None, seed=None,
           val_split=None, limit=None, runs_dir=None, data_dir=None, recipe=None, strategy=None, resume="",
-          numerics=None, tensorboard=None, workers=None):
+          numerics=None, tensorboard=None, workers=0):
     """Train a classifier, evaluate it on the test set and write a run folder."""
     _quiet()
     from classifier.machinery import numerics as numerics_module
@@ -159,12 +183,12 @@ def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=Non
     if resume and flags:
         names = ", ".join(f"--{key.replace('_', '-')}" for key in flags)
         raise Exit(f"error: --resume continues with the run's own settings (its config.json); drop {names}", code=2)
-    if workers is not None:
+    if workers:
         from classifier.commands.workers import start_local_workers
 
         if strategy not in (None, "multiworker"):
             raise Exit(f"error: --workers trains with --strategy multiworker, not {strategy}", code=2)
-        _run(start_local_workers, _config(**flags), _int("workers", workers), resume=resume,
+        _run(start_local_workers, _config(**flags), workers, resume=resume,
              given=frozenset(flags))
         return
     _run(train_command, _config(**flags), resume=resume, given=frozenset(flags))
@@ -189,21 +213,21 @@ def train(c, dataset=None, model=None, trainer=None, epochs=None, batch_size=Non
                "(default lecture,fast)",
     "budget": "with --target: also each recipe's test accuracy within this many training seconds (default 0: off)",
 })
-def bench(c, limit="12000", epochs="3", repeats="3", output="", data_dir="", subjects="", numerics="fastest",
-          target="", seeds="3", recipes="", budget=""):
+def bench(c, limit=12000, epochs=3, repeats=3, output="", data_dir="", subjects="", numerics="fastest",
+          target="", seeds=3, recipes="", budget=""):
     """Time the lecture's script against the lab's trainers, or (--target) each recipe's time to accuracy."""
     _quiet()
     from classifier.commands.bench import run_benchmark, run_time_to_accuracy
 
     if target:
-        _run(run_time_to_accuracy, tuple(target.split(",")), seeds=_int("seeds", seeds), limit=_int("limit", limit),
-             max_epochs=_int("epochs", epochs), output=output or "benchmarks/results/time_to_accuracy",
+        _run(run_time_to_accuracy, tuple(target.split(",")), seeds=seeds, limit=limit,
+             max_epochs=epochs, output=output or "benchmarks/results/time_to_accuracy",
              data_dir=data_dir, recipes=tuple((recipes or "lecture,fast").split(",")),
              budget=_float("budget", budget) if budget else 0.0)
         return
     if recipes or budget:
         raise Exit("error: --recipes and --budget go with --target, e.g. --target lecture,0.935 --budget 180", code=2)
-    _run(run_benchmark, limit=_int("limit", limit), epochs=_int("epochs", epochs), repeats=_int("repeats", repeats),
+    _run(run_benchmark, limit=limit, epochs=epochs, repeats=repeats,
          output=output or "benchmarks/results/latest", data_dir=data_dir,
          subjects=tuple(subjects.split(",")) if subjects else None, numerics_modes=tuple(numerics.split(",")))
 
@@ -337,12 +361,11 @@ def build(c, variant="gpu", base_image="", network="", cache_from="", torch=True
     "tensorboard_port": "TensorBoard's port on 127.0.0.1 (default 6006)",
     "wait": "seconds to wait for JupyterLab to answer (default 300)",
 })
-def lab(c, variant="gpu", port="8888", tensorboard_port="6006", wait="300"):
+def lab(c, variant="gpu", port=8888, tensorboard_port=6006, wait=300):
     """Start JupyterLab and TensorBoard from the built (or LAB_IMAGE) image; print the URL with its token."""
     from classifier.commands import container
 
-    _run(container.lab_up, variant, port=_int("port", port), tensorboard_port=_int("tensorboard-port", tensorboard_port),
-         wait=_int("wait", wait))
+    _run(container.lab_up, variant, port=port, tensorboard_port=tensorboard_port, wait=wait)
 
 
 @task(help={

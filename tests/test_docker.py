@@ -838,7 +838,7 @@ echo "| NVIDIA-SMI {driver}     Driver Version: {driver}     CUDA Version: {cuda
 ])
 def test_doctor_in_the_container_reports_the_nvidia_runtime_driver_and_cuda(variant, smi, expected, tmp_path,
                                                                             monkeypatch):
-    from classifier.commands import doctor
+    from classifier.machinery import checks as doctor
 
     if smi:
         script = tmp_path / "nvidia-smi"

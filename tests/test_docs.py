@@ -246,7 +246,7 @@ def test_the_checkers_read_defaults_and_names():
     assert _first_word("`fastest`, or `$CLASSIFIER_NUMERICS`") == "fastest" and _first_word("0.02") == "0.02"
     assert _expected_words("no-torch", True) == {"off", "false"} and _expected_words("int8", False) == {"off", "false"}
     assert _leading_names("`fit`, `tape` or `torch`: lecture 1.2 (`compile`)") == ["fit", "tape", "torch"]
-    assert task_defaults()["train"]["epochs"] == 5 and task_defaults()["lab"]["port"] == "8888"
+    assert task_defaults()["train"]["epochs"] == 5 and task_defaults()["lab"]["port"] == 8888
 
 
 def _project_text_files():

@@ -279,7 +279,7 @@ shutil.copyfileobj = copyfileobj
 def test_a_killed_import_leaves_a_temporary_file_that_doctor_reports_and_the_next_import_removes(
         fashion_source, tmp_path):
     from classifier.machinery.datasets import get_dataset
-    from classifier.commands.doctor import OK, WARN, check_datasets
+    from classifier.machinery.checks import OK, WARN, check_datasets
 
     prelude = tmp_path / "prelude"
     prelude.mkdir()
@@ -356,3 +356,63 @@ def test_sha256_of_a_file_and_of_a_gzip_files_content(tmp_path):
     packed.write_bytes(gzip.compress(data))
     assert sha256_of(plain) == sha256_bytes(data)
     assert sha256_of(packed, gzip.open) == sha256_bytes(data) != sha256_of(packed) == sha256_bytes(packed.read_bytes())
+
+
+def test_a_failed_then_cut_off_download_is_tried_again_and_verified(tiny_dataset, tmp_path, capsys):
+    """A classroom network: the first request fails (HTTP 503), the second is cut off, the third is whole."""
+    import http.server
+
+    from classifier.machinery.download import DOWNLOAD_RETRIES
+
+    dataset, source = tiny_dataset
+    flaky = dataset.files[0].name
+    requests = []
+
+    class Flaky(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(source), **kwargs)
+
+        def do_GET(self):
+            requests.append(self.path)
+            attempt = requests.count(f"/{flaky}")
+            if self.path == f"/{flaky}" and attempt == 1:
+                self.send_error(503, "Service Unavailable")
+            elif self.path == f"/{flaky}" and attempt == 2:
+                body = (source / flaky).read_bytes()[:100]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cache = tmp_path / "cache"
+        fetch(dataset, cache, mirror=f"http://127.0.0.1:{server.server_address[1]}/", progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert DOWNLOAD_RETRIES == 2 and requests.count(f"/{flaky}") == 3
+    assert problems(dataset, cache) == [] and verified_files(dataset, cache)[flaky] == sha256_bytes((source / flaky).read_bytes())
+    assert sorted(p.name for p in (cache / "tiny").iterdir()) == sorted([".lock", *(f.name for f in dataset.files)])
+    out = capsys.readouterr().out
+    assert "attempt 3 of 3" in out and f"{cache / 'tiny' / flaky}: downloaded and verified" in out
+
+
+def test_a_download_refused_every_time_is_the_labs_one_line(tiny_dataset, http_root, tmp_path):
+    dataset, source = tiny_dataset
+    served, url, requests = http_root
+    _serve(dataset, source, served)
+    first = dataset.files[0].name
+    (served / first).write_bytes((source / first).read_bytes()[:100])
+    with pytest.raises(UserError) as caught:
+        fetch(dataset, tmp_path / "cache", mirror=url, progress=False)
+    assert requests.count(f"/{first}") == 3  # the first attempt and pooch's two retries
+    assert re.fullmatch(rf"download of {re.escape(url + first)} refused: the file is truncated: 100 of \d+ bytes.*",
+                        str(caught.value))
+    assert [p.name for p in (tmp_path / "cache" / "tiny").iterdir()] == [".lock"]

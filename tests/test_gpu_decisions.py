@@ -7,7 +7,7 @@ takes another branch there is driven here through the function that makes it,
 with what the GPU image shows it: TensorFlow listing a GPU; `tensorflow`
 (the CUDA build, requirements/gpu.lock) installed instead of `tensorflow-cpu`;
 in /opt/venv-torch, PyTorch's CUDA build beside TensorFlow's CPU one. The
-tests of tests/test_recipes.py, test_doctor.py and test_platforms.py that read
+tests of tests/test_recipes.py, test_checks.py and test_platforms.py that read
 a precision or a package name from their environment then run once more in
 that described environment, so that a wrong branch fails on a CPU first.
 One test reads gpu.yml itself: every `invoke` command it runs names a task
@@ -27,12 +27,13 @@ from types import SimpleNamespace
 
 import pytest
 
-import test_doctor
+import test_checks
 import test_platforms
 import test_recipes
-from classifier.commands import doctor
 from classifier.config import make_config
+from classifier.machinery import checks as doctor  # the checks `invoke doctor` runs
 from classifier.machinery import numerics, recipes
+from classifier.machinery.locks import locked_versions
 from conftest import ROOT
 
 GPU_LOCK = ROOT / "requirements" / "gpu.lock"
@@ -64,7 +65,7 @@ def gpu_visible(monkeypatch):
 def gpu_image_packages(monkeypatch):
     """The GPU image's TensorFlow environment as importlib.metadata shows it to doctor: gpu.lock's pins,
     so `tensorflow` (the CUDA build) and no `tensorflow-cpu`, and no torch (it has an environment of its own)."""
-    pins = doctor.locked_versions(GPU_LOCK)
+    pins = locked_versions(GPU_LOCK)
 
     def version(name: str) -> str:
         key = name.lower().replace("_", "-")
@@ -128,12 +129,12 @@ def test_doctor_checks_the_gpu_image_against_gpu_lock(gpu_image_packages, tmp_pa
 
 @x86_64_only
 def test_doctor_tests_pass_with_the_gpu_image_described(gpu_image_packages, tmp_path):
-    """tests/test_doctor.py's and test_platforms.py's lock tests, whose package names come from this environment."""
-    assert test_doctor.expected_lock() == GPU_LOCK
-    assert test_doctor.tensorflow_package(GPU_LOCK) == "tensorflow"
-    test_doctor.test_lock_file_is_read()
-    test_doctor.test_installed_versions_match_the_lock()
-    test_doctor.test_version_mismatch_is_a_failure_with_its_fix(tmp_path)
+    """tests/test_checks.py's and test_platforms.py's lock tests, whose package names come from this environment."""
+    assert test_checks.expected_lock() == GPU_LOCK
+    assert test_checks.tensorflow_package(GPU_LOCK) == "tensorflow"
+    test_checks.test_lock_file_is_read()
+    test_checks.test_installed_versions_match_the_lock()
+    test_checks.test_version_mismatch_is_a_failure_with_its_fix(tmp_path)
     assert test_platforms.tensorflow_distribution() == "tensorflow"
     test_platforms.test_doctor_names_the_architecture_and_the_locks_it_expects()
 
@@ -209,7 +210,7 @@ def test_doctor_in_the_gpu_images_torch_environment_checks_torch_against_torch_g
     TensorFlow's CPU build (cpu.lock) beside PyTorch's CUDA build, whose pin is torch-gpu.lock's 2.13.0, not 2.13.0+cpu."""
     torch = pytest.importorskip("torch")
     real_version = metadata.version
-    torch_gpu = doctor.locked_versions(ROOT / "requirements" / "torch-gpu.lock")["torch"]
+    torch_gpu = locked_versions(ROOT / "requirements" / "torch-gpu.lock")["torch"]
     monkeypatch.setattr(metadata, "version", lambda name: torch_gpu if name == "torch" else real_version(name))
     monkeypatch.setattr(torch.version, "cuda", "13.0")  # a CUDA build, on a machine without a GPU
     checks = {check.name: check for check in doctor.check_torch()}

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from classifier.commands import container
-from classifier.commands.doctor import FAIL, OK, check_versions, locked_versions
+from classifier.machinery.checks import FAIL, OK, check_versions
+from classifier.machinery.locks import locked_versions
 from classifier.machinery import platforms
 from conftest import run_invoke
 

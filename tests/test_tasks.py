@@ -50,7 +50,17 @@ def _assert_one_line_error(result, expected):
         (["train", "--val-split", "1"], "val_split must be between 0 and 1 (exclusive), got 1.0"),
         (["train", "--resume", "/nonexistent/run"], "--resume /nonexistent/run is not a run folder"),
         (["plot", "--model", "vgg"], "unknown model 'vgg'"),
-        (["bench", "--limit", "abc"], "--limit must be a whole number, got 'abc'"),
+        (["bench", "--limit", "abc"], "error: --limit must be a whole number, got 'abc'; see invoke --help bench"),
+        # Whole-number flags are typed by their int default, converted by invoke's parser, refused as one line.
+        (["lab", "--port", "x"], "error: --port must be a whole number, got 'x'; see invoke --help lab"),
+        (["lab", "--tensorboard-port", "6006.5"], "error: --tensorboard-port must be a whole number, got '6006.5'; "
+                                                  "see invoke --help lab"),
+        (["bench", "--target", "0.9", "--seeds", "three"], "error: --seeds must be a whole number, got 'three'; "
+                                                           "see invoke --help bench"),
+        (["train", "--workers", "two"], "error: --workers must be a whole number, got 'two'; see invoke --help train"),
+        (["train", "--workers", "1"], "error: --workers must be between 2 and 8, got 1"),
+        (["bench", "--target", "0.9", "--budget", "3 minutes"], "error: --budget must be a number, got '3 minutes'"),
+        (["compare", "a", "b", "--tolerance", "x"], "error: --tolerance must be a number, got 'x'"),
         (["bench", "--epochs", "1"], "epochs must be at least 2"),
         (["bench", "--target", "0.91,high"], "error: --target 'high': give test accuracies between 0 and 1 and/or the word "
                                              "lecture, e.g. --target lecture,0.935"),

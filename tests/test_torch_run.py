@@ -251,7 +251,7 @@ def test_torch_missing_says_how_to_install_it(tmp_path):
 
 
 def test_doctor_checks_torch_and_a_conv2d_pass(monkeypatch):
-    from classifier.commands.doctor import FAIL, OK, WARN, check_torch
+    from classifier.machinery.checks import FAIL, OK, WARN, check_torch
 
     checks = {check.name: check for check in check_torch()}
     assert checks["torch"].status == OK and torch.__version__ in checks["torch"].detail
@@ -265,7 +265,7 @@ def test_doctor_checks_torch_and_a_conv2d_pass(monkeypatch):
 
 
 def test_doctor_names_a_torch_version_that_is_not_the_locked_one(tmp_path):
-    from classifier.commands.doctor import FAIL, check_torch
+    from classifier.machinery.checks import FAIL, check_torch
 
     (tmp_path / "torch-cpu.lock").write_text("torch==0.0.1+cpu \\\n    --hash=sha256:00\n")
     check = check_torch(tmp_path)[0]

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from classifier.commands.doctor import OK, check_versions, locked_versions
+from classifier.machinery.checks import OK, check_versions
+from classifier.machinery.locks import locked_versions
 from classifier.machinery import platforms
 
 ROOT = Path(__file__).parent.parent

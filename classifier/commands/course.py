@@ -41,9 +41,10 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from classifier.config import UserError
+from classifier.machinery import platforms
 
 LEGACY_KERAS = {"TF_USE_LEGACY_KERAS": "1"}
-INSTALL_HINT = "pip install --no-deps --require-hashes -r requirements/course.lock"
+INSTALL_HINT = platforms.COURSE_INSTALL_HINT
 
 # The modules that make a script a PyTorch one.
 TORCH_MODULES = frozenset({"torch", "torchvision"})

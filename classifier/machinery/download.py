@@ -9,8 +9,8 @@ Debian's is accepted the same way from disk and from a mirror).
     invoke data --dataset cifar10 --mirror http://host/d/  # from a classroom mirror
     invoke data --dataset fashion_mnist --from /media/usb  # a copy already on disk
 
-Downloads go through pooch's HTTP downloader into a temporary file beside
-the target (files.atomic_write), renamed only when it verifies. A lock file
+Downloads go through pooch (its known_hash and retries) into a temporary
+file beside the target (files.atomic_write), renamed only when it verifies. A lock file
 in the dataset folder serialises two `invoke data` started at once for the
 same dataset; the temporary files a killed one left are removed by the next.
 """
@@ -31,6 +31,9 @@ from classifier.machinery.datasets import DataFile, Dataset
 from classifier.machinery.files import atomic_write, sha256_of
 
 _CHUNK = 1 << 20
+# Attempts after the first for one file (pooch waits 1 s, then 2 s): a dropped
+# connection or a cut-off file on a classroom network is usually gone by then.
+DOWNLOAD_RETRIES = 2
 
 
 def _content_sha256(path: Path) -> str | None:
@@ -194,24 +197,47 @@ def _base_url(dataset: Dataset, mirror: str) -> str:
 def _download(url: str, target: Path, expected: DataFile, dataset_name: str, progress: bool, damaged: str) -> None:
     """Download `url` to a temporary name beside `target`, verify it as --from verifies, rename it into place.
 
-    `damaged` says why the cached copy is unusable ("" when there is none), so
-    that a failed download does not hide it.
+    pooch downloads, checks the published SHA-256 (its known_hash) and tries
+    again DOWNLOAD_RETRIES times after a failed or refused download, as a
+    classroom network needs. The lab's own check runs inside pooch's attempt,
+    for two reasons pooch's known_hash cannot serve: a recompressed gzip copy
+    of the same data (Debian's, a lecturer's served cache) is accepted by the
+    SHA-256 of its content, and a refused file is named in words (an HTML
+    page, truncated) before pooch deletes it. `damaged` says why the cached
+    copy is unusable ("" when there is none), so that a failed download does
+    not hide it.
     """
     import pooch  # Imported here: only downloads need it.
     import requests
 
     print(f"{damaged}: downloading a fresh copy from {url}" if damaged else f"downloading {url}")
     http = pooch.HTTPDownloader(progressbar=progress, timeout=60)
+    attempts = []
+
+    def download_checked(source: str, output_file: str, fetcher) -> None:
+        attempts.append(source)
+        if len(attempts) > 1:
+            print(f"attempt {len(attempts)} of {DOWNLOAD_RETRIES + 1}: {url}", flush=True)
+        http(source, output_file, fetcher)
+        if check_file(Path(output_file), expected):
+            content = _content_sha256(Path(output_file)) if expected.content_sha256 else ""
+            # A ValueError, as pooch's own hash mismatch: pooch tries again, then raises it.
+            raise ValueError(f"download of {url} refused: the file {_diagnose(Path(output_file), expected, content)}")
+
     with atomic_write(target) as temporary:
+        temporary.unlink()  # pooch fills a missing file; atomic_write only reserved the name
+        known_hash = None if expected.content_sha256 else f"sha256:{expected.sha256}"
+        fetcher = pooch.create(path=temporary.parent, base_url="", registry={temporary.name: known_hash},
+                               urls={temporary.name: url}, retry_if_failed=DOWNLOAD_RETRIES)
+        # pooch's own notices name the temporary file and would add lines to stderr; the attempts are printed above.
+        pooch.get_logger().setLevel("WARNING")
         try:
-            http(url, temporary, None)
-        except requests.RequestException as error:  # connection refused, DNS, HTTP errors
+            fetcher.fetch(temporary.name, downloader=download_checked)
+        except requests.RequestException as error:  # connection refused, DNS, HTTP errors, every attempt
             cached = f"cached copy damaged: {damaged}; a fresh one cannot be downloaded: " if damaged else ""
             raise UserError(cached + _download_failure(url, error, dataset_name)) from None
-        # The published file, or a recompressed copy of the same data (Debian's, a lecturer's served cache).
-        if check_file(temporary, expected):
-            content = _content_sha256(temporary) if expected.content_sha256 else ""
-            raise UserError(f"download of {url} refused: the file {_diagnose(temporary, expected, content)}")
+        except ValueError as error:  # every attempt refused by the check above
+            raise UserError(str(error)) from None
 
 
 def remove_stale_temporaries(dataset: Dataset, data_dir: Path) -> list[Path]:
@@ -232,11 +258,13 @@ def remove_stale_temporaries(dataset: Dataset, data_dir: Path) -> list[Path]:
 
 
 def stale_temporaries(dataset: Dataset, data_dir: Path) -> list[Path]:
-    """The temporary files (atomic_write's names for the dataset's files) in the dataset folder."""
+    """The temporary files in the dataset folder: atomic_write's names for the dataset's files, and pooch's
+    download in progress (tempfile's default name, tmp and 8 characters)."""
     folder = dataset_folder(dataset, data_dir)
     if not folder.is_dir():
         return []
-    return sorted(path for expected in dataset.files for path in folder.glob(_temporary_pattern(expected.name)))
+    patterns = [_temporary_pattern(expected.name) for expected in dataset.files] + ["tmp????????"]
+    return sorted(path for pattern in patterns for path in folder.glob(pattern))
 
 
 def _temporary_pattern(name: str) -> str:

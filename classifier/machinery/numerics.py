@@ -118,10 +118,6 @@ RECORDED = tuple(dict.fromkeys([
     "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "MKL_NUM_THREADS",
 ]))
 
-def mode_names() -> tuple[str, ...]:
-    """The accepted numerics modes, e.g. ('fastest', 'portable')."""
-    return tuple(MODES)
-
 
 def settings(mode: str, architecture: str | None = None) -> dict[str, str]:
     """The environment variables `mode` sets, name -> value.

@@ -41,6 +41,8 @@ from pathlib import Path
 from classifier.config import PROJECT_ROOT, UserError
 
 COURSE_LOCK = "requirements/course.lock"  # every platform's: tf-keras is one py3-none-any wheel
+# tf-keras is installed without its dependencies, as setup.sh installs it (requirements/course.in says why).
+COURSE_INSTALL_HINT = f"pip install --no-deps --require-hashes -r {COURSE_LOCK}"
 
 
 @dataclass(frozen=True)

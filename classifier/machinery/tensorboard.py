@@ -27,8 +27,8 @@ from pathlib import Path
 import tensorflow as tf
 from tensorflow import keras
 
-# The layout and the run-level summaries are TensorFlow-free, shared with the PyTorch trainer.
-from classifier.machinery.tensorboard_events import HPARAMS, LOG_DIR, log_dir, write_run_summaries  # noqa: F401
+# The folder layout is TensorFlow-free, shared with the PyTorch trainer and the run-level summaries.
+from classifier.machinery.tensorboard_events import log_dir
 
 
 class EpochSummaries(keras.callbacks.Callback):
