@@ -198,7 +198,9 @@ def marker_command(uv: str, platform: Platform, lock: str, target: Path) -> list
     torch_cpu = [] if "+cpu" not in (PROJECT_ROOT / lock).read_text(encoding="utf-8") else [
         *(argument for folder in os.environ.get("PIP_FIND_LINKS", "").split() for argument in ("--find-links", folder)),
         "--extra-index-url", "https://download.pytorch.org/whl/cpu", "--index-strategy", "unsafe-best-match"]
-    return [uv, "pip", "install", "--dry-run", "--quiet", "--only-binary", ":all:", *no_deps, *torch_cpu,
+    # The index pip's half of the proof downloads from, so both halves judge the same packages.
+    return [uv, "pip", "install", "--dry-run", "--quiet", "--only-binary", ":all:", "--index-url", index_url(),
+            *no_deps, *torch_cpu,
             "--python-version", "3.11", "--python-platform", platform.uv_platform, "--target", str(target),
             "--require-hashes", "-r", str(PROJECT_ROOT / lock)]
 
@@ -208,6 +210,7 @@ def prove_markers(platforms: tuple[Platform, ...] = PLATFORMS) -> list[str]:
 
     Returns the failures, each "lock: uv's error line"; uv missing is one failure.
     """
+    _require_reachable(index_url())  # uv would blame each lock for an index it cannot reach
     uv = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
     if uv is None:
         return ["uv: not found; install the lab's tools: pip install --require-hashes -r requirements/lab.lock"]
