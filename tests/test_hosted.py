@@ -201,6 +201,11 @@ def _colab_environment() -> Path:
         subprocess.run([base, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", *COLAB_PINS], check=True, timeout=3600)
         stamp.write_text(wanted, encoding="utf-8")
+        (venv / "colab-freeze.txt").write_text(_freeze(venv), encoding="utf-8")
+    # Back to Colab's image as built: what an earlier run's first cell installed goes (seconds).
+    added = set(_freeze(venv).split()) - set((venv / "colab-freeze.txt").read_text(encoding="utf-8").split())
+    names = sorted({re.split(r"==| @ ", line)[0] for line in added} | {"classifier"})
+    subprocess.run([str(venv / "bin" / "pip"), "uninstall", "--quiet", "--yes", *names], capture_output=True)
     _wheelhouse(venv / "bin" / "pip")
     stand_in = WORK / "stand-in"
     (stand_in / "google" / "colab").mkdir(parents=True, exist_ok=True)
@@ -213,6 +218,12 @@ def _colab_environment() -> Path:
         "display_name": "Python 3 (Colab-like)", "language": "python",
         "env": {"PYDEVD_DISABLE_FILE_VALIDATION": "1"}}), encoding="utf-8")
     return venv / "bin" / "python"
+
+
+def _freeze(venv: Path) -> str:
+    """`pip freeze` of the venv, less the lab itself (an editable install)."""
+    return subprocess.run([str(venv / "bin" / "pip"), "freeze", "--exclude-editable"], capture_output=True,
+                          text=True, check=True).stdout
 
 
 def _wheelhouse(pip: Path) -> None:
