@@ -130,6 +130,7 @@ def test_notebooks_in_a_colab_like_environment_match_the_lab(tmp_path, monkeypat
             assert f"Colab: data in {lab_clone / 'data'}, runs in {lab_clone / 'runs'}" in first_output
             assert "Colab: installed invoke==3.0.3" in first_output
             assert "python 3.13" in first_output and "tensorflow 2.20.0 [2.21.0]" in first_output
+            assert hosted.MEASURED in first_output
             log.append(f"{name}: ran in {seconds:.0f} s, no error, no stderr")
             continue
         assert "Colab: fashion_mnist: 4 file(s) verified" in text
@@ -141,9 +142,12 @@ def test_notebooks_in_a_colab_like_environment_match_the_lab(tmp_path, monkeypat
     (ROOT / "test-output" / "colab-check.log").write_text("\n".join(log) + "\n", encoding="utf-8")
     print("\n".join(log))
     for name, verdict in verdicts.items():
-        # IDENTICAL is what hosted.MEASURED tells students; anything else must name its difference and tolerance.
+        # Anything but IDENTICAL must name its difference and the tolerance it was judged by...
         assert verdict.startswith("IDENTICAL") or re.match(r"WITHIN TOLERANCE: largest metric difference", verdict), \
             f"{name}: {verdict}"
+        # ... and what Colab prints to students (hosted.MEASURED) must be what was measured here.
+        assert verdict.startswith("IDENTICAL") or "IDENTICAL" not in hosted.MEASURED, \
+            f"{name}: {verdict}; hosted.MEASURED says IDENTICAL: correct it"
 
 
 def _compare_with_the_lab(name: str, colab_run: Path, tmp_path: Path, monkeypatch, fashion_source) -> str:
