@@ -29,7 +29,7 @@ import numpy as np
 from classifier import config as config_module
 from classifier import registry
 from classifier.config import UserError, make_config, to_dict
-from classifier.machinery import numerics, quiet
+from classifier.machinery import hosted, numerics, quiet
 from classifier.machinery.datasets import get_dataset
 from classifier.machinery.download import verified_files
 from classifier.machinery.files import write_json
@@ -89,6 +89,8 @@ check_notebook_environment()
 # filter that keeps TensorFlow's C++ start-up notices out of the cells (classifier/machinery/quiet.py).
 use_numerics = numerics.use
 drop_native_notices = quiet.drop_native_notices
+# A notebook's Colab cell: in Google Colab what ./setup.sh does on a laptop, elsewhere nothing (machinery/hosted.py).
+setup_colab = hosted.setup_colab
 
 
 def load_data(dataset_name: str = "cifar10", limit: int | None = None):

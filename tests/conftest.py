@@ -463,7 +463,8 @@ def lab_test_image():
 
 # CI's time budget, tier by tier: .ci/run prints test-output/tiers.txt with its own phases.
 # container: the tests that build or start the lab image; arm64: the lab under QEMU
-# (tests/test_arm64.py, marker arm64); slow: end-to-end trainings on real data
+# (tests/test_arm64.py, marker arm64); colab: the notebooks in a Colab-like environment
+# (tests/test_hosted.py, marker colab); slow: end-to-end trainings on real data
 # (marker slow); quick: the rest.
 _TIER_SECONDS: dict[str, float] = {}
 _CONTAINER_FILES = ("test_docker.py", "test_devcontainer.py", "test_browser.py")
@@ -474,6 +475,8 @@ def _tier(item_path: str, keywords) -> str:
         return "container"
     if "arm64" in keywords:
         return "arm64"
+    if "colab" in keywords:
+        return "colab"
     return "slow" if "slow" in keywords else "quick"
 
 
