@@ -63,6 +63,7 @@ import sys
 from pathlib import Path
 
 from classifier.config import UserError
+from classifier.machinery import cpuid
 
 # The instruction-set cap of the portable mode and the thread counts it fixes.
 PORTABLE_ISA = "AVX2"  # Haswell (2013) / Zen (2017) and newer: nearly every x86-64 student machine
@@ -232,33 +233,47 @@ def machine_kind() -> dict:
         {"architecture", "vendor", "cpu_model", "cpus" (this process may use),
         "isa" (the highest of avx512f/avx2/avx/sse4_1, or on Arm sve2/sve/asimd,
         the CPU has), "l1d_kib" and "l2_kib" (per core, None if unknown),
-        "gpus" (model names), "emulated" ("qemu-user" when an aarch64 process
-        sees an x86-64 /proc/cpuinfo, as under QEMU user emulation; else None)}.
-        Under emulation the host's CPU says nothing of the arithmetic: vendor
-        is None, cpu_model names the host, and isa is the emulated CPU's (its
-        hardware capabilities, from /proc/self/auxv).
+        "gpus" (model names), "emulated" ("qemu-user" under QEMU user
+        emulation; else None), "estimates" (the fingerprint of the CPU's
+        rcpps/rsqrtps tables, see cpuid.py; None off x86-64), "cpuid" (what
+        the process executes: cpuid.executed())}.
+        On x86-64 vendor and isa are what CPUID answers this process, so an
+        emulated CPU is recorded as the CPU it computes as, and cpu_model
+        names both it and the host. On an Arm host emulating nothing the
+        Arm CPU is read from /proc/cpuinfo; an aarch64 process under
+        emulation on an x86-64 host has vendor None and the emulated CPU's
+        isa (its hardware capabilities, from /proc/self/auxv).
     """
     info = cpuinfo_fields()
     architecture = platform.machine()
-    emulated = architecture in _ARM and "vendor_id" in info
+    executed = cpuid.executed()
+    # x86-64 under QEMU: /proc/cpuinfo is the host's, CPUID and the estimates the emulated CPU's;
+    # no hardware computes rcpps exactly.
+    emulated = (architecture in _ARM and "vendor_id" in info) or bool(executed and executed["estimates_exact"])
     # x86-64 names its instruction sets "flags", Arm "Features".
     flags = set((info.get("flags") or info.get("Features") or "").split())
     if architecture in _ARM and (emulated or not flags):
         flags = _arm_hwcaps()
     arm_model = f"implementer {info['CPU implementer']} part {info.get('CPU part')}" if "CPU implementer" in info else None
     host_model = info.get("model name")
+    if executed and emulated:
+        host_model = f"{executed['brand']} ({executed['vendor']}) under QEMU user emulation on {host_model}"
+    elif emulated:
+        host_model = f"QEMU user emulation on {host_model}"
     return {
         "architecture": architecture,
-        "vendor": None if emulated else info.get("vendor_id") or info.get("CPU implementer"),
-        "cpu_model": (f"QEMU user emulation on {host_model}" if emulated
-                      else host_model or arm_model or platform.processor() or None),
+        "vendor": executed["vendor"] if executed else (None if emulated else info.get("vendor_id")
+                                                       or info.get("CPU implementer")),
+        "cpu_model": host_model or arm_model or platform.processor() or None,
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "isa": next((name for name in ("avx512f", "avx2", "avx", "sse4_1", "sve2", "sve", "asimd") if name in flags),
-                    None),
+        "isa": executed["isa"] if executed else next(
+            (name for name in ("avx512f", "avx2", "avx", "sse4_1", "sve2", "sve", "asimd") if name in flags), None),
         "l1d_kib": _cache_kib(1, "Data"),
         "l2_kib": _cache_kib(2, "Unified"),
         "gpus": _gpu_models(),
         "emulated": "qemu-user" if emulated else None,
+        "estimates": executed["estimates"] if executed else None,
+        "cpuid": executed,
     }
 
 
@@ -343,10 +358,14 @@ def effective_isa(mode: str, isa: str | None) -> str | None:
 def kind_differences(mode: str, recorded: dict | None, current: dict) -> list[str]:
     """One line per way the recorded machine differs from this one in what changes the numbers under `mode`.
 
-    Under "portable" the core count and the CPU model do not matter (the
-    threads are fixed and the instruction set is capped); the architecture,
-    vendor, effective instruction set, cache sizes and GPU models still do.
-    Under "fastest" everything in machine_kind() matters.
+    Under "portable" only what was measured to change the bits counts
+    (docs/reproducibility.md): the architecture, the instruction set after
+    the cap, the CPU's rcpps/rsqrtps tables ("estimates"; for a run recorded
+    before they were, the vendor stands in for them) and the GPU models. The
+    core count and CPU model do not (the threads are fixed and the
+    instruction set is capped), nor the cache sizes: a 48 KiB-L1 Zen 5 gave
+    the bits of a 32 KiB-L1 EPYC. Under "fastest" everything in
+    machine_kind() counts.
 
     Args:
         mode: the run's numerics mode.
@@ -354,15 +373,17 @@ def kind_differences(mode: str, recorded: dict | None, current: dict) -> list[st
         current: machine_kind() here.
 
     Returns:
-        e.g. ["l1d_kib: 32 -> 48"]; empty when the rerun should be bit-identical,
+        e.g. ["estimates: b2868684 -> 5d2f07e1"]; empty when the rerun should be bit-identical,
         and for a run that recorded no kind (made before it was recorded, or by
         the torch trainer): for those the promise stays the same-machine one.
     """
     if not recorded:
         return []
-    keys = ["architecture", "vendor", "isa", "l1d_kib", "l2_kib", "gpus"]
+    tables = "estimates" if "estimates" in recorded and "estimates" in current else "vendor"
+    keys = ["architecture", tables, "isa", "gpus"]
     if mode != "portable":
-        keys[1:1] = ["cpu_model", "cpus"]
+        keys = ["architecture", "cpu_model", "cpus", "vendor", "isa", "l1d_kib", "l2_kib", "gpus"]
+        keys[4:4] = ["estimates"] if tables == "estimates" else []
     lines = []
     for key in keys:
         before, now = recorded.get(key), current.get(key)
