@@ -1,6 +1,6 @@
 """Numerics modes: the settings that decide how TensorFlow does its arithmetic on a machine.
 
-    invoke train --numerics portable     # the same weights on any x86-64 machine with AVX2 and the same L1
+    invoke train --numerics portable     # the same weights on x86-64 machines with AVX2 (docs/reproducibility.md)
     invoke train --numerics fastest      # TensorFlow's own choices for this machine
 
 TensorFlow and its oneDNN library read these settings from the environment
@@ -43,12 +43,15 @@ ONEDNN_MAX_CPU_ISA (x86-64 names) is cleared. Threads and deterministic ops
 are fixed as on x86-64. machine_kind() records the Arm CPU (implementer,
 part, SVE or NEON) and whether QEMU user emulation runs the process.
 
-What no setting fixes (docs/reproducibility.md's promise table): Eigen derives the
-length of the slices in which it sums long dot products from the L1 cache
-size the CPU reports (288 numbers with 32 KiB, 320 with 48 KiB or more); a
-CPU below AVX2 cannot run AVX2 kernels; Arm machines run other kernels
-(Eigen's NEON code, not x86-64's AVX) altogether; GPUs of different models run other cuDNN
-algorithms. `machine_kind()` records these, and `reproduce` compares them.
+What no setting fixes (docs/reproducibility.md's promise table): a CPU
+below AVX2 cannot run AVX2 kernels; Arm machines run other kernels (Eigen's
+NEON code, not x86-64's AVX) altogether; GPUs of different models run other
+cuDNN algorithms; and an op that runs the CPU's approximate `rcpps` or
+`rsqrtps` (whose tables differ between Intel and AMD) rounds by the vendor.
+The lecture's optimizer was such an op, and the portable mode replaces it
+(recipes.PortableRMSprop); the fast recipe's BatchNormalization is not
+measured. `machine_kind()` records these, the estimate tables included
+(cpuid.py), and `reproduce` compares them.
 
 This module imports nothing heavy and never imports TensorFlow.
 """

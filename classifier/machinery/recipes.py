@@ -32,7 +32,7 @@ from classifier.lecture.models import BUILDS
 
 
 def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """The recipe's optimizer: the lecture's RMSprop, or Adam on a warm-up + cosine schedule.
+    """The recipe's optimizer: the lecture's RMSprop (PortableRMSprop under --numerics portable), or Adam on a schedule.
 
     Args:
         config: the resolved config (recipe, learning_rate, epochs).
@@ -66,6 +66,8 @@ class PortableRMSprop(keras.optimizers.RMSprop):
     `divide_no_nan` is exempt from that rewrite and divides with `divps`,
     which rounds correctly on every CPU; `velocity + epsilon` is never 0, so
     its "no NaN" case never applies and the step is the same formula.
+    The lecture's RMSprop has no momentum and is not centred, so neither is
+    this one; its slots and checkpoint are Keras' own.
     """
 
     def update_step(self, gradient, variable, learning_rate):
