@@ -161,3 +161,36 @@ def test_fast_recipe_loss_smooths_the_labels_and_the_lecture_loss_does_not():
     assert float(lecture(labels, probabilities)) == pytest.approx(-np.mean(np.log([0.7, 0.8])), rel=1e-5)
     per_image = make_loss(make_config(recipe="fast"), reduction=None)(labels, probabilities)
     assert per_image.shape == (2,) and float(np.mean(per_image)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_portable_rmsprop_divides_exactly_where_keras_rmsprop_runs_the_cpus_rsqrt():
+    """Under --numerics portable the lecture's optimizer is PortableRMSprop, whose step is Keras' formula divided exactly.
+
+    Eagerly Keras' RMSprop divides by the square root; inside tf.function (as in
+    fit) Grappler turns that into rsqrt, the CPU's estimate. PortableRMSprop gives
+    the eager values in a graph too (docs/reproducibility.md).
+    """
+    import tensorflow as tf
+    from tensorflow import keras
+
+    from classifier.machinery.recipes import PortableRMSprop
+
+    assert type(make_optimizer(make_config(numerics="portable"), 10)) is PortableRMSprop
+    assert type(make_optimizer(make_config(numerics="fastest"), 10)) is keras.optimizers.RMSprop
+    rng = np.random.default_rng(0)
+    start = rng.normal(0, 0.05, 4096).astype(np.float32)
+    gradients = [rng.normal(0, 10.0 ** rng.uniform(-6, 0), 4096).astype(np.float32) for _ in range(3)]
+
+    def trained(optimizer, graph: bool) -> np.ndarray:
+        weights = tf.Variable(start)
+        optimizer.build([weights])
+        step = lambda gradient: optimizer.apply_gradients([(gradient, weights)])  # noqa: E731
+        for gradient in gradients:
+            (tf.function(step) if graph else step)(tf.constant(gradient))
+        return weights.numpy()
+
+    exact = trained(keras.optimizers.RMSprop(learning_rate=0.001), graph=False)
+    assert np.array_equal(trained(PortableRMSprop(learning_rate=0.001), graph=True), exact)
+    assert np.array_equal(trained(PortableRMSprop(learning_rate=0.001), graph=False), exact)
+    # The control: Keras' own in a graph is not the exact step (the rsqrt estimate; QEMU would make it equal).
+    assert not np.array_equal(trained(keras.optimizers.RMSprop(learning_rate=0.001), graph=True), exact)

@@ -5,7 +5,7 @@
 What is promised: on the same kind of machine and software, the rerun's
 metrics and final weights are bit-identical. Before the rerun starts, it says
 which it expects: either the same environment and kind of machine as recorded
-(bit-identical), or the differences (another L1 cache size, an older CPU,
+(bit-identical), or the differences (other rcpps/rsqrtps tables, an older CPU,
 under "fastest" another core count, see classifier/machinery/numerics.py; other
 packages), any of which may change the numbers, and then the metrics are
 compared within a tolerance instead of the weights hash:

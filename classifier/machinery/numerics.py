@@ -1,6 +1,6 @@
 """Numerics modes: the settings that decide how TensorFlow does its arithmetic on a machine.
 
-    invoke train --numerics portable     # the same weights on any x86-64 machine with AVX2 and the same L1
+    invoke train --numerics portable     # the same weights on x86-64 machines with AVX2 (docs/reproducibility.md)
     invoke train --numerics fastest      # TensorFlow's own choices for this machine
 
 TensorFlow and its oneDNN library read these settings from the environment
@@ -43,12 +43,15 @@ ONEDNN_MAX_CPU_ISA (x86-64 names) is cleared. Threads and deterministic ops
 are fixed as on x86-64. machine_kind() records the Arm CPU (implementer,
 part, SVE or NEON) and whether QEMU user emulation runs the process.
 
-What no setting fixes (docs/reproducibility.md's promise table): Eigen derives the
-length of the slices in which it sums long dot products from the L1 cache
-size the CPU reports (288 numbers with 32 KiB, 320 with 48 KiB or more); a
-CPU below AVX2 cannot run AVX2 kernels; Arm machines run other kernels
-(Eigen's NEON code, not x86-64's AVX) altogether; GPUs of different models run other cuDNN
-algorithms. `machine_kind()` records these, and `reproduce` compares them.
+What no setting fixes (docs/reproducibility.md's promise table): a CPU
+below AVX2 cannot run AVX2 kernels; Arm machines run other kernels (Eigen's
+NEON code, not x86-64's AVX) altogether; GPUs of different models run other
+cuDNN algorithms; and an op that runs the CPU's approximate `rcpps` or
+`rsqrtps` (whose tables differ between Intel and AMD) rounds by the vendor.
+The lecture's optimizer was such an op, and the portable mode replaces it
+(recipes.PortableRMSprop); the fast recipe's BatchNormalization is not
+measured. `machine_kind()` records these, the estimate tables included
+(cpuid.py), and `reproduce` compares them.
 
 This module imports nothing heavy and never imports TensorFlow.
 """
@@ -63,6 +66,7 @@ import sys
 from pathlib import Path
 
 from classifier.config import UserError
+from classifier.machinery import cpuid
 
 # The instruction-set cap of the portable mode and the thread counts it fixes.
 PORTABLE_ISA = "AVX2"  # Haswell (2013) / Zen (2017) and newer: nearly every x86-64 student machine
@@ -228,33 +232,47 @@ def machine_kind() -> dict:
         {"architecture", "vendor", "cpu_model", "cpus" (this process may use),
         "isa" (the highest of avx512f/avx2/avx/sse4_1, or on Arm sve2/sve/asimd,
         the CPU has), "l1d_kib" and "l2_kib" (per core, None if unknown),
-        "gpus" (model names), "emulated" ("qemu-user" when an aarch64 process
-        sees an x86-64 /proc/cpuinfo, as under QEMU user emulation; else None)}.
-        Under emulation the host's CPU says nothing of the arithmetic: vendor
-        is None, cpu_model names the host, and isa is the emulated CPU's (its
-        hardware capabilities, from /proc/self/auxv).
+        "gpus" (model names), "emulated" ("qemu-user" under QEMU user
+        emulation; else None), "estimates" (the fingerprint of the CPU's
+        rcpps/rsqrtps tables, see cpuid.py; None off x86-64), "cpuid" (what
+        the process executes: cpuid.executed())}.
+        On x86-64 vendor and isa are what CPUID answers this process, so an
+        emulated CPU is recorded as the CPU it computes as, and cpu_model
+        names both it and the host. On an Arm host emulating nothing the
+        Arm CPU is read from /proc/cpuinfo; an aarch64 process under
+        emulation on an x86-64 host has vendor None and the emulated CPU's
+        isa (its hardware capabilities, from /proc/self/auxv).
     """
     info = cpuinfo_fields()
     architecture = platform.machine()
-    emulated = architecture in _ARM and "vendor_id" in info
+    executed = cpuid.executed()
+    # x86-64 under QEMU: /proc/cpuinfo is the host's, CPUID and the estimates the emulated CPU's;
+    # no hardware computes rcpps exactly.
+    emulated = (architecture in _ARM and "vendor_id" in info) or bool(executed and executed["estimates_exact"])
     # x86-64 names its instruction sets "flags", Arm "Features".
     flags = set((info.get("flags") or info.get("Features") or "").split())
     if architecture in _ARM and (emulated or not flags):
         flags = _arm_hwcaps()
     arm_model = f"implementer {info['CPU implementer']} part {info.get('CPU part')}" if "CPU implementer" in info else None
     host_model = info.get("model name")
+    if executed and emulated:
+        host_model = f"{executed['brand']} ({executed['vendor']}) under QEMU user emulation on {host_model}"
+    elif emulated:
+        host_model = f"QEMU user emulation on {host_model}"
     return {
         "architecture": architecture,
-        "vendor": None if emulated else info.get("vendor_id") or info.get("CPU implementer"),
-        "cpu_model": (f"QEMU user emulation on {host_model}" if emulated
-                      else host_model or arm_model or platform.processor() or None),
+        "vendor": executed["vendor"] if executed else (None if emulated else info.get("vendor_id")
+                                                       or info.get("CPU implementer")),
+        "cpu_model": host_model or arm_model or platform.processor() or None,
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "isa": next((name for name in ("avx512f", "avx2", "avx", "sse4_1", "sve2", "sve", "asimd") if name in flags),
-                    None),
+        "isa": executed["isa"] if executed else next(
+            (name for name in ("avx512f", "avx2", "avx", "sse4_1", "sve2", "sve", "asimd") if name in flags), None),
         "l1d_kib": _cache_kib(1, "Data"),
         "l2_kib": _cache_kib(2, "Unified"),
         "gpus": _gpu_models(),
         "emulated": "qemu-user" if emulated else None,
+        "estimates": executed["estimates"] if executed else None,
+        "cpuid": executed,
     }
 
 
@@ -339,10 +357,14 @@ def effective_isa(mode: str, isa: str | None) -> str | None:
 def kind_differences(mode: str, recorded: dict | None, current: dict) -> list[str]:
     """One line per way the recorded machine differs from this one in what changes the numbers under `mode`.
 
-    Under "portable" the core count and the CPU model do not matter (the
-    threads are fixed and the instruction set is capped); the architecture,
-    vendor, effective instruction set, cache sizes and GPU models still do.
-    Under "fastest" everything in machine_kind() matters.
+    Under "portable" only what was measured to change the bits counts
+    (docs/reproducibility.md): the architecture, the instruction set after
+    the cap, the CPU's rcpps/rsqrtps tables ("estimates"; for a run recorded
+    before they were, the vendor stands in for them) and the GPU models. The
+    core count and CPU model do not (the threads are fixed and the
+    instruction set is capped), nor the cache sizes: a 48 KiB-L1 Zen 5 gave
+    the bits of a 32 KiB-L1 EPYC. Under "fastest" everything in
+    machine_kind() counts.
 
     Args:
         mode: the run's numerics mode.
@@ -350,16 +372,18 @@ def kind_differences(mode: str, recorded: dict | None, current: dict) -> list[st
         current: machine_kind() here.
 
     Returns:
-        e.g. ["l1d_kib: 32 -> 48"]; empty when the rerun should be bit-identical,
+        e.g. ["estimates: b2868684 -> 5d2f07e1"]; empty when the rerun should be bit-identical,
         and where either side recorded no kind (a run made before it was
         recorded, or a notebook's run): for those the promise stays the
         same-machine one, judged by the environment's CPU and core count.
     """
     if not recorded or not current:
         return []
-    keys = ["architecture", "vendor", "isa", "l1d_kib", "l2_kib", "gpus"]
+    tables = "estimates" if "estimates" in recorded and "estimates" in current else "vendor"
+    keys = ["architecture", tables, "isa", "gpus"]
     if mode != "portable":
-        keys[1:1] = ["cpu_model", "cpus"]
+        keys = ["architecture", "cpu_model", "cpus", "vendor", "isa", "l1d_kib", "l2_kib", "gpus"]
+        keys[4:4] = ["estimates"] if tables == "estimates" else []
     lines = []
     for key in keys:
         before, now = recorded.get(key), current.get(key)

@@ -32,14 +32,15 @@ from classifier.lecture.models import BUILDS
 
 
 def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """The recipe's optimizer: the lecture's RMSprop, or Adam on a warm-up + cosine schedule.
+    """The recipe's optimizer: the lecture's RMSprop (PortableRMSprop under --numerics portable), or Adam on a schedule.
 
     Args:
         config: the resolved config (recipe, learning_rate, epochs).
         steps_per_epoch: optimizer steps in one epoch (the schedule is counted in steps).
     """
     if config.recipe != "fast":
-        return keras.optimizers.RMSprop(learning_rate=config.learning_rate)
+        portable = config.numerics == "portable"
+        return (PortableRMSprop if portable else keras.optimizers.RMSprop)(learning_rate=config.learning_rate)
     # The schedule depends on the optimizer's step count only, which the
     # checkpoint keeps, so a resumed run continues on the same curve.
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -49,6 +50,33 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Opt
         decay_steps=max(1, steps_per_epoch * (config.epochs - HYP["fast"]["warmup_epochs"])),
     )
     return keras.optimizers.Adam(learning_rate=schedule)
+
+
+class PortableRMSprop(keras.optimizers.RMSprop):
+    """Keras' RMSprop with its step divided exactly: the lecture's optimizer under `--numerics portable`.
+
+    Keras computes the step as `lr * gradient / sqrt(velocity + epsilon)`.
+    TensorFlow's graph optimizer (Grappler's arithmetic optimizer, which
+    `fit` runs over every step) turns `a / sqrt(b)` into `a * rsqrt(b)`, and
+    Eigen computes rsqrt with the CPU's `rsqrtps` estimate refined by one
+    Newton step. The estimate is a table in the CPU, Intel's not AMD's, and
+    one Newton step leaves the last bit to it: the same step gave other
+    weights on an Intel and an AMD CPU, and under QEMU, which computes
+    `rsqrtps` exactly (benchmarks/vendor_probe.py, docs/reproducibility.md).
+    `divide_no_nan` is exempt from that rewrite and divides with `divps`,
+    which rounds correctly on every CPU; `velocity + epsilon` is never 0, so
+    its "no NaN" case never applies and the step is the same formula.
+    The lecture's RMSprop has no momentum and is not centred, so neither is
+    this one; its slots and checkpoint are Keras' own.
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = keras.ops.cast(learning_rate, variable.dtype)
+        gradient = keras.ops.cast(gradient, variable.dtype)
+        velocity = self._velocities[self._get_variable_index(variable)]
+        self.assign(velocity, velocity * self.rho + keras.ops.square(gradient) * (1 - self.rho))
+        denominator = keras.ops.sqrt(velocity + self.epsilon)
+        self.assign_sub(variable, keras.ops.divide_no_nan(gradient * lr, denominator))
 
 
 def make_loss(config: Config, reduction: str | None = "sum_over_batch_size") -> keras.losses.Loss:
