@@ -39,7 +39,7 @@ class Check:
 def locked_versions(lock: Path) -> dict[str, str]:
     """{package: version} from a hash-locked requirements file."""
     pins = {}
-    for line in lock.read_text().splitlines():
+    for line in lock.read_text(encoding="utf-8").splitlines():
         match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", line)
         if match:
             pins[match.group(1).lower().replace("_", "-")] = match.group(2)
@@ -208,7 +208,7 @@ def _torch_kernel() -> tuple[str, str] | None:
         return None
     try:
         result = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True,
-                                text=True, timeout=300)
+                                text=True, encoding="utf-8", errors="replace", timeout=300)
     except OSError:
         return None
     return (python, result.stdout.strip()) if result.returncode == 0 and result.stdout.strip() else None
@@ -419,7 +419,7 @@ def _major(version: str) -> int:
 
 def _run_all(command: list[str]) -> str | None:
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=20)
+        result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout if result.returncode == 0 else None
@@ -427,7 +427,7 @@ def _run_all(command: list[str]) -> str | None:
 
 def _run(command: list[str]) -> str | None:
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=20)
+        result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout.strip().splitlines()[0] if result.returncode == 0 and result.stdout.strip() else None

@@ -143,7 +143,7 @@ def capture(command: list[str], what: str, *, timeout: float = 900,
             ports: dict[int, str] | None = None, image: str | None = None, env: dict[str, str] | None = None) -> str:
     """Run a command with its output captured (`env` added to the environment); raise a one-line ContainerError if it fails."""
     try:
-        result = subprocess.run(command, cwd=REPO_ROOT, env={**docker_environment(image), **(env or {})}, text=True,
+        result = subprocess.run(command, cwd=REPO_ROOT, env={**docker_environment(image), **(env or {})}, text=True, encoding="utf-8", errors="replace",
                                 timeout=timeout,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
@@ -159,7 +159,7 @@ def stream(command: list[str], what: str) -> None:
     """Run a long command (a build) showing its output as it goes; keep the tail to name a failure."""
     tail: collections.deque[str] = collections.deque(maxlen=200)
     try:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=docker_environment(), text=True, bufsize=1,
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=docker_environment(), text=True, encoding="utf-8", errors="replace", bufsize=1,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         raise ContainerError(f"{command[0]} not found: install Docker (docs.docker.com/engine/install)") from None
@@ -232,7 +232,7 @@ def probe_gpus(image: str) -> None:
     The decisive test where `docker info` cannot tell (Docker Desktop's WSL2 backend).
     """
     command = ["docker", "run", "--rm", "--gpus", "all", "--entrypoint", "true", image]
-    result = subprocess.run(command, cwd=REPO_ROOT, env=docker_environment(), text=True, timeout=300,
+    result = subprocess.run(command, cwd=REPO_ROOT, env=docker_environment(), text=True, encoding="utf-8", errors="replace", timeout=300,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         raise ContainerError(f"Docker Desktop could not give a container the GPU (`docker run --gpus all` said: "
@@ -270,7 +270,7 @@ def image_tag(variant: str) -> str:
 def compose_command() -> list[str]:
     """`docker compose` (v2) when the plugin is there, else `docker-compose` (1.x)."""
     if shutil.which("docker"):
-        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, encoding="utf-8", errors="replace")
         if probe.returncode == 0:
             return ["docker", "compose"]
     if shutil.which("docker-compose"):
@@ -449,7 +449,7 @@ def lab_url(values: dict[str, str]) -> str:
 
 def _image_present(reference: str) -> bool:
     result = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", reference],
-                            capture_output=True, text=True, timeout=60, env=docker_environment())
+                            capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=60, env=docker_environment())
     return result.returncode == 0
 
 
