@@ -464,9 +464,11 @@ def lab_test_image():
 # CI's time budget, tier by tier: .ci/run prints test-output/tiers.txt with its own phases.
 # container: the tests that build or start the lab image; arm64: the lab under QEMU
 # (tests/test_arm64.py, marker arm64); slow: end-to-end trainings on real data
-# (marker slow); quick: the rest.
+# (marker slow); windows: Windows' locks, install.py and clone, and the lab as Windows'
+# and Korean Windows' Python meet it (tests/test_windows.py, tests/test_windows_like.py); quick: the rest.
 _TIER_SECONDS: dict[str, float] = {}
 _CONTAINER_FILES = ("test_docker.py", "test_devcontainer.py", "test_browser.py")
+_WINDOWS_FILES = ("test_windows.py", "test_windows_like.py")
 
 
 def _tier(item_path: str, keywords) -> str:
@@ -474,6 +476,8 @@ def _tier(item_path: str, keywords) -> str:
         return "container"
     if "arm64" in keywords:
         return "arm64"
+    if item_path.endswith(_WINDOWS_FILES):
+        return "windows"
     return "slow" if "slow" in keywords else "quick"
 
 
@@ -493,4 +497,4 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(line)
     output = ROOT / "test-output"
     output.mkdir(exist_ok=True)
-    (output / "tiers.txt").write_text("\n".join(lines) + "\n")
+    (output / "tiers.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
