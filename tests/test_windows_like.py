@@ -19,6 +19,7 @@ import ast
 import json
 import os
 import pkgutil
+import signal
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 import pytest
 
 import classifier
-from conftest import ROOT
+from conftest import ROOT, run_folder_from, run_invoke
 
 WINDOWS_LIKE = ROOT / "tests" / "windows_like"
 LAB_SOURCES = sorted(path for path in (ROOT / "classifier").rglob("*.py")) + [ROOT / "tasks.py"]
@@ -183,10 +184,14 @@ def test_stopping_workers_needs_no_process_groups():
     assert _uses_in("classifier/commands/workers.py") == []
 
 
-def run_quick_tests(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
-    """The QUICK selection in a pytest of its own, with `env`; its output's last lines name what failed."""
+def run_quick_tests(env: dict[str, str], basetemp: Path, codec: str = "utf-8") -> subprocess.CompletedProcess:
+    """The QUICK selection in a pytest of its own, with `env`; its output's last lines name what failed.
+
+    `basetemp` (where its tests make their data and runs folders) is passed in `codec`, the
+    encoding the child's locale gives file names: the bytes that folder's name has on disk there.
+    """
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-                           f"--basetemp={tmp_path / 'pytest'}", *QUICK],
+                           f"--basetemp={basetemp}".encode(codec), *QUICK],
                           cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8",
                           errors="replace", timeout=900)
 
@@ -197,7 +202,7 @@ def _summary(result: subprocess.CompletedProcess) -> str:
 
 @pytest.mark.xfail(strict=True, reason=f"{PENDING}: lifecycle.ctrl_c_that_sticks arms signal.SIGALRM")
 def test_quick_tests_train_stop_on_ctrl_c_and_compare_without_unix_modules(tmp_path):
-    result = run_quick_tests(windows_like_environment(), tmp_path)
+    result = run_quick_tests(windows_like_environment(), tmp_path / "pytest")
     assert result.returncode == 0 and " passed" in result.stdout, _summary(result)
 
 
@@ -244,7 +249,7 @@ def lab_encoding_warnings() -> str:
 
 def test_quick_tests_with_encoding_warnings_as_errors_in_the_lab(tmp_path):
     env = {**os.environ, "PYTHONWARNDEFAULTENCODING": "1", "PYTHONWARNINGS": lab_encoding_warnings()}
-    result = run_quick_tests(env, tmp_path)
+    result = run_quick_tests(env, tmp_path / "pytest")
     assert result.returncode == 0 and " passed" in result.stdout, _summary(result)
 
 
@@ -258,8 +263,55 @@ def test_quick_tests_under_a_korean_locale_in_hangul_folders_with_spaces(tmp_pat
         pytest.fail(f"no {KOREAN_LOCALE} locale here: sudo apt-get install -y locales && "
                     f"sudo localedef -i ko_KR -f EUC-KR {KOREAN_LOCALE} ({probe.stdout.strip()})")
     folder = tmp_path / "홍길동 의 실습"  # a Korean user's folder name, with spaces: the data and runs folders
+    assert probe.stdout.split()[1] == "euc_kr"  # so the child names that folder in EUC-KR on disk
     env = {**os.environ, "LC_ALL": KOREAN_LOCALE, "LANG": KOREAN_LOCALE}
     env.pop("PYTHONUTF8", None)
     env.pop("PYTHONIOENCODING", None)
-    result = run_quick_tests(env, folder)
+    result = run_quick_tests(env, folder, codec="euc-kr")
     assert result.returncode == 0 and " passed" in result.stdout, _summary(result)
+
+
+def _invoke_in(clone: Path, *args: str) -> subprocess.CompletedProcess:
+    """`invoke ARGS` from the clone, with the clone's own package (its PROJECT_ROOT is the clone)."""
+    result = run_invoke(*args, cwd=clone, env={"PYTHONPATH": str(clone)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _train_until_ctrl_c(clone: Path, train: list[str], log_path: Path) -> Path:
+    """Start `invoke train`, press Ctrl-C once its first epoch is saved; the run folder."""
+    with open(log_path, "w", encoding="utf-8") as log:
+        process = subprocess.Popen([sys.executable, "-m", "invoke", *train], cwd=clone, stdout=log,
+                                   stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(clone)})
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            text = log_path.read_text(encoding="utf-8")
+            state = run_folder_from(text) / "checkpoint" / "state.json" if "Run folder: " in text else None
+            if state and state.exists() and json.loads(state.read_text(encoding="utf-8"))["epochs_done"] >= 1:
+                process.send_signal(signal.SIGINT)
+                break
+            time.sleep(0.05)
+        assert process.wait(timeout=120) == 130, log_path.read_text(encoding="utf-8")[-3000:]
+    return run_folder_from(log_path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.slow
+def test_a_clone_data_and_runs_in_hangul_folders_with_spaces_train_resume_export_and_compare(fashion_source,
+                                                                                             tmp_path):
+    home = tmp_path / "홍길동 의 실습"  # C:\\Users\\홍길동 as a Korean student's clone, data and runs sit
+    clone, data, runs = home / "lab 저장소", home / "데이터 폴더", home / "실행 결과"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, capture_output=True)
+    _invoke_in(clone, "data", "--dataset", "fashion_mnist", "--from", str(fashion_source), "--data-dir", str(data))
+    train = ["train", "--dataset", "fashion_mnist", "--data-dir", str(data), "--runs-dir", str(runs),
+             "--limit", "2000", "--epochs", "4", "--seed", "11", "--trainer", "fit"]
+    stopped = _train_until_ctrl_c(clone, train, tmp_path / "train.log")
+    assert "continue with: invoke train --resume" in (tmp_path / "train.log").read_text(encoding="utf-8")
+    assert "Resuming" in _invoke_in(clone, "train", "--resume", str(stopped)).stdout
+    reference = run_folder_from(_invoke_in(clone, *train).stdout)
+    _invoke_in(clone, "export", str(stopped), "--data-dir", str(data))
+    assert {"savedmodel", "onnx"} <= {row["format"] for row in
+                                      json.loads((stopped / "export.json").read_text(encoding="utf-8"))["rows"]}
+    # Stopped and resumed, it ends where the uninterrupted run ends: compare says identical (exit 0).
+    _invoke_in(clone, "compare", str(stopped), str(reference))
+    assert str(stopped).startswith(str(runs)) and json.loads(
+        (stopped / "manifest.json").read_text(encoding="utf-8"))["status"] == "complete"
