@@ -465,9 +465,11 @@ def lab_test_image():
 # container: the tests that build or start the lab image; arm64: the lab under QEMU
 # (tests/test_arm64.py, marker arm64); colab: the notebooks in a Colab-like environment
 # (tests/test_hosted.py, marker colab); slow: end-to-end trainings on real data
-# (marker slow); quick: the rest.
+# (marker slow); windows: Windows' locks, install.py and clone, and the lab as Windows'
+# and Korean Windows' Python meet it (tests/test_windows.py, tests/test_windows_like.py); quick: the rest.
 _TIER_SECONDS: dict[str, float] = {}
 _CONTAINER_FILES = ("test_docker.py", "test_devcontainer.py", "test_browser.py")
+_WINDOWS_FILES = ("test_windows.py", "test_windows_like.py")
 
 
 def _tier(item_path: str, keywords) -> str:
@@ -477,6 +479,8 @@ def _tier(item_path: str, keywords) -> str:
         return "arm64"
     if "colab" in keywords:
         return "colab"
+    if item_path.endswith(_WINDOWS_FILES):
+        return "windows"
     return "slow" if "slow" in keywords else "quick"
 
 

@@ -279,7 +279,7 @@ def _build(dataset: Dataset, layout: TorchvisionLayout, source: Path, root: Path
                 with gzip.open(source / file.name, "rb") as compressed, open(raw / file.name[:-3], "wb") as plain:
                     shutil.copyfileobj(compressed, plain, _CHUNK)
         record["files"] = {str(path.relative_to(built)): sha256_of(path) for path in _files(built)}
-        (built / _RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        (built / _RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         target = root / layout.folder
         old = root / f".{layout.folder}.old-{os.getpid()}"
         if target.exists() or target.is_symlink():
@@ -293,7 +293,7 @@ def _build(dataset: Dataset, layout: TorchvisionLayout, source: Path, root: Path
 def _intact(folder: Path, record: dict) -> bool:
     """Whether `folder` was laid out from these verified files and holds exactly them, every byte as written."""
     try:
-        written = json.loads((folder / _RECORD).read_text())
+        written = json.loads((folder / _RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     if written.get("verified") != record["verified"]:

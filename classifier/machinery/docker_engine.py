@@ -17,6 +17,7 @@ commands around it.
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import json
 import os
@@ -142,7 +143,7 @@ def capture(command: list[str], what: str, *, timeout: float = 900,
             ports: dict[int, str] | None = None, image: str | None = None, env: dict[str, str] | None = None) -> str:
     """Run a command with its output captured (`env` added to the environment); raise a one-line ContainerError if it fails."""
     try:
-        result = subprocess.run(command, cwd=REPO_ROOT, env={**docker_environment(image), **(env or {})}, text=True,
+        result = subprocess.run(command, cwd=REPO_ROOT, env={**docker_environment(image), **(env or {})}, text=True, encoding="utf-8", errors="replace",
                                 timeout=timeout,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
@@ -158,7 +159,7 @@ def stream(command: list[str], what: str) -> None:
     """Run a long command (a build) showing its output as it goes; keep the tail to name a failure."""
     tail: collections.deque[str] = collections.deque(maxlen=200)
     try:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=docker_environment(), text=True, bufsize=1,
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=docker_environment(), text=True, encoding="utf-8", errors="replace", bufsize=1,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         raise ContainerError(f"{command[0]} not found: install Docker (docs.docker.com/engine/install)") from None
@@ -183,21 +184,82 @@ def check_engine() -> str:
     return capture(["docker", "version", "--format", "{{.Server.Version}}"], "docker version", timeout=60).strip()
 
 
-def check_nvidia_runtime() -> None:
-    """Raise a one-line ContainerError unless the engine has the NVIDIA runtime the GPU image needs."""
-    runtimes = capture(["docker", "info", "--format", "{{json .Runtimes}}"], "docker info", timeout=60)
-    if "nvidia" not in runtimes:
+def engine_info() -> dict:
+    """What the engine says of itself: `docker info --format '{{json .}}'`, as a dict."""
+    return json.loads(capture(["docker", "info", "--format", "{{json .}}"], "docker info", timeout=60) or "{}")
+
+
+def gpu_route(info: dict) -> str | None:
+    """How the engine that `docker info` describes gives a container an NVIDIA GPU, judged from that output.
+
+    Args:
+        info: engine_info()'s dict (tests/data/docker-info-*.json are recorded ones).
+
+    Returns:
+        "runtime": the NVIDIA Container Toolkit registered its runtime (Docker Engine on Linux);
+        "probe": Docker Desktop with the WSL2 backend, whose own GPU support serves `--gpus all` and
+        compose's device reservations with no runtime named nvidia; whether this laptop has a GPU for
+        it only a test container tells (probe_gpus);
+        None: no way to a GPU (an engine without the toolkit, Docker Desktop on macOS or Hyper-V).
+    """
+    if "nvidia" in (info.get("Runtimes") or {}):
+        return "runtime"
+    if _is_docker_desktop(info) and "microsoft-standard-wsl2" in str(info.get("KernelVersion", "")).lower():
+        return "probe"
+    return None
+
+
+def _is_docker_desktop(info: dict) -> bool:
+    return info.get("OperatingSystem") == "Docker Desktop"
+
+
+def check_gpu_support() -> str:
+    """gpu_route() of this engine; a one-line ContainerError when it has no way to a GPU."""
+    info = engine_info()
+    route = gpu_route(info)
+    if route is None and _is_docker_desktop(info):
+        raise ContainerError(f"Docker Desktop gives containers a GPU only with its WSL2 backend on Windows "
+                             f"(kernel here: {info.get('KernelVersion', 'unknown')}): turn on \"Use the WSL 2 based "
+                             "engine\" in its settings, or use the CPU image: --variant cpu")
+    if route is None:
         raise ContainerError(f"the Docker engine has no NVIDIA runtime for the GPU image: {_NVIDIA_FIX}")
+    return route
+
+
+def probe_gpus(image: str) -> None:
+    """Start `image` with `--gpus all` and stop it at once; a one-line ContainerError when the engine cannot.
+
+    The decisive test where `docker info` cannot tell (Docker Desktop's WSL2 backend).
+    """
+    command = ["docker", "run", "--rm", "--gpus", "all", "--entrypoint", "true", image]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=docker_environment(), text=True, encoding="utf-8", errors="replace", timeout=300,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise ContainerError(f"Docker Desktop could not give a container the GPU (`docker run --gpus all` said: "
+                             f"{last_line(result.stdout)}): install NVIDIA's Windows driver, update WSL "
+                             "(`wsl --update`) and Docker Desktop, or use the CPU image: --variant cpu")
+
+
+# What the container user gets where the host has no user ids (Windows); said once, when first used.
+WINDOWS_IDS = (1000, 1000)
 
 
 def host_ids() -> tuple[int, int]:
-    """The UID and GID the container user gets: the host user's, or 1000 for root.
+    """The UID and GID the container user gets: the host user's, or 1000 for root and on Windows.
 
     Returns:
         (uid, gid); root (0) maps to 1000 because the lab never runs as root.
     """
-    uid, gid = (os.getuid(), os.getgid()) if hasattr(os, "getuid") else (1000, 1000)
-    return (uid or 1000, gid or 1000)
+    if not hasattr(os, "getuid"):
+        _say_windows_ids()
+        return WINDOWS_IDS
+    return (os.getuid() or 1000, os.getgid() or 1000)
+
+
+@functools.cache
+def _say_windows_ids() -> None:
+    print(f"note: Windows has no user ids; the container user is {WINDOWS_IDS[0]}:{WINDOWS_IDS[1]}, and Docker "
+          "Desktop's file sharing lets it write the mounted data/ and runs/ folders", file=sys.stderr, flush=True)
 
 
 def image_tag(variant: str) -> str:
@@ -208,7 +270,7 @@ def image_tag(variant: str) -> str:
 def compose_command() -> list[str]:
     """`docker compose` (v2) when the plugin is there, else `docker-compose` (1.x)."""
     if shutil.which("docker"):
-        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, encoding="utf-8", errors="replace")
         if probe.returncode == 0:
             return ["docker", "compose"]
     if shutil.which("docker-compose"):
@@ -387,7 +449,7 @@ def lab_url(values: dict[str, str]) -> str:
 
 def _image_present(reference: str) -> bool:
     result = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", reference],
-                            capture_output=True, text=True, timeout=60, env=docker_environment())
+                            capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=60, env=docker_environment())
     return result.returncode == 0
 
 
@@ -471,16 +533,17 @@ def wait_healthy(container: str, timeout: float) -> str:
 
 
 def prepare(variant: str, image: str | None) -> str:
-    """The checks every start makes: engine, image (pulled if published), NVIDIA runtime for the GPU image.
+    """The checks every start makes: engine, image (pulled if published), a way to the GPU for the GPU image.
 
     Returns:
         The image reference to run (resolve_image's); data/ and runs/ exist afterwards.
     """
     check_engine()
-    # First: without the runtime the GPU image is of no use, built or not.
-    if variant == "gpu":
-        check_nvidia_runtime()
+    # First: without a way to the GPU the GPU image is of no use, built or not.
+    route = check_gpu_support() if variant == "gpu" else None
     reference = resolve_image(variant, image)
+    if route == "probe":
+        probe_gpus(reference)
     for folder in MOUNTED_FOLDERS:
         (REPO_ROOT / folder).mkdir(exist_ok=True)
     return reference

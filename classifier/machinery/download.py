@@ -18,7 +18,6 @@ same dataset; the temporary files a killed one left are removed by the next.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gzip
 import os
 import shutil
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from classifier.config import UserError
 from classifier.machinery.datasets import DataFile, Dataset
-from classifier.machinery.files import atomic_write, sha256_of
+from classifier.machinery.files import atomic_write, exclusive_lock, sha256_of
 
 _CHUNK = 1 << 20
 # Attempts after the first for one file (pooch waits 1 s, then 2 s): a dropped
@@ -107,11 +106,10 @@ def _locked(folder: Path):
     """Hold an exclusive lock on the dataset folder for the duration of the block."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / ".lock", "w")
+        (folder / ".lock").touch()
     except OSError as error:
         raise UserError(f"data folder {folder} cannot be written: {error.strerror}") from None
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with exclusive_lock(folder / ".lock"):
         yield
 
 

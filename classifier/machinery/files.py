@@ -22,6 +22,12 @@ from pathlib import Path
 
 from classifier.config import UserError
 
+try:
+    import fcntl  # Unix
+except ImportError:  # Windows: its C runtime's byte-range locks instead (exclusive_lock)
+    fcntl = None
+    import msvcrt
+
 # The errors a write gets when the disk (or the user's quota) is full.
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -99,6 +105,42 @@ def sha256_of(path: Path, opener=open) -> str:
     """
     with opener(path, "rb") as stream:
         return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path):
+    """Hold an exclusive lock on the file `path` (created if missing) for the block; wait while another holds it.
+
+    The lab's one choice between the systems' locks: fcntl.flock on Unix,
+    msvcrt.locking on Windows. Either is released by the operating system
+    when its holder exits, even killed, so no lock is ever left behind; the
+    empty file stays.
+
+    Args:
+        path: the lock file, e.g. a dataset folder's .lock.
+    """
+    with open(path, "wb") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+            return
+        _windows_lock(handle, msvcrt.LK_LOCK)
+        try:
+            yield
+        finally:
+            _windows_lock(handle, msvcrt.LK_UNLCK)  # Microsoft's advice: unlock before closing
+
+
+def _windows_lock(handle, mode: int) -> None:
+    """msvcrt.locking on the file's first byte; LK_LOCK gives up after 10 tries a second apart: wait on, as flock does."""
+    while True:
+        handle.seek(0)  # msvcrt locks from the current position
+        try:
+            msvcrt.locking(handle.fileno(), mode, 1)
+            return
+        except OSError as error:
+            if mode != msvcrt.LK_LOCK or error.errno not in (errno.EDEADLOCK, errno.EACCES):
+                raise
 
 
 def read_json(path: Path):

@@ -99,7 +99,7 @@ def _download_wheels(pins: list[Pin], folder: Path) -> None:
         (staging / "requirements.txt").write_text("".join(pin.lines() for pin in pins), encoding="utf-8")
         result = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
                                  "-r", str(staging / "requirements.txt"), "-d", str(staging)],
-                                capture_output=True, text=True, timeout=1800, stdin=subprocess.DEVNULL)
+                                capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=1800, stdin=subprocess.DEVNULL)
         for wheel in staging.glob("*.whl") if result.returncode == 0 else []:
             wheel.chmod(0o644)  # as a checkout's files are: the build's cache key includes the mode
             os.replace(wheel, folder / wheel.name)

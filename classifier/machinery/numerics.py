@@ -328,8 +328,8 @@ def _cache_kib(level: int, kind: str) -> int | None:
     """The per-core cache of `level` and `kind` in KiB from sysfs (what CPUID reports), or None."""
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
-            if (index / "level").read_text().strip() == str(level) and (index / "type").read_text().strip() == kind:
-                return int((index / "size").read_text().strip().rstrip("K"))
+            if (index / "level").read_text(encoding="utf-8").strip() == str(level) and (index / "type").read_text(encoding="utf-8").strip() == kind:
+                return int((index / "size").read_text(encoding="utf-8").strip().rstrip("K"))
         except (OSError, ValueError):
             continue
     return None
@@ -339,7 +339,7 @@ def _gpu_models() -> list[str]:
     """NVIDIA GPU model names from nvidia-smi, without starting TensorFlow ([] without a GPU)."""
     try:
         result = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=20)
+                                capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [line.strip() for line in result.stdout.splitlines() if line.strip()] if result.returncode == 0 else []

@@ -137,7 +137,7 @@ def index_url() -> str:
     """The package index pip downloads from: $PIP_INDEX_URL, else pip's configured index-url, else PyPI's."""
     if url := os.environ.get("PIP_INDEX_URL"):
         return url.split()[0]
-    listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
+    listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, encoding="utf-8", errors="replace")
     for line in listed.stdout.splitlines():
         key, _, value = line.partition("=")
         if key.endswith(".index-url") and not key.endswith("extra-index-url"):
@@ -174,7 +174,7 @@ def prove(platforms: tuple[Platform, ...] = PLATFORMS, destination: Path | None 
         for platform in platforms:
             for lock in (*platform.locks, COURSE_LOCK):
                 command = proof_command(platform, lock, Path(folder) / platform.name)
-                done = subprocess.run(command, capture_output=True, text=True)
+                done = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace")
                 errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR:")] or ["ERROR: ?"]
                 status = "ok" if done.returncode == 0 else "FAILED: " + errors[-1].removeprefix("ERROR: ")
                 print(f"{platform.name:14} {lock:42} {status}", flush=True)
@@ -221,7 +221,7 @@ def prove_markers(platforms: tuple[Platform, ...] = PLATFORMS) -> list[str]:
                 continue
             for lock in (*platform.locks, COURSE_LOCK):
                 done = subprocess.run(marker_command(uv, platform, lock, Path(target)), capture_output=True,
-                                      text=True, env={**os.environ, **LOCK_ENVIRONMENT})
+                                      text=True, encoding="utf-8", errors="replace", env={**os.environ, **LOCK_ENVIRONMENT})
                 status = "resolves" if done.returncode == 0 else "FAILED: " + _uv_error(done.stderr)
                 print(f"{platform.name:14} {lock:42} {status}", flush=True)
                 if done.returncode:

@@ -127,7 +127,8 @@ def environment_record(tensorflow: bool = True) -> dict:
 
 def _git_state() -> dict:
     def git(*args):
-        result = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+        result = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, encoding="utf-8",
+                                errors="replace", timeout=10)
         return result.stdout.strip() if result.returncode == 0 else None
 
     try:
