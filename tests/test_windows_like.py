@@ -175,7 +175,6 @@ def test_the_search_finds_what_windows_lacks(tmp_path):
     assert found == [f"{where}:2 import fcntl", f"{where}:7 signal.alarm", f"{where}:8 os.killpg"]
 
 
-@pytest.mark.xfail(strict=True, reason=PENDING)
 def test_ctrl_c_handling_needs_no_sigalrm():
     assert _uses_in("classifier/machinery/lifecycle.py") == []
 
@@ -199,7 +198,6 @@ def _summary(result: subprocess.CompletedProcess) -> str:
     return "\n".join([line for line in lines if line.startswith("E ")][:40] + lines[-8:])
 
 
-@pytest.mark.xfail(strict=True, reason=f"{PENDING}: lifecycle.ctrl_c_that_sticks arms signal.SIGALRM")
 def test_quick_tests_train_stop_on_ctrl_c_and_compare_without_unix_modules(tmp_path):
     result = run_quick_tests(windows_like_environment(), tmp_path)
     assert result.returncode == 0 and " passed" in result.stdout, _summary(result)
