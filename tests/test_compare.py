@@ -346,10 +346,11 @@ def test_a_class_of_folders_and_zips_is_one_table(module_runs, tmp_path):
     assert table["carol"] == ["IDENTICAL", "0", "nothing"]
     assert table["bob.zip"][0] == "DIFFERENT" and table["bob.zip"][2] == "settings (seed: 42 -> 7)"
     assert float(table["bob.zip"][1]) > 0
-    assert table["damaged.zip"][0].startswith(f"refused: {submissions / 'damaged.zip'} is not a readable zip")
-    assert table["foreign.zip"][0] == (f"refused: {submissions / 'foreign.zip'} holds no run folder (no "
-                                       "manifest.json); zip one run folder (runs/<run name>) and hand that in")
-    assert table["unsafe.zip"][0].startswith(f"refused: {submissions / 'unsafe.zip'} holds '../escaped.txt', a path "
+    assert [table[name][:2] for name in ("damaged.zip", "foreign.zip", "unsafe.zip")] == [["REFUSED", ""]] * 3
+    assert table["damaged.zip"][2].startswith(f"{submissions / 'damaged.zip'} is not a readable zip")
+    assert table["foreign.zip"][2] == (f"{submissions / 'foreign.zip'} holds no run folder (no manifest.json); "
+                                       "zip one run folder (runs/<run name>) and hand that in")
+    assert table["unsafe.zip"][2].startswith(f"{submissions / 'unsafe.zip'} holds '../escaped.txt', a path "
                                              "outside the zip's folder")
     assert result.stdout.strip().splitlines()[-1] == ("2 of 6 run(s) IDENTICAL or WITHIN TOLERANCE (tolerance 0.02), "
                                                       "1 DIFFERENT, 3 refused")
@@ -367,7 +368,7 @@ def test_the_exit_code_says_whether_every_run_agrees(module_runs, tmp_path):
     assert _table(result) == {"alice.zip": ["IDENTICAL", "0", "nothing"], again.name: ["IDENTICAL", "0", "nothing"]}
     result = run_invoke("compare", str(reference), alice, "--more", str(seed), "--more", str(tmp_path / "gone.zip"))
     assert result.returncode == 2
-    assert _table(result)["gone.zip"][0] == f"refused: {tmp_path / 'gone.zip'} does not exist or is not a folder; " \
-                                            "give a run folder, e.g. runs/<run name>"
+    assert _table(result)["gone.zip"] == ["REFUSED", "", f"{tmp_path / 'gone.zip'} does not exist or is not a "
+                                                         "folder; give a run folder, e.g. runs/<run name>"]
     result = run_invoke("compare", str(reference), alice, "--more", str(seed))
     assert result.returncode == 1 and _table(result)[seed.name][0] == "DIFFERENT"

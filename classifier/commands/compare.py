@@ -17,7 +17,7 @@ A class at once: a folder of handed-in run folders and zips, a zip, or more
 runs with --more print one table, a row per run (classifier/machinery/handins.py):
 its verdict, the largest test-metric difference and what differs. Exit 0 only
 if every run is IDENTICAL or WITHIN TOLERANCE; a refused hand-in (a damaged or
-foreign zip, an unfinished run) is a row saying why, the others are still
+foreign zip, an unfinished run) is a REFUSED row saying why, the others are still
 judged, and the exit is 2; otherwise any DIFFERENT run makes it 1.
 
 `invoke reproduce` retrains a run and judges the rerun with the same functions.
@@ -29,8 +29,9 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from tabulate import tabulate
+
 from classifier.config import UserError
-from classifier.machinery.bench_tables import pipe_table
 from classifier.machinery.handins import exit_code, handins_in, is_handin_folder, judge_handin
 from classifier.machinery.judge import EVIDENCE, Comparison, check_tolerance, compare_records, judge, load_finished_run
 
@@ -105,8 +106,10 @@ def _class_table(reference: tuple[dict, dict], runs: list[str], tolerance: float
     handins = [entry for run in runs
                for entry in (handins_in(Path(run)) if is_handin_folder(Path(run)) else [Path(run)])]
     rows = [judge_handin(reference, handin, tolerance) for handin in handins]
-    print(pipe_table(["run", "verdict", "largest metric difference", "what differs"],
-                     [[row.name, row.verdict, row.largest, row.differs] for row in rows], last_left=True))
+    print(tabulate([[row.name, row.verdict, row.largest, row.differs] for row in rows],
+                   ["run", "verdict", "largest metric difference", "what differs (or why refused)"],
+                   tablefmt="pipe", colalign=("left", "left", "right", "left"), disable_numparse=True))
+    print()
     agreeing = sum(1 for row in rows if row.agrees)
     refused = sum(1 for row in rows if row.agrees is None)
     print(f"{agreeing} of {len(rows)} run(s) IDENTICAL or WITHIN TOLERANCE (tolerance {tolerance}), "

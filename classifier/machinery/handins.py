@@ -94,9 +94,9 @@ class Row:
 
     name: str  # the folder's or zip's name
     agrees: bool | None  # IDENTICAL or WITHIN TOLERANCE; None where the hand-in was refused
-    verdict: str  # "IDENTICAL", "WITHIN TOLERANCE", "DIFFERENT" or "refused: <why>"
-    largest: str  # the largest absolute test-metric difference, e.g. "0.0032"
-    differs: str  # the kinds of evidence that differ, each with its first difference
+    verdict: str  # "IDENTICAL", "WITHIN TOLERANCE", "DIFFERENT" or "REFUSED"
+    largest: str  # the largest absolute test-metric difference, e.g. "0.0032"; "" where refused
+    differs: str  # the kinds of evidence that differ, each with its first difference; where refused, why
 
 
 def judge_handin(reference: tuple[dict, dict], handin: Path, tolerance: float) -> Row:
@@ -105,7 +105,7 @@ def judge_handin(reference: tuple[dict, dict], handin: Path, tolerance: float) -
         with opened_run(handin) as run_dir:
             comparison = compare_records(reference, load_finished_run(run_dir))
     except UserError as error:
-        return Row(handin.name, None, f"refused: {error}", "", "")
+        return Row(handin.name, None, "REFUSED", "", str(error))
     agrees, verdict = judge(comparison, tolerance)
     differs = []
     for name in EVIDENCE:
