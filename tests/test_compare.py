@@ -336,24 +336,31 @@ def test_a_class_of_folders_and_zips_is_one_table(module_runs, tmp_path):
         archive.writestr("homework/answers.txt", "42")
     with zipfile.ZipFile(submissions / "unsafe.zip", "w") as archive:
         archive.writestr("../escaped.txt", "out")
+    with zipfile.ZipFile(submissions / "twins.zip", "w") as archive:
+        for run in (again, seed):
+            for path in run.rglob("*"):
+                archive.write(path, f"runs/{path.relative_to(run.parent)}")
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     result = run_invoke("compare", str(reference), str(submissions), env={"TMPDIR": str(scratch)})
     assert result.returncode == 2, result.stderr
     table = _table(result)
-    assert list(table) == ["alice.zip", "bob.zip", "carol", "damaged.zip", "foreign.zip", "unsafe.zip"]
+    assert list(table) == ["alice.zip", "bob.zip", "carol", "damaged.zip", "foreign.zip", "twins.zip",
+                           "unsafe.zip"]
     assert table["alice.zip"] == ["IDENTICAL", "0", "nothing"]
     assert table["carol"] == ["IDENTICAL", "0", "nothing"]
     assert table["bob.zip"][0] == "DIFFERENT" and table["bob.zip"][2] == "settings (seed: 42 -> 7)"
     assert float(table["bob.zip"][1]) > 0
-    assert [table[name][:2] for name in ("damaged.zip", "foreign.zip", "unsafe.zip")] == [["REFUSED", ""]] * 3
+    assert [table[name][:2] for name in ("damaged.zip", "foreign.zip", "twins.zip", "unsafe.zip")] \
+        == [["REFUSED", ""]] * 4
     assert table["damaged.zip"][2].startswith(f"{submissions / 'damaged.zip'} is not a readable zip")
     assert table["foreign.zip"][2] == (f"{submissions / 'foreign.zip'} holds no run folder (no manifest.json); "
                                        "zip one run folder (runs/<run name>) and hand that in")
     assert table["unsafe.zip"][2].startswith(f"{submissions / 'unsafe.zip'} holds '../escaped.txt', a path "
                                              "outside the zip's folder")
-    assert result.stdout.strip().splitlines()[-1] == ("2 of 6 run(s) IDENTICAL or WITHIN TOLERANCE (tolerance 0.02), "
-                                                      "1 DIFFERENT, 3 refused")
+    assert table["twins.zip"][2].startswith(f"{submissions / 'twins.zip'} holds 2 run folders; zip one run folder")
+    assert result.stdout.strip().splitlines()[-1] == ("2 of 7 run(s) IDENTICAL or WITHIN TOLERANCE (tolerance 0.02), "
+                                                      "1 DIFFERENT, 4 refused")
     assert list(scratch.iterdir()) == [] and not (tmp_path / "escaped.txt").exists()
     assert "Traceback" not in result.stderr
 

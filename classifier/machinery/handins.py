@@ -69,8 +69,9 @@ def _extract(zip_path: Path, scratch: Path) -> Path:
         with zipfile.ZipFile(zip_path) as archive:
             members = archive.infolist()
             names = [PurePosixPath(member.filename.replace("\\", "/")) for member in members]
+            # An absolute path, `..` or a Windows drive ("C:") would write outside the temporary folder.
             unsafe = next((str(name) for name in names
-                           if name.is_absolute() or ".." in name.parts or ":" in name.parts[0]), None)
+                           if name.is_absolute() or ".." in name.parts or ":" in str(name)), None)
             if unsafe:
                 raise UserError(f"{zip_path} holds {unsafe!r}, a path outside the zip's folder; refused: "
                                 "zip the run folder itself (Colab: right-click the folder, Download)")
