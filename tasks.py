@@ -247,20 +247,23 @@ def reproduce(c, run, runs_dir="", tolerance=""):
         raise Exit(code=1)
 
 
-@task(help={
+@task(iterable=["more"], help={
     "run_a": "the reference run folder, e.g. the lecturer's runs/20261126-231502-fashion_mnist-sequential_add-fit",
-    "run_b": "the run folder compared with it, e.g. a student's",
+    "run_b": "the run folder compared with it, e.g. a student's; or a zip of one, or a folder of students' run "
+             "folders and zips (one table row each)",
+    "more": "another run folder or zip judged against run_a in the same table (repeat: --more B.zip --more C.zip)",
     "tolerance": "largest test loss/accuracy difference accepted where bit-identical weights are not promised "
                  "(another kind of machine or other software; default 0.02)",
 })
-def compare(c, run_a, run_b, tolerance=""):
-    """Compare two finished run folders without retraining: IDENTICAL, WITHIN TOLERANCE or DIFFERENT."""
+def compare(c, run_a, run_b, tolerance="", more=None):
+    """Compare finished runs without retraining: IDENTICAL, WITHIN TOLERANCE or DIFFERENT (a class: one table)."""
     _quiet()
     from classifier.commands.compare import compare as compare_runs
 
     limit = _float("tolerance", tolerance) if tolerance else None
-    if not _run(compare_runs, run_a, run_b, tolerance=limit):
-        raise Exit(code=1)
+    code = _run(compare_runs, run_a, run_b, more, tolerance=limit)
+    if code:
+        raise Exit(code=code)
 
 
 @task(help={

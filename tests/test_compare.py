@@ -7,6 +7,7 @@ each test judges those folders or copies of them that it changes.
 import json
 import shlex
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -303,3 +304,78 @@ def test_the_lecturers_workflow_on_real_data(fashion_lab):
     assert "(other machine): " in _verdict(result)
     machine = _evidence(result, "machine")
     assert "  numerics: portable -> fastest" in machine and "  numerics_env.ONEDNN_MAX_CPU_ISA: AVX2 -> AVX" in machine
+
+
+def _zip(run_dir, tmp_path, name: str, nested: str = ""):
+    """A zip of the run folder as Colab's file browser makes it (the folder at its top), or as Google Drive does
+    (`nested`: the run folder inside a folder of that name)."""
+    root = tmp_path / f"{name} source"
+    shutil.copytree(run_dir, root / nested / run_dir.name)
+    return shutil.make_archive(str(tmp_path / "submissions" / name), "zip", root_dir=root)
+
+
+def _table(result) -> dict[str, list[str]]:
+    """{run: [verdict, largest metric difference, what differs]} from the class table's rows."""
+    rows = [line.strip().strip("|").split("|") for line in result.stdout.splitlines() if line.startswith("| ")]
+    return {cells[0].strip(): [cell.strip() for cell in cells[1:]] for cells in rows[1:]}
+
+
+def test_a_class_of_folders_and_zips_is_one_table(module_runs, tmp_path):
+    """Colab's and Drive's zips, a run folder, a damaged, a foreign and an unsafe zip: one row each, nothing left."""
+    import zipfile
+
+    reference, again, seed = module_runs["reference"], module_runs["again"], module_runs["seed"]
+    submissions = tmp_path / "submissions"
+    submissions.mkdir()
+    _zip(again, tmp_path, "alice")
+    _zip(seed, tmp_path, "bob", nested="My Drive")
+    shutil.copytree(again, submissions / "carol")
+    (submissions / "damaged.zip").write_bytes(Path(_zip(again, tmp_path, "whole")).read_bytes()[:2000])
+    (submissions / "whole.zip").unlink()
+    with zipfile.ZipFile(submissions / "foreign.zip", "w") as archive:
+        archive.writestr("homework/answers.txt", "42")
+    with zipfile.ZipFile(submissions / "unsafe.zip", "w") as archive:
+        archive.writestr("../escaped.txt", "out")
+    with zipfile.ZipFile(submissions / "twins.zip", "w") as archive:
+        for run in (again, seed):
+            for path in run.rglob("*"):
+                archive.write(path, f"runs/{path.relative_to(run.parent)}")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    result = run_invoke("compare", str(reference), str(submissions), env={"TMPDIR": str(scratch)})
+    assert result.returncode == 2, result.stderr
+    table = _table(result)
+    assert list(table) == ["alice.zip", "bob.zip", "carol", "damaged.zip", "foreign.zip", "twins.zip",
+                           "unsafe.zip"]
+    assert table["alice.zip"] == ["IDENTICAL", "0", "nothing"]
+    assert table["carol"] == ["IDENTICAL", "0", "nothing"]
+    assert table["bob.zip"][0] == "DIFFERENT" and table["bob.zip"][2] == "settings (seed: 42 -> 7)"
+    assert float(table["bob.zip"][1]) > 0
+    assert [table[name][:2] for name in ("damaged.zip", "foreign.zip", "twins.zip", "unsafe.zip")] \
+        == [["REFUSED", ""]] * 4
+    assert table["damaged.zip"][2].startswith(f"{submissions / 'damaged.zip'} is not a readable zip")
+    assert table["foreign.zip"][2] == (f"{submissions / 'foreign.zip'} holds no run folder (no manifest.json); "
+                                       "zip one run folder (runs/<run name>) and hand that in")
+    assert table["unsafe.zip"][2].startswith(f"{submissions / 'unsafe.zip'} holds '../escaped.txt', a path "
+                                             "outside the zip's folder")
+    assert table["twins.zip"][2].startswith(f"{submissions / 'twins.zip'} holds 2 run folders; zip one run folder")
+    assert result.stdout.strip().splitlines()[-1] == ("2 of 7 run(s) IDENTICAL or WITHIN TOLERANCE (tolerance 0.02), "
+                                                      "1 DIFFERENT, 4 refused")
+    assert list(scratch.iterdir()) == [] and not (tmp_path / "escaped.txt").exists()
+    assert "Traceback" not in result.stderr
+
+
+def test_the_exit_code_says_whether_every_run_agrees(module_runs, tmp_path):
+    """--more adds runs to the table: 0 while every run agrees, 1 once one is DIFFERENT."""
+    reference, again, seed = module_runs["reference"], module_runs["again"], module_runs["seed"]
+    (tmp_path / "submissions").mkdir()
+    alice = _zip(again, tmp_path, "alice")
+    result = run_invoke("compare", str(reference), alice, "--more", str(again))
+    assert result.returncode == 0, result.stdout
+    assert _table(result) == {"alice.zip": ["IDENTICAL", "0", "nothing"], again.name: ["IDENTICAL", "0", "nothing"]}
+    result = run_invoke("compare", str(reference), alice, "--more", str(seed), "--more", str(tmp_path / "gone.zip"))
+    assert result.returncode == 2
+    assert _table(result)["gone.zip"] == ["REFUSED", "", f"{tmp_path / 'gone.zip'} does not exist or is not a "
+                                                         "folder; give a run folder, e.g. runs/<run name>"]
+    result = run_invoke("compare", str(reference), alice, "--more", str(seed))
+    assert result.returncode == 1 and _table(result)[seed.name][0] == "DIFFERENT"

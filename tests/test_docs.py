@@ -150,11 +150,12 @@ def task_defaults() -> dict[str, dict[str, object]]:
     from invoke import Collection
 
     import tasks as tasks_module
-    from classifier.commands import bench, compare
+    from classifier.commands import bench
+    from classifier.machinery import judge
     from classifier.config import Config
 
-    filled_in = {("reproduce", "tolerance"): compare.DEFAULT_TOLERANCE,
-                 ("compare", "tolerance"): compare.DEFAULT_TOLERANCE,
+    filled_in = {("reproduce", "tolerance"): judge.DEFAULT_TOLERANCE,
+                 ("compare", "tolerance"): judge.DEFAULT_TOLERANCE,
                  ("bench", "subjects"): ",".join(bench.DEFAULT_SUBJECTS)}
     config_defaults = {field.name: field.default for field in dataclasses.fields(Config)}
     collection = Collection.from_module(tasks_module)

@@ -11,7 +11,7 @@ from classifier.config import UserError, make_config
 from classifier.machinery.download import import_from
 from classifier.machinery.runs import files_record
 from classifier.commands.train import train_command
-from classifier.commands.compare import environment_differences, load_finished_run
+from classifier.machinery.judge import environment_differences, load_finished_run
 from classifier.commands.reproduce import reproduce
 
 
@@ -140,7 +140,7 @@ def test_a_notebooks_run_is_rerun_as_the_command_it_names(tiny_dataset, tmp_path
 @pytest.mark.parametrize("architecture", ["x86_64", "aarch64"])
 def test_a_notebooks_mode_is_read_from_the_variables_it_recorded(architecture, monkeypatch):
     """lab.record_run writes the config's default mode; the variables lab.use_numerics() set say which one ran."""
-    from classifier.commands.compare import recorded_mode
+    from classifier.machinery.judge import recorded_mode
 
     monkeypatch.setattr(numerics.platform, "machine", lambda: architecture)
     for mode in ("portable", "fastest"):

@@ -1,28 +1,24 @@
-"""Compare two finished run folders without retraining: did they come out the same, and if not, why.
+"""Compare finished run folders without retraining: did they come out the same, and if not, why.
 
     invoke compare runs/REFERENCE runs/STUDENT
     invoke compare runs/REFERENCE runs/STUDENT --tolerance 0.01
+    invoke compare runs/REFERENCE submissions/
+    invoke compare runs/REFERENCE alice.zip --more bob.zip --more runs/carol-run
 
 A lecturer makes a reference run with `--numerics portable` and hands its
 folder out; a student runs the same command and compares their folder with it.
-The evidence is read from the two folders (config.json's settings, the
-manifest's data hashes, environment, kind of machine and weights hash,
-metrics.json), one line per kind of evidence, then one verdict:
+Two folders: the evidence, one line per kind (framework, settings, data,
+machine, software), then one verdict (classifier/machinery/judge.py):
+IDENTICAL (exit 0), WITHIN TOLERANCE (exit 0) or DIFFERENT (exit 1).
+A file changed since the run finished, a folder that is not a finished run
+and the same folder twice are one line, exit 2, and nothing is judged.
 
-    IDENTICAL         (exit 0) the same test metrics and bit-identical weights.
-    WITHIN TOLERANCE  (exit 0) other weights, where bit-identical ones are not
-                      promised (another kind of machine or other software),
-                      and every test metric within --tolerance.
-    DIFFERENT         (exit 1) another framework, other settings or other data
-                      (named), metrics beyond the tolerance, or other weights or
-                      metrics where the same machine and software promise the same bits.
-
-Each run's weights file and metrics.json are checked against the SHA-256 its
-manifest recorded when it finished (runs.verify_run_files): a file changed
-since is one line, exit 2, and nothing is judged. A notebook's run
-(lab.record_run) is judged as the run of the `invoke train` it names: the
-same settings, the same data files, its numerics mode read from the
-variables it recorded. The same folder given twice is one line, exit 2.
+A class at once: a folder of handed-in run folders and zips, a zip, or more
+runs with --more print one table, a row per run (classifier/machinery/handins.py):
+its verdict, the largest test-metric difference and what differs. Exit 0 only
+if every run is IDENTICAL or WITHIN TOLERANCE; a refused hand-in (a damaged or
+foreign zip, an unfinished run) is a REFUSED row saying why, the others are still
+judged, and the exit is 2; otherwise any DIFFERENT run makes it 1.
 
 `invoke reproduce` retrains a run and judges the rerun with the same functions.
 This module never imports TensorFlow.
@@ -31,219 +27,13 @@ This module never imports TensorFlow.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 
-from classifier import registry
-from classifier.machinery import numerics
+from tabulate import tabulate
+
 from classifier.config import UserError
-from classifier.machinery.runs import read_object, read_run_files, resume_hint, verify_run_files
-
-# Keys of runs.environment_record() whose change can change the numbers, split
-# into the machine's (hardware and the numerics variables) and the software's.
-MACHINE_KEYS = ("cpu", "cpu_count", "devices", "torch_devices", "torch_threads", "numerics_env")
-SOFTWARE_KEYS = ("python", "tensorflow", "tensorflow_build", "torch", "torch_build", "container_image", "git")
-METRICS = ("loss", "accuracy", "argmax_accuracy")
-
-# Config keys that do not change the weights (config.py says so of each): where files lie, whether
-# TensorBoard event files are written, how many test images one evaluation step takes. The numerics
-# mode is judged with the machine (it decides the arithmetic, not the model).
-_NOT_SETTINGS = ("data_dir", "runs_dir", "tensorboard", "eval_batch_size", "numerics")
-
-# What each framework alone records in the environment: compared only between two runs of one framework,
-# so that a torch run beside a Keras run on one machine is "other framework", not "other machine". torch's
-# trainer sets CUBLAS_WORKSPACE_CONFIG itself (lecture/torch_train.py), so a Keras run records it unset.
-FRAMEWORK_KEYS = {"TensorFlow": ("tensorflow", "tensorflow_build", "devices"),
-                  "PyTorch": ("torch", "torch_build", "torch_devices", "torch_threads")}
-_FRAMEWORK_VARIABLES = ("CUBLAS_WORKSPACE_CONFIG",)
-
-# The metrics' largest accepted absolute difference on another kind of machine.
-# Measured (benchmarks/results/numerics_machines_pre_redesign.md): across ten
-# emulated machines the test loss of the README's run spread by 0.010 and the
-# accuracy by 0.004; twice that is accepted.
-DEFAULT_TOLERANCE = 0.02
-
-
-def environment_differences(recorded: dict, current: dict, keys=MACHINE_KEYS + SOFTWARE_KEYS,
-                            packages: bool = True) -> list[str]:
-    """One line per difference between two environment records (runs.environment_record()).
-
-    Args:
-        recorded, current: the two records.
-        keys: the entries compared, in the order shown.
-        packages: also compare the installed packages' versions.
-    """
-    lines = []
-    for key in keys:
-        before, now = recorded.get(key), current.get(key)
-        if isinstance(before, dict) and isinstance(now, dict):
-            # Name only the entries that changed, e.g. numerics_env.TF_ENABLE_ONEDNN_OPTS.
-            for sub in sorted(set(before) | set(now)):
-                if before.get(sub) != now.get(sub):
-                    lines.append(f"{key}.{sub}: {before.get(sub)} -> {now.get(sub)}")
-        elif before != now:
-            lines.append(f"{key}: {before} -> {now}")
-    if packages:
-        old_packages, new_packages = recorded.get("packages", {}), current.get("packages", {})
-        for name in sorted(set(old_packages) | set(new_packages)):
-            if old_packages.get(name) != new_packages.get(name):
-                lines.append(f"package {name}: {old_packages.get(name, 'absent')} -> "
-                             f"{new_packages.get(name, 'absent')}")
-    return lines
-
-
-def machine_differences(modes: tuple[str, str], environments: tuple[dict, dict],
-                        kinds: tuple[dict | None, dict | None]) -> list[str]:
-    """What differs between two machines in what changes the numbers: numerics mode, kind of machine, variables.
-
-    Args:
-        modes: the two numerics modes.
-        environments: the two environment records.
-        kinds: the two numerics.machine_kind() records (None where a run recorded none).
-    """
-    lines = [f"numerics: {modes[0]} -> {modes[1]}"] if modes[0] != modes[1] else []
-    # A CPU model or core count that the mode makes harmless is no reason to doubt the bits.
-    mode = modes[0] if modes[0] == modes[1] else "fastest"
-    lines += numerics.kind_differences(mode, kinds[0], kinds[1])
-    keys = MACHINE_KEYS
-    if kinds[0] and kinds[1]:
-        keys = tuple(key for key in keys if key not in ("cpu", "cpu_count"))  # judged through the kinds
-    return lines + environment_differences(*environments, keys=keys, packages=False)
-
-
-def software_differences(environments: tuple[dict, dict]) -> list[str]:
-    """What differs between two environments' software: Python, frameworks, image, lab commit, packages."""
-    return environment_differences(*environments, keys=SOFTWARE_KEYS, packages=True)
-
-
-def load_finished_run(run_dir: Path) -> tuple[dict, dict]:
-    """(manifest, metrics) of a complete run; UserError for anything else."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} does not exist or is not a folder; give a run folder, e.g. runs/<run name>")
-    manifest_path = run_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise UserError(f"{run_dir} is not a run folder (no manifest.json in it)")
-    manifest = read_object(manifest_path)
-    if (run_dir / "config.json").is_file():
-        read_run_files(run_dir)  # a hand-edited config.json or manifest.json is refused here
-    if manifest.get("status") != "complete" or not (run_dir / "metrics.json").is_file():
-        raise UserError(f"{run_dir} did not finish (status {manifest.get('status')!r}); {resume_hint(run_dir)}")
-    # A file changed since the run finished is named as such before its contents are judged.
-    verified = "files_sha256" in manifest and verify_run_files(run_dir, manifest)
-    metrics = read_object(run_dir / "metrics.json")
-    missing = [f"manifest.json's {key}" for key in ("config", "data", "weights_sha256") if key not in manifest]
-    missing += [f"metrics.json's {key}" for key in METRICS if not isinstance(metrics.get(key), (int, float))]
-    if missing:
-        raise UserError(f"{run_dir} is damaged: {', '.join(missing)} is missing; train it again")
-    if not verified and not verify_run_files(run_dir, manifest):
-        print(f"note: {run_dir}'s manifest records no SHA-256 of its files (a run from before the lab recorded "
-              "them): its weights file and metrics.json are taken as they are")
-    return manifest, metrics
-
-
-def framework(manifest: dict) -> str:
-    """The library a run trained with: "PyTorch" for the torch trainer, else "TensorFlow"."""
-    return "PyTorch" if manifest["config"].get("trainer") in registry.TORCH_TRAINERS else "TensorFlow"
-
-
-def recorded_mode(manifest: dict) -> str:
-    """A run's numerics mode: the one its manifest records, or for a notebook's run the one its variables hold."""
-    if isinstance(manifest.get("numerics"), dict) and manifest["numerics"].get("mode"):
-        return manifest["numerics"]["mode"]
-    if manifest.get("source") == "notebook":
-        # lab.record_run writes the config's default mode; lab.use_numerics() applied $CLASSIFIER_NUMERICS.
-        return numerics.mode_of(manifest.get("environment", {}).get("numerics_env") or {})
-    return manifest["config"].get("numerics", numerics.DEFAULT_MODE)
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """The evidence of two runs side by side; each list holds one line per difference."""
-
-    framework: list[str]  # the libraries trained with, e.g. ["TensorFlow (fit) -> PyTorch (torch)"]
-    settings: list[str]  # the configs, less what does not change the weights (_NOT_SETTINGS)
-    data: list[str]  # the dataset, its files' SHA-256 and the split sizes
-    machine: list[str]  # numerics mode, kind of machine, numerics variables (machine_differences)
-    software: list[str]  # Python, frameworks, image, lab commit, packages (software_differences)
-    rows: list[tuple[str, object, object]]  # (name, first, second): METRICS, then weights_sha256
-
-    @property
-    def identical(self) -> bool:
-        """The same test metrics and bit-identical weights."""
-        return all(first == second for _, first, second in self.rows)
-
-    @property
-    def same_weights(self) -> bool:
-        """Bit-identical weights (the last row)."""
-        return self.rows[-1][1] == self.rows[-1][2]
-
-    @property
-    def bits_promised(self) -> bool:
-        """Whether the same machine and software promise bit-identical weights."""
-        return not self.machine and not self.software
-
-    @property
-    def largest(self) -> float:
-        """The largest absolute difference of the test metrics."""
-        return max(abs(first - second) for _, first, second in self.rows[:-1])
-
-
-def compare_records(first: tuple[dict, dict], second: tuple[dict, dict]) -> Comparison:
-    """Compare two runs' (manifest, metrics), as load_finished_run returns them."""
-    (manifest_a, metrics_a), (manifest_b, metrics_b) = first, second
-    modes = (recorded_mode(manifest_a), recorded_mode(manifest_b))
-    frameworks = (framework(manifest_a), framework(manifest_b))
-    environments = _comparable_environments(frameworks, manifest_a.get("environment", {}),
-                                            manifest_b.get("environment", {}))
-    kinds = tuple((manifest.get("numerics") or {}).get("machine") for manifest in (manifest_a, manifest_b))
-    rows = [(key, metrics_a[key], metrics_b[key]) for key in METRICS]
-    rows.append(("weights_sha256", manifest_a["weights_sha256"], manifest_b["weights_sha256"]))
-    trainers = (manifest_a["config"].get("trainer"), manifest_b["config"].get("trainer"))
-    return Comparison(
-        framework=([f"{frameworks[0]} ({trainers[0]}) -> {frameworks[1]} ({trainers[1]})"]
-                   if frameworks[0] != frameworks[1] else []),
-        settings=_settings_differences(manifest_a["config"], manifest_b["config"]),
-        data=_data_differences(manifest_a["data"], manifest_b["data"]),
-        machine=machine_differences(modes, environments, kinds),
-        software=software_differences(environments),
-        rows=rows,
-    )
-
-
-def _comparable_environments(frameworks: tuple[str, str], first: dict, second: dict) -> tuple[dict, dict]:
-    """The two environment records, less what only one framework records when the frameworks differ."""
-    if frameworks[0] == frameworks[1]:
-        return first, second
-    own = {key for keys in FRAMEWORK_KEYS.values() for key in keys}
-
-    def common(environment: dict) -> dict:
-        variables = {name: value for name, value in (environment.get("numerics_env") or {}).items()
-                     if name not in _FRAMEWORK_VARIABLES}
-        return {**{key: value for key, value in environment.items() if key not in own}, "numerics_env": variables}
-
-    return common(first), common(second)
-
-
-def _settings_differences(first: dict, second: dict) -> list[str]:
-    return [f"{key}: {first.get(key)} -> {second.get(key)}" for key in sorted(set(first) | set(second))
-            if key not in _NOT_SETTINGS and first.get(key) != second.get(key)]
-
-
-def _data_differences(first: dict, second: dict) -> list[str]:
-    # A notebook's run records no training and validation counts: limit and val_split, compared with the
-    # settings, decide them. The dataset and the test count every run records.
-    lines = [f"{key}: {first.get(key)} -> {second.get(key)}" for key in ("dataset", "train", "validation", "test")
-             if first.get(key) != second.get(key) and (key in first and key in second or key in ("dataset", "test"))]
-    hashes_a, hashes_b = first.get("sha256", {}), second.get("sha256", {})
-    for name in sorted(set(hashes_a) | set(hashes_b)):
-        if hashes_a.get(name) != hashes_b.get(name):
-            lines.append(f"{name}: sha256 {_short(hashes_a.get(name))} -> {_short(hashes_b.get(name))}")
-    return lines
-
-
-def _short(digest: str | None) -> str:
-    return f"{digest[:12]}..." if digest else "absent"
+from classifier.machinery.handins import exit_code, handins_in, is_handin_folder, judge_handin
+from classifier.machinery.judge import EVIDENCE, Comparison, check_tolerance, compare_records, judge, load_finished_run
 
 
 def print_table(comparison: Comparison, labels: tuple[str, str]) -> None:
@@ -263,72 +53,43 @@ def print_evidence(comparison: Comparison) -> None:
         "machine": "other machine: bit-identical weights are not promised",
         "software": "other software: bit-identical weights are not promised",
     }
-    for name, verdict in verdicts.items():
+    for name in EVIDENCE:
         lines = getattr(comparison, name)
-        print(f"{name:9} {verdict if lines else 'the same'}")
+        print(f"{name:9} {verdicts[name] if lines else 'the same'}")
         for line in lines:
             print(f"  {line}")
 
 
 def verdict(comparison: Comparison, tolerance: float, names: str) -> bool:
-    """Print the one verdict line ("IDENTICAL: a vs b", ...) and return whether the runs agree.
-
-    Args:
-        comparison: what compare_records found.
-        tolerance: the largest absolute difference of a test metric accepted
-            where bit-identical weights are not promised.
-        names: the two runs, e.g. "runs/a vs runs/b", ending the line.
-    """
-    differing = [f"other {name}" for name in ("framework", "settings", "data", "machine", "software")
-                 if getattr(comparison, name)]
-    if comparison.framework or comparison.settings or comparison.data:
-        print(f"DIFFERENT: {', '.join(differing)}: {names}")
-        return False
-    if comparison.identical:
-        print(f"IDENTICAL: {names}")
-        return True
-    if comparison.bits_promised and comparison.same_weights:
-        # Bit-identical weights tested on the same images by the same machine and software give the same numbers.
-        print(f"DIFFERENT: other test metrics from the same weights, settings, data, machine and software "
-              f"(largest difference {comparison.largest:.3g}): {names}")
-        return False
-    if comparison.bits_promised:
-        print(f"DIFFERENT: other weights from the same settings, data, machine and software: {names}")
-        return False
-    why = ", ".join(differing)
-    within = comparison.largest <= tolerance
-    print(f"{'WITHIN TOLERANCE' if within else 'DIFFERENT'}: largest metric difference {comparison.largest:.3g} "
-          f"{'<=' if within else '>'} {tolerance} ({why}): {names}")
-    return within
+    """Print the one verdict line ("IDENTICAL: a vs b", ...) and return whether the runs agree (judge.judge)."""
+    agrees, text = judge(comparison, tolerance)
+    print(f"{text}: {names}")
+    return agrees
 
 
-def check_tolerance(tolerance: float | None) -> float:
-    """`tolerance`, or DEFAULT_TOLERANCE for None; UserError for a negative one."""
-    tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
-    if not tolerance >= 0:
-        raise UserError(f"--tolerance must be 0 or more, got {tolerance}")
-    return tolerance
-
-
-def compare(run_a: str, run_b: str, tolerance: float | None = None) -> bool:
-    """Compare two finished run folders and print the evidence and the verdict (see the module docstring).
+def compare(run_a: str, run_b: str, more: list[str] = (), tolerance: float | None = None) -> int:
+    """Compare finished runs and print the evidence and the verdict, or a class's table (see the module docstring).
 
     Args:
         run_a: the reference run folder.
-        run_b: the run folder compared with it.
+        run_b: the run folder compared with it; or a zip, or a folder of run folders and zips (a table).
+        more: further run folders or zips judged against run_a (a table).
         tolerance: the largest absolute difference of test loss, accuracy and
             argmax accuracy accepted where bit-identical weights are not
-            promised (default DEFAULT_TOLERANCE).
+            promised (default judge.DEFAULT_TOLERANCE).
 
     Returns:
-        Whether the verdict is IDENTICAL or WITHIN TOLERANCE.
+        The exit code: 0 if every verdict is IDENTICAL or WITHIN TOLERANCE, 1 if one is DIFFERENT, 2 if a
+        hand-in in a table was refused.
 
     Raises:
-        UserError: a folder that is missing, not a run, unfinished, damaged or
-            altered since it finished; the same folder twice; a negative tolerance.
+        UserError: a reference (or with two folders, either folder) that is missing, not a run, unfinished,
+            damaged or altered since it finished; the same folder twice; a negative tolerance.
     """
     tolerance = check_tolerance(tolerance)
     first = load_finished_run(Path(run_a))
+    if more or Path(run_b).suffix.lower() == ".zip" or is_handin_folder(Path(run_b)):
+        return _class_table(first, [run_b, *more], tolerance)
     if Path(run_b).exists() and Path(run_a).samefile(run_b):
         raise UserError(f"{run_a} and {run_b} are the same run folder, so there is nothing to compare; give "
                         f"another run folder, or retrain this one and compare: invoke reproduce {shlex.quote(run_a)}")
@@ -337,4 +98,20 @@ def compare(run_a: str, run_b: str, tolerance: float | None = None) -> bool:
     print(f"\nA: {run_a}\nB: {run_b}\n")
     print_evidence(comparison)
     print()
-    return verdict(comparison, tolerance, f"{run_a} vs {run_b}")
+    return 0 if verdict(comparison, tolerance, f"{run_a} vs {run_b}") else 1
+
+
+def _class_table(reference: tuple[dict, dict], runs: list[str], tolerance: float) -> int:
+    """One row per handed-in run (a folder of them is opened), then a count line; returns the exit code."""
+    handins = [entry for run in runs
+               for entry in (handins_in(Path(run)) if is_handin_folder(Path(run)) else [Path(run)])]
+    rows = [judge_handin(reference, handin, tolerance) for handin in handins]
+    print(tabulate([[row.name, row.verdict, row.largest, row.differs] for row in rows],
+                   ["run", "verdict", "largest metric difference", "what differs (or why refused)"],
+                   tablefmt="pipe", colalign=("left", "left", "right", "left"), disable_numparse=True))
+    print()
+    agreeing = sum(1 for row in rows if row.agrees)
+    refused = sum(1 for row in rows if row.agrees is None)
+    print(f"{agreeing} of {len(rows)} run(s) IDENTICAL or WITHIN TOLERANCE (tolerance {tolerance}), "
+          f"{len(rows) - agreeing - refused} DIFFERENT, {refused} refused")
+    return exit_code(rows)

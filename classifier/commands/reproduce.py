@@ -12,7 +12,7 @@ compared within a tolerance instead of the weights hash:
 
     invoke reproduce runs/20261126-231502-fashion_mnist-sequential_add-fit --tolerance 0.01
 
-The rerun is judged by classifier/commands/compare.py, as `invoke compare` judges two folders.
+The rerun is judged by classifier/machinery/judge.py, as `invoke compare` judges two folders.
 A notebook's run (lab.record_run) is rerun as the `invoke train` it names:
 its settings, in the numerics mode its recorded variables hold.
 """
@@ -23,15 +23,16 @@ import shlex
 from pathlib import Path
 
 from classifier.machinery import numerics
-from classifier.commands.compare import (check_tolerance, compare_records, load_finished_run, machine_differences,
-                                         print_table, recorded_mode, software_differences, verdict)
+from classifier.commands.compare import print_table, verdict
+from classifier.machinery.judge import (check_tolerance, compare_records, load_finished_run, machine_differences,
+                                        recorded_mode, software_differences)
 from classifier.config import make_config
 from classifier.machinery.runs import environment_record
 
 def reproduce(run_dir: str, runs_dir: str = "", tolerance: float | None = None) -> bool:
     """Re-run `run_dir` with its recorded config and numerics mode and compare.
 
-    On the same kind of machine and software (compare.machine_differences and
+    On the same kind of machine and software (judge.machine_differences and
     software_differences find nothing) the rerun must be bit-identical.
     Otherwise it cannot be promised, so the differences are named and the
     metrics are compared within `tolerance` instead.
@@ -40,10 +41,10 @@ def reproduce(run_dir: str, runs_dir: str = "", tolerance: float | None = None) 
         run_dir: a complete run folder.
         runs_dir: where the rerun's folder goes (default: beside the original).
         tolerance: the largest absolute difference of test loss, accuracy and
-            argmax accuracy accepted where bits are not promised (default compare.DEFAULT_TOLERANCE).
+            argmax accuracy accepted where bits are not promised (default judge.DEFAULT_TOLERANCE).
 
     Returns:
-        Whether the verdict is IDENTICAL or WITHIN TOLERANCE (compare.verdict).
+        Whether the verdict is IDENTICAL or WITHIN TOLERANCE (judge.judge).
     """
     from classifier.commands.train import train_command
 
