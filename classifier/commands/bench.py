@@ -47,9 +47,8 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
         seed: the seed every subject uses.
         subjects: any of measure.SUBJECTS; ratios need "reference". None: DEFAULT_SUBJECTS
             ("torch" only where PyTorch is installed).
-        numerics_modes: each subject is measured under each of these numerics
-            modes; with more than one, rows are named "SUBJECT [MODE]" and
-            the results add "numerics_cost" (ratios to the first mode).
+        numerics_modes: each subject is measured under each of these numerics modes; with more than
+            one, rows are named "SUBJECT [MODE]" and the results add "numerics_cost" (ratios to the first mode).
 
     Returns:
         {"machine", "settings", "summary", "measurements"} (and "numerics_cost"), as written to OUTPUT.json.
