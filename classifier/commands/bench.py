@@ -1,9 +1,8 @@
 """`invoke bench`: the lecture's own script against the lab's `fit`, `tape` and `torch` trainers.
 
-Parse, measure (classifier/machinery/measure.py: each measurement its own child
-process, the same files, network and hyperparameters), summarise
-(bench_stats.py: medians past the warm-up epoch, ratios against the reference
-of the same run), write the tables (bench_tables.py).
+Parse, measure (classifier/machinery/measure.py: each measurement its own child process, the same
+files, network and hyperparameters), summarise (bench_stats.py: medians past the warm-up epoch,
+ratios against the reference of the same run), write the tables (bench_tables.py).
 
     invoke bench --limit 12000 --epochs 3 --repeats 3     # about 4 minutes on 2 cores
     invoke bench --subjects fit,fast --numerics fastest,portable --output benchmarks/results/numerics_cost
