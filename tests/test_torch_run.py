@@ -151,7 +151,7 @@ def test_torch_tensorboard_leaves_the_weights_bit_identical_and_costs_little(tor
 
 
 def test_torch_run_without_the_tensorboard_package_says_so_and_goes_on(tmp_path, monkeypatch, capsys):
-    from classifier.commands.train_torch import _epoch_summaries
+    from classifier.machinery.torch_runs import epoch_scalars
 
     # Earlier tests may have imported TensorBoard's submodules, which Python would find without
     # the package: take them all out, and make `import tensorboard` raise ImportError.
@@ -159,7 +159,7 @@ def test_torch_run_without_the_tensorboard_package_says_so_and_goes_on(tmp_path,
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     monkeypatch.delitem(sys.modules, "classifier.machinery.tensorboard_events", raising=False)
-    assert _epoch_summaries(tmp_path) is None
+    assert epoch_scalars(tmp_path) is None
     warning = capsys.readouterr().out
     assert warning.startswith("warning: TensorBoard event files skipped: ") and "tensorboard" in warning[40:]
     assert warning.strip().endswith("(the tensorboard package comes with requirements/lab.lock)")

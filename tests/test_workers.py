@@ -71,7 +71,7 @@ def test_tf_config_and_free_ports():
 
 
 def test_first_failure_blames_the_killed_worker():
-    from classifier.commands.workers import _first_failure
+    from classifier.machinery.local_workers import _first_failure
 
     class Done:
         def __init__(self, code):

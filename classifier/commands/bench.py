@@ -1,9 +1,8 @@
 """`invoke bench`: the lecture's own script against the lab's `fit`, `tape` and `torch` trainers.
 
-Parse, measure (classifier/machinery/measure.py: each measurement its own child
-process, the same files, network and hyperparameters), summarise
-(bench_stats.py: medians past the warm-up epoch, ratios against the reference
-of the same run), write the tables (bench_tables.py).
+Parse, measure (classifier/machinery/measure.py: each measurement its own child process, the same
+files, network and hyperparameters), summarise (bench_stats.py: medians past the warm-up epoch,
+ratios against the reference of the same run), write the tables (bench_tables.py).
 
     invoke bench --limit 12000 --epochs 3 --repeats 3     # about 4 minutes on 2 cores
     invoke bench --subjects fit,fast --numerics fastest,portable --output benchmarks/results/numerics_cost
@@ -47,9 +46,8 @@ def run_benchmark(limit: int = 12000, epochs: int = 3, repeats: int = 3, output:
         seed: the seed every subject uses.
         subjects: any of measure.SUBJECTS; ratios need "reference". None: DEFAULT_SUBJECTS
             ("torch" only where PyTorch is installed).
-        numerics_modes: each subject is measured under each of these numerics
-            modes; with more than one, rows are named "SUBJECT [MODE]" and
-            the results add "numerics_cost" (ratios to the first mode).
+        numerics_modes: each subject is measured under each of these numerics modes; with more than
+            one, rows are named "SUBJECT [MODE]" and the results add "numerics_cost" (ratios to the first mode).
 
     Returns:
         {"machine", "settings", "summary", "measurements"} (and "numerics_cost"), as written to OUTPUT.json.

@@ -2,8 +2,9 @@
 
     gpu_config() -> load_dataset() -> create_model() -> train_model() -> test_model() -> record()
 
-`train_command` is that chain for the TensorFlow trainers (fit, tape);
-`--trainer torch` goes to train_torch.py, `--workers N` to workers.py. The run
+`train_command` settles the config once (a resumed run's own, or the recipe's)
+and hands it to the trainer's chain: `train_keras` here for fit and tape,
+train_torch.py for `--trainer torch`; `--workers N` goes to workers.py. The run
 folder's lifecycle (claim, manifest, Ctrl-C, finish) is one helper both
 frameworks use (classifier/machinery/lifecycle.py); several machines come in
 through classifier/machinery/distribute.py. Each step raises UserError for bad
@@ -43,6 +44,17 @@ def train_command(config: Config, resume: str = "", given: frozenset[str] | None
         from classifier.commands.train_torch import train_torch
 
         return train_torch(config, resume_dir)
+    return train_keras(config, resume_dir, verbose)
+
+
+def train_keras(config: Config, resume_dir: Path | None, verbose: int | None) -> Path:
+    """The lecture's chain with the TensorFlow trainers (fit, tape) for a settled config; returns the run folder.
+
+    Args:
+        config: the settled config (settle_config), trainer "fit" or "tape".
+        resume_dir: the stopped run folder to continue, or None.
+        verbose: Keras' verbosity (None: a progress bar in a terminal, a line per epoch otherwise).
+    """
     if config.strategy == "multiworker":
         worker_role()  # a missing or bad TF_CONFIG is one line, before TensorFlow loads
     # Before TensorFlow starts: it reads these settings once, when it is loaded.

@@ -5,22 +5,30 @@
     weights = save_torch_model(run_dir, model)         # model.pt, a state_dict; its SHA-256 for the manifest
 
 A checkpoint is one dict (weights, optimizer, every RNG state, epochs done,
-history), so a run killed at any moment continues bit-identically. torch is
+history), so a run killed at any moment continues bit-identically.
+`torch_group`, `create_torch_model` and `train_torch_model` are the build and
+train steps of `invoke train --trainer torch` (classifier/commands/train_torch.py). torch is
 imported inside each function, so a machine without it gets `import_torch`'s
 one line rather than a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import random
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from classifier.config import UserError
-from classifier.machinery.files import atomic_write
+from classifier.config import Config, UserError
+from classifier.machinery.files import atomic_write, write_text
+
+if TYPE_CHECKING:
+    from classifier.machinery.lifecycle import Run
 
 CHECKPOINT = Path("checkpoint") / "last.pt"
 
@@ -214,3 +222,95 @@ def export_torch_onnx(model, path: Path, example) -> None:
     torch.onnx.export(model, (torch.from_numpy(example),), str(path), dynamo=False,
                       input_names=["images"], output_names=["outputs"],
                       dynamic_axes={"images": {0: "batch"}, "outputs": {0: "batch"}})
+
+
+@contextlib.contextmanager
+def torch_group(config: Config):
+    """This process's torch_distribute.Group for a multi-worker run, left at the end; None for one process."""
+    if config.strategy != "multiworker":
+        yield None
+        return
+    from classifier.machinery.torch_distribute import join_group, leave_group
+
+    group = join_group(config)
+    try:
+        yield group
+    finally:
+        leave_group()
+
+
+def create_torch_model(config: Config, dataset, run: Run, group=None):
+    """The config's nn.Module, printed and kept as model.txt, and its TorchTrainer; returns (model, trainer).
+
+    With a torch_distribute.Group the trainer is its DistributedTorchTrainer; `model` stays the plain module.
+    """
+    from classifier.lecture.torch_models import build_torch_model, count_parameters
+    from classifier.lecture.torch_train import TorchTrainer
+
+    model = build_torch_model(config.model, dataset.image_shape, len(dataset.class_names))
+    summary = f"{model}\n\nparameters: {count_parameters(model):,}\n"
+    print(summary)
+    write_text(run.folder / "model.txt", summary)
+    if group is None:
+        trainer = TorchTrainer(model, config)
+    else:
+        from classifier.machinery.torch_distribute import DistributedTorchTrainer
+
+        trainer = DistributedTorchTrainer(model, config, group)
+        run.manifest["replicas"] = group.world_size
+        run.manifest["torch_distributed_backend"] = group.backend
+    run.manifest["devices_used"] = [str(trainer.device)]
+    return model, trainer
+
+
+def train_torch_model(config: Config, run: Run, trainer, splits, resume_state: dict | None):
+    """The lecture's loop, checkpointed after every epoch; returns (history, start epoch, seconds, summaries)."""
+    # run.home: the stopped run, which the other workers of a resumed multi-worker run read too.
+    start_epoch = load_checkpoint(run.home / CHECKPOINT, trainer, resume_state) if resume_state else 0
+    if start_epoch:
+        print(f"Resuming {run.home.name} after epoch {start_epoch}/{config.epochs}")
+    summaries = epoch_scalars(run.folder) if config.tensorboard else None
+
+    def end_epoch(epoch: int, trainer) -> None:
+        # TensorBoard first, as the TensorFlow trainers do: a run killed between
+        # the two writes the epoch's scalars again when it resumes.
+        if summaries is not None:
+            summaries.write(epoch, {key: values[-1] for key, values in trainer.history.items()},
+                            trainer.optimizer.param_groups[0]["lr"])
+        save_checkpoint(run.folder / CHECKPOINT, trainer)
+
+    train, val, _ = splits
+    epochs_done = lambda: len(trainer.history["loss"])  # noqa: E731
+    with _lost_workers(config, run, epochs_done):
+        start = time.perf_counter()
+        history = trainer.train(train, val, start_epoch=start_epoch, on_epoch_end=end_epoch)
+        train_seconds = time.perf_counter() - start
+    if summaries is not None:
+        summaries.close()
+    return history, start_epoch, train_seconds, summaries
+
+
+def _lost_workers(config: Config, run: Run, epochs_done):
+    """torch_distribute.lost_workers for a multi-worker run (a dead worker is one line); nothing for one process."""
+    if config.strategy != "multiworker":
+        return contextlib.nullcontext()
+    from classifier.machinery.torch_distribute import lost_workers
+
+    return lost_workers(config, run, epochs_done)
+
+
+def epoch_scalars(run_dir: Path):
+    """`tensorboard_events.EpochScalars` for the run, or None with a warning where TensorBoard is not installed.
+
+    A PyTorch-only environment (requirements/torch-gpu.lock alone) has no
+    tensorboard package; the run goes on without event files, as it goes on
+    without model.png where Graphviz is missing. (Here rather than in
+    tensorboard_events.py, which imports tensorboard as it loads.)
+    """
+    try:
+        from classifier.machinery.tensorboard_events import EpochScalars
+    except ImportError as error:
+        print(f"warning: TensorBoard event files skipped: {error} "
+              "(the tensorboard package comes with requirements/lab.lock)")
+        return None
+    return EpochScalars(run_dir)
