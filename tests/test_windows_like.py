@@ -33,7 +33,6 @@ from conftest import ROOT, run_folder_from, run_invoke
 
 WINDOWS_LIKE = ROOT / "tests" / "windows_like"
 LAB_SOURCES = sorted(path for path in (ROOT / "classifier").rglob("*.py")) + [ROOT / "tasks.py"]
-PENDING = "lifecycle/workers port pending"
 # Quick tests that train (both trainers), stop on a Ctrl-C Python dropped, compare two runs, and take the
 # dataset lock from two processes at once; each seconds long. -k keeps them found if a file gains tests.
 QUICK = ["tests/test_commands.py", "tests/test_compare.py", "tests/test_resume.py", "tests/test_download.py",
@@ -162,8 +161,7 @@ def _uses_in(*files: str) -> list[str]:
 
 
 def test_nothing_unix_only_on_a_students_path():
-    others = [path for path in LAB_SOURCES if path.name not in ("lifecycle.py", "workers.py")]
-    assert [use for path in others for use in unix_only_uses(path)] == []
+    assert [use for path in LAB_SOURCES for use in unix_only_uses(path)] == []
 
 
 def test_the_search_finds_what_windows_lacks(tmp_path):
@@ -179,9 +177,8 @@ def test_ctrl_c_handling_needs_no_sigalrm():
     assert _uses_in("classifier/machinery/lifecycle.py") == []
 
 
-@pytest.mark.xfail(strict=True, reason=PENDING)
 def test_stopping_workers_needs_no_process_groups():
-    assert _uses_in("classifier/commands/workers.py") == []
+    assert _uses_in("classifier/commands/workers.py") == _uses_in("classifier/machinery/local_workers.py") == []
 
 
 def run_quick_tests(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:

@@ -69,7 +69,8 @@ def setup_colab(dataset: str | None = None, lab_root: Path = PROJECT_ROOT, drive
     if not in_colab():
         return None
     _install_missing(lab_root)
-    if shutil.which("dot") is None and os.geteuid() == 0:  # keras.utils.plot_model's picture needs graphviz
+    # keras.utils.plot_model's picture needs graphviz; Colab's kernel runs as root (Colab is Linux: geteuid exists).
+    if shutil.which("dot") is None and hasattr(os, "geteuid") and os.geteuid() == 0:
         subprocess.run(["apt-get", "install", "-y", "-qq", "graphviz"], check=True, stdout=subprocess.DEVNULL)
     home = drive / "image-classifier-lab" if drive.is_dir() else lab_root
     # Set in the kernel's environment, so that `!invoke compare` and `!invoke train` find the same folders.

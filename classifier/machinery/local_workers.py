@@ -13,20 +13,27 @@ TensorFlow nor torch; the workers do.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import psutil
+
 from classifier.config import PROJECT_ROOT, Interrupted, UserError
 from classifier.machinery.cluster import free_ports, tf_config
 from classifier.machinery.files import read_json, write_json
 from classifier.machinery.lifecycle import epochs_saved
 from classifier.machinery.runs import LOCK_FILE, resume_command
+
+# Each worker leads a process group of its own (on Windows a console group), so that the terminal's Ctrl-C
+# reaches the launcher alone, which then stops the workers in order (_watch).
+_OWN_GROUP = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if sys.platform == "win32"
+              else {"start_new_session": True})
 
 # After one worker has failed, how long the others get to stop by themselves
 # (their collective ops time out after distribute.COLLECTIVE_TIMEOUT_SECONDS)
@@ -88,7 +95,8 @@ def _start(settings: str, workers: int, resume: str, keys: str) -> list[subproce
         environment = {**os.environ, "TF_CONFIG": tf_config(ports, index), "PYTHONUNBUFFERED": "1"}
         # stdin: a pipe never written to, whose end tells the worker that the launcher is gone (main, below).
         process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=environment, stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
+                                   errors="replace", **_OWN_GROUP)
         print(f"[workers] worker {index}: pid {process.pid}, 127.0.0.1:{ports[index]}", flush=True)
         processes.append(process)
     return processes
@@ -178,9 +186,21 @@ def _first_failure(processes: list[subprocess.Popen]) -> tuple[int, int] | None:
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
-    """Kill whatever is still running (each worker leads its own process group)."""
+    """Kill whatever is still running, each worker with the processes it started."""
     for process in processes:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+            _kill_tree(process.pid)
     for process in processes:
         process.wait()
+
+
+def _kill_tree(pid: int) -> None:
+    """Kill a process and its children: psutil does it the same way on Windows, which has no process groups."""
+    try:
+        parent = psutil.Process(pid)
+        family = parent.children(recursive=True) + [parent]
+    except psutil.NoSuchProcess:
+        return
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
