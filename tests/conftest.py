@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import json
 import os
 import pickle
 import pwd
@@ -311,6 +312,25 @@ def small_tmpfs(tmp_path):
 def remount_read_only(folder: Path) -> None:
     """Make the small_tmpfs at `folder` read-only: chmod would not stop root."""
     subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
+
+def notebook_run_of(command: Path, lab_dir: Path, monkeypatch) -> Path:
+    """What notebook 02 records for the model a tiny-dataset `--trainer tape` run trained: lab.record_run of its
+    model.keras and history, with the notebook's data and runs folders under lab_dir; returns the notebook's run."""
+    import keras
+
+    from classifier import lab
+    from classifier.config import make_config
+    from classifier.machinery.loading import load_dataset
+
+    monkeypatch.setenv("CLASSIFIER_RUNS_DIR", str(lab_dir / "notebook runs"))
+    monkeypatch.setenv("CLASSIFIER_DATA_DIR", str(lab_dir / "data"))
+    _, (_, _, test), _ = load_dataset(make_config(dataset="tiny"))
+    history = json.loads((command / "history.json").read_text(encoding="utf-8"))
+    return lab.record_run(keras.models.load_model(command / "model.keras"),
+                          {key: history[key] for key in ("loss", "accuracy", "val_loss", "val_accuracy")},
+                          (test.images, test.labels), dataset="tiny", trainer="tape", model_name="sequential_add",
+                          epochs=1, batch_size=32, seed=42, direct=True)
 
 
 def run_invoke(*args: str, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ from classifier.commands.train import train_command
 from classifier.config import make_config
 from classifier.machinery.download import import_from
 from classifier.machinery.runs import files_record
-from conftest import registered, run_invoke, tiny_spec, train_fashion
+from conftest import notebook_run_of, registered, run_invoke, tiny_spec, train_fashion
 
 
 def _verdict(result) -> str:
@@ -192,21 +192,8 @@ def test_the_same_folder_twice_is_one_line(module_runs):
 
 def test_a_notebooks_run_is_the_run_of_the_command_it_names(module_runs, tiny_lab, monkeypatch):
     """lab.record_run of the model the command trained: the same settings, data and weights, either way round."""
-    import keras
-
-    from classifier import lab
-    from classifier.config import make_config as config_of
-    from classifier.machinery.loading import load_dataset
-
     command = module_runs["reference"]
-    monkeypatch.setenv("CLASSIFIER_RUNS_DIR", str(tiny_lab / "notebook runs"))
-    monkeypatch.setenv("CLASSIFIER_DATA_DIR", str(tiny_lab / "data"))
-    _, (_, _, test), _ = load_dataset(config_of(dataset="tiny"))
-    history = json.loads((command / "history.json").read_text(encoding="utf-8"))
-    notebook = lab.record_run(keras.models.load_model(command / "model.keras"),
-                              {key: history[key] for key in ("loss", "accuracy", "val_loss", "val_accuracy")},
-                              (test.images, test.labels), dataset="tiny", trainer="tape", model_name="sequential_add",
-                              epochs=1, batch_size=32, seed=42, direct=True)
+    notebook = notebook_run_of(command, tiny_lab, monkeypatch)
     for first, second in ((command, notebook), (notebook, command)):
         result = run_invoke("compare", str(first), str(second))
         assert (result.returncode, _verdict(result)) == (0, f"IDENTICAL: {first} vs {second}"), result.stdout

@@ -5,6 +5,7 @@ import os
 import shlex
 
 import pytest
+from conftest import notebook_run_of
 
 from classifier.machinery import numerics
 from classifier.config import UserError, make_config
@@ -108,20 +109,8 @@ def test_the_same_kind_of_machine_must_give_the_same_bits(tiny_dataset, tmp_path
 
 def test_a_notebooks_run_is_rerun_as_the_command_it_names(tiny_dataset, tmp_path, monkeypatch, capsys):
     """lab.record_run of a model trained as `invoke train` trains it: the rerun is that command, bit for bit."""
-    import keras
-
-    from classifier import lab
-    from classifier.machinery.loading import load_dataset
-
     command = _finished_tiny_run(tiny_dataset, tmp_path)
-    monkeypatch.setenv("CLASSIFIER_RUNS_DIR", str(tmp_path / "notebook runs"))
-    monkeypatch.setenv("CLASSIFIER_DATA_DIR", str(tmp_path / "data"))
-    _, (_, _, test), _ = load_dataset(make_config(dataset="tiny"))
-    history = json.loads((command / "history.json").read_text(encoding="utf-8"))
-    notebook = lab.record_run(keras.models.load_model(command / "model.keras"),
-                              {key: history[key] for key in ("loss", "accuracy", "val_loss", "val_accuracy")},
-                              (test.images, test.labels), dataset="tiny", trainer="tape", model_name="sequential_add",
-                              epochs=1, batch_size=32, seed=42, direct=True)
+    notebook = notebook_run_of(command, tmp_path, monkeypatch)
     capsys.readouterr()
     assert reproduce(str(notebook)) is True
     out = capsys.readouterr().out
