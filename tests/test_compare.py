@@ -366,3 +366,14 @@ def test_the_exit_code_says_whether_every_run_agrees(module_runs, tmp_path):
                                                          "folder; give a run folder, e.g. runs/<run name>"]
     result = run_invoke("compare", str(reference), alice, "--more", str(seed))
     assert result.returncode == 1 and _table(result)[seed.name][0] == "DIFFERENT"
+
+
+def test_a_git_state_git_could_not_read_is_no_software_difference():
+    """A run whose `git` call failed (no repository, or too slow) records None: unknown, not another commit."""
+    from classifier.machinery.judge import environment_differences
+
+    known, other = {"commit": "a" * 40, "dirty": False}, {"commit": "b" * 40, "dirty": False}
+    unknown = {"commit": None, "dirty": None}
+    assert environment_differences({"git": known}, {"git": unknown}, keys=("git",), packages=False) == []
+    assert environment_differences({"git": known}, {"git": other}, keys=("git",), packages=False) == [
+        f"git.commit: {'a' * 40} -> {'b' * 40}"]

@@ -169,10 +169,15 @@ def _locked_requirement(name: str) -> str:
     return "\n".join(block).rstrip(" \\") + "\n"
 
 
-def _fresh_clone(user: HostUser, workdir: Path, name: str) -> Path:
-    """`git clone` of this repository, owned by the user, as a student's checkout is."""
+def _fresh_clone(user: HostUser, workdir: Path, name: str, autocrlf: bool = False) -> Path:
+    """`git clone` of this repository, owned by the user, as a student's checkout is.
+
+    autocrlf: clone as Git for Windows does by default (core.autocrlf=true), kept in the clone's config.
+    """
     path = workdir / f"{name}-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(path)], check=True, capture_output=True, timeout=300)
+    windows = ["-c", "core.autocrlf=true"] if autocrlf else []
+    subprocess.run(["git", *windows, "clone", "-q", *(["--config", "core.autocrlf=true"] if autocrlf else []),
+                    str(ROOT), str(path)], check=True, capture_output=True, timeout=300)
     # Exactly the commit under test, also when CI checked it out as a detached HEAD.
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], check=True, capture_output=True,
                           text=True).stdout.strip()
@@ -542,6 +547,25 @@ def test_shell_trains_as_the_user_under_tini_and_returns_the_commands_status(use
         "error: /tmp/pt_classifier.py imports torch/torchvision, and this CPU image's PyTorch (the CPU build) has no "
         "torchvision"), course_line
     assert _project_containers(clone) == []  # run --rm
+
+
+@pytest.mark.docker
+def test_a_windows_checkout_builds_and_its_runs_record_a_clean_tree(user, workdir, built):
+    """Git for Windows' default checkout (core.autocrlf=true): `.gitattributes` keeps LF, so the image builds from
+    it (every layer Docker's cache of the same sources) and a run in its container records `dirty: false`."""
+    clone = _fresh_clone(user, workdir, "autocrlf", autocrlf=True)
+    with_cr = [path for path in ("setup.sh", ".ci/run", "docker/Dockerfile", "tasks.py")
+               if b"\r" in (clone / path).read_bytes()]
+    assert with_cr == []
+    build = user.invoke(*_build_arguments(), cwd=clone, env=_pip_wheel_folders(), timeout=3600)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-2000:]
+    source = _copy_fashion(clone, user)
+    result = user.invoke("shell", "--variant", "cpu", "-c", _TRAIN.format(source=source), cwd=clone, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [manifest] = _assert_run_belongs_to(clone / "runs", user, IMAGE)
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert manifest["environment"]["git"] == {"commit": head, "dirty": False}
+    assert _project_containers(clone) == []
 
 
 # The quick tests that run in the container too (test_quick_tests_and_notebooks_pass_inside_the_container).

@@ -70,6 +70,8 @@ def environment_differences(recorded: dict, current: dict, keys=MACHINE_KEYS + S
     lines = []
     for key in keys:
         before, now = recorded.get(key), current.get(key)
+        if key == "git" and None in (_git_commit(before), _git_commit(now)):
+            continue  # git could not say (no repository, no git, too slow): unknown is no evidence of a change
         if isinstance(before, dict) and isinstance(now, dict):
             # Name only the entries that changed, e.g. numerics_env.TF_ENABLE_ONEDNN_OPTS.
             for sub in sorted(set(before) | set(now)):
@@ -84,6 +86,11 @@ def environment_differences(recorded: dict, current: dict, keys=MACHINE_KEYS + S
                 lines.append(f"package {name}: {old_packages.get(name, 'absent')} -> "
                              f"{new_packages.get(name, 'absent')}")
     return lines
+
+
+def _git_commit(state) -> str | None:
+    """The commit a run's `git` record names, None where git gave none."""
+    return state.get("commit") if isinstance(state, dict) else None
 
 
 def machine_differences(modes: tuple[str, str], environments: tuple[dict, dict],

@@ -127,8 +127,9 @@ def environment_record(tensorflow: bool = True) -> dict:
 
 def _git_state() -> dict:
     def git(*args):
+        # A first `git status` after a clone refreshes the index, which on a busy laptop takes more than seconds.
         result = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, encoding="utf-8",
-                                errors="replace", timeout=10)
+                                errors="replace", timeout=60)
         return result.stdout.strip() if result.returncode == 0 else None
 
     try:
