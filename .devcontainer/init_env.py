@@ -24,7 +24,7 @@ from classifier.machinery.docker_engine import host_ids  # noqa: E402  (the stan
 def read_env_file(path: Path) -> dict[str, str]:
     """The KEY=value lines of .env as written, quotes and all, so that rewriting the file keeps them.
 
-    Not docker_engine.read_env_file: that one needs python-dotenv, and this runs on a host with python3 alone.
+    Not docker_engine.read_env_file, which gives the values without their quotes: this keeps each line as written.
     """
     values: dict[str, str] = {}
     if path.exists():

@@ -1,4 +1,4 @@
-"""The hash-locked files: what `invoke lock` runs, each lock read with `packaging`, and the wheels a build stages."""
+"""The hash-locked files: what `invoke lock` runs, each lock read (and checked against `packaging`), and the wheels a build stages."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ def test_every_real_lock_reads_as_pins_each_with_its_hashes(lock):
     assert all(pin.hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", value) for value in pin.hashes) for pin in pins)
     assert len({pin.name for pin in pins}) == len(pins)
     assert locks.locked_versions(lock) == {pin.name: pin.version for pin in pins}
+    # The lab's standard-library reading of each pin is packaging's.
+    parsed = [Requirement(pin.requirement) for pin in pins]
+    assert [(pin.name, pin.version, pin.marker) for pin in pins] == [
+        (canonicalize_name(item.name), next(spec.version for spec in item.specifier if spec.operator == "=="),
+         str(item.marker) if item.marker else "") for item in parsed]
 
 
 def _exact_pins(requirements: list[str]) -> dict[str, str]:
@@ -57,7 +62,7 @@ def test_a_lock_line_with_a_marker_an_option_and_comments(tmp_path):
                     "qux==2.0+cpu --hash=sha256:" + "c" * 64 + "  # the local build\n", encoding="utf-8")
     pins = locks.read_lock(lock)
     assert [(pin.name, pin.version, len(pin.hashes)) for pin in pins] == [("foo-bar-baz", "1.0", 2), ("qux", "2.0+cpu", 1)]
-    assert str(pins[0].requirement.marker) == 'python_version >= "3.11"'
+    assert pins[0].marker == 'python_version >= "3.11"'
     assert locks.local_wheel_pins(lock) == [pins[1]]
     # What pip download reads back is the same pins.
     again = tmp_path / "again.lock"

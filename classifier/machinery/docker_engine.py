@@ -9,7 +9,7 @@ build's is also shown as it goes, `stream`), and a failure ends in one
 `ContainerError` line that names the cause and the fix (`explain`): the engine
 not running, no access to its socket, a port in use, an image not built yet,
 no NVIDIA runtime, a full disk. The lab's `.env`, the settings compose reads,
-is read with python-dotenv as compose reads it (quotes, `export`, comments)
+is read as compose reads it (quotes, `export`, comments; standard library only)
 and written by `write_env_file`. classifier/commands/container.py is the
 commands around it.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import io
 import json
 import os
 import re
@@ -332,8 +331,13 @@ def build_command(
 def read_env_file(path: Path) -> dict[str, str]:
     """The settings of an env file as compose reads them; {} when it does not exist.
 
-    python-dotenv parses it: quotes removed, an `export ` prefix and comments
-    ignored, `${VAR}` expanded. A key without `=` sets nothing, as in compose.
+    `KEY=value` lines; an `export ` prefix, blank lines and `#` comments
+    ignored; a value's quotes removed (single quotes taken literally, double
+    quotes with backslash escapes and `${VAR}` expanded, as a bare value is);
+    a ` #` comment after a value dropped; a key without `=` sets nothing.
+    Standard library only: `invoke build`, `lab`, `shell` and `down` run on a
+    host whose environment may hold invoke alone (docs/container.md), and
+    .devcontainer/init_env.py runs with the system's python3.
 
     Args:
         path: the file, e.g. the lab's .env.
@@ -341,15 +345,50 @@ def read_env_file(path: Path) -> dict[str, str]:
     Returns:
         {key: value}.
     """
-    # Imported here: .devcontainer/init_env.py imports this module on a host that has only Python's standard library.
-    from dotenv import dotenv_values
-
     if not path.exists():
         return {}
-    return {key: value for key, value in dotenv_values(path, encoding="utf-8").items() if value is not None}
+    values = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if (key := _env_key(line)) is not None:
+            values[key] = _env_value(line.split("=", 1)[1].strip())
+    return values
 
 
-# A value that needs no quotes in a .env file, read the same by python-dotenv and by compose.
+def _env_key(line: str) -> str | None:
+    """The key a line of an env file sets; None for a comment, a blank line or a line without `=`."""
+    text = line.strip()
+    if text.startswith("export "):
+        text = text[len("export "):].lstrip()
+    key, equals, _ = text.partition("=")
+    return key.strip() if equals and not text.startswith("#") else None
+
+
+_ENV_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+_ENV_ESCAPES = {"n": "\n", "t": "\t"}
+
+
+def _env_value(raw: str) -> str:
+    """One value as compose reads it (read_env_file)."""
+    if raw.startswith("'") and raw.find("'", 1) > 0:
+        return raw[1:raw.find("'", 1)]
+    if raw.startswith('"'):
+        characters, index = [], 1
+        while index < len(raw) and raw[index] != '"':
+            if raw[index] == "\\" and index + 1 < len(raw):
+                index += 1
+                characters.append(_ENV_ESCAPES.get(raw[index], raw[index]))
+            else:
+                characters.append(raw[index])
+            index += 1
+        return _expand("".join(characters))
+    return _expand(re.split(r"\s+#", raw, maxsplit=1)[0].rstrip())
+
+
+def _expand(value: str) -> str:
+    return _ENV_VARIABLE.sub(lambda match: os.environ.get(match.group(1) or match.group(2), ""), value)
+
+
+# A value that needs no quotes in a .env file, read the same by read_env_file and by compose.
 _PLAIN_ENV_VALUE = re.compile(r"[\w.,:/@+=%-]*")
 
 
@@ -424,21 +463,17 @@ def _env_text(path: Path, values: dict[str, str]) -> str:
     Returns:
         The file's new text.
     """
-    from dotenv.parser import parse_stream  # python-dotenv's own line parser, as read_env_file uses it
-
     current = read_env_file(path)
-    with path.open(encoding="utf-8") if path.exists() else io.StringIO() as stream:
-        bindings = list(parse_stream(stream))
+    written = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    keys = [_env_key(line) for line in written]
     # A key set twice takes its last value, as in compose: that line is the one to keep or replace.
-    last = {binding.key: index for index, binding in enumerate(bindings) if binding.value is not None}
+    last = {key: index for index, key in enumerate(keys) if key is not None}
     lines = []
-    for index, binding in enumerate(bindings):
-        original = binding.original.string.rstrip("\r\n") + "\n"
-        if binding.key is None or binding.value is None:
-            lines.append(original)
-        elif binding.key in values and last[binding.key] == index:
-            unchanged = current.get(binding.key) == values[binding.key]
-            lines.append(original if unchanged else env_line(binding.key, values[binding.key]))
+    for index, (line, key) in enumerate(zip(written, keys)):
+        if key is None:
+            lines.append(line + "\n")
+        elif key in values and last[key] == index:
+            lines.append(line + "\n" if current.get(key) == values[key] else env_line(key, values[key]))
     return "".join(lines + [env_line(key, value) for key, value in values.items() if key not in last])
 
 

@@ -5,22 +5,20 @@
     locks.stage_torch_wheels()                    # PyTorch's CPU wheel into docker/wheels/ for `invoke build`
 
 A lock file is read as pip reads it: backslash-continued lines joined,
-comments dropped, each requirement parsed by `packaging.requirements` and its
-`--hash` options kept beside it (`read_lock`).
+comments dropped, each requirement's name, version and marker read with the
+standard library and its `--hash` options kept beside it (`read_lock`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
-from packaging.version import Version
 
 from classifier.config import PROJECT_ROOT
 from classifier.machinery import platforms
@@ -36,26 +34,37 @@ TORCH_CPU_LOCK = PROJECT_ROOT / "requirements" / "torch-cpu.lock"
 _LOCK_PLATFORM = ["--python-version", "3.11", "--python-platform", "x86_64-manylinux_2_28"]
 
 
+# A pin as uv writes it: NAME==VERSION, then an optional `; marker`. Read with the standard library:
+# `invoke build` reads the torch lock on a host whose environment holds invoke alone (docs/container.md);
+# tests/test_locks.py checks this reading against packaging's parser on every real lock.
+_PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*(?:==\s*([^\s;,]+))?")
+
+
 @dataclass(frozen=True)
 class Pin:
     """One requirement of a hash-locked file."""
 
-    requirement: Requirement  # e.g. torch==2.13.0+cpu, as packaging parsed it
+    requirement: str  # e.g. torch==2.13.0+cpu, or with a marker: colorama==0.4.6 ; sys_platform == "win32"
     hashes: tuple[str, ...]  # its --hash values, e.g. "sha256:6746db..."
 
     @property
     def name(self) -> str:
         """The project's canonical name (PEP 503): lower case, runs of -_. as one -."""
-        return canonicalize_name(self.requirement.name)
+        return re.sub(r"[-_.]+", "-", _PIN.match(self.requirement).group(1)).lower()
 
     @property
     def version(self) -> str:
         """The version the pin's `==` names, e.g. "2.13.0+cpu"; "" for a requirement without one."""
-        return next((spec.version for spec in self.requirement.specifier if spec.operator == "=="), "")
+        return _PIN.match(self.requirement).group(2) or ""
+
+    @property
+    def marker(self) -> str:
+        """The environment marker after `;`, e.g. 'python_version >= "3.11"'; "" for none."""
+        return self.requirement.partition(";")[2].strip()
 
     def lines(self) -> str:
         """The pin and its hashes as requirement lines that `pip download --require-hashes -r` reads."""
-        return " \\\n".join([str(self.requirement), *(f"    --hash={value}" for value in self.hashes)]) + "\n"
+        return " \\\n".join([self.requirement, *(f"    --hash={value}" for value in self.hashes)]) + "\n"
 
 
 def read_lock(path: Path) -> list[Pin]:
@@ -77,7 +86,7 @@ def read_lock(path: Path) -> list[Pin]:
         # The requirement (its marker may hold spaces) ends where the first option starts.
         requirement, *options = (part.strip() for part in text.split(" --"))
         hashes = tuple(option.removeprefix("hash=") for option in options if option.startswith("hash="))
-        pins.append(Pin(Requirement(requirement), hashes))
+        pins.append(Pin(requirement, hashes))
     return pins
 
 
@@ -88,7 +97,7 @@ def locked_versions(path: Path) -> dict[str, str]:
 
 def local_wheel_pins(path: Path) -> list[Pin]:
     """The pins of a lock whose version has a local part (`torch==2.13.0+cpu`): on no public index."""
-    return [pin for pin in read_lock(path) if pin.version and Version(pin.version).local]
+    return [pin for pin in read_lock(path) if "+" in pin.version]
 
 
 def _download_wheels(pins: list[Pin], folder: Path) -> None:
