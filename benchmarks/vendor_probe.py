@@ -29,7 +29,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from classifier.machinery import numerics  # noqa: E402  (after the path fix above)
+from classifier import registry  # noqa: E402  (after the path fix above)
+from classifier.machinery import numerics  # noqa: E402
 
 BATCH_SIZE = 32  # the lecture's batch
 SEED = 42
@@ -121,7 +122,7 @@ def single_ops() -> list[tuple[str, object]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=numerics.mode_names(), default="portable", help="numerics mode")
+    parser.add_argument("--mode", choices=registry.NUMERICS, default="portable", help="numerics mode")
     parser.add_argument("--dump", type=Path, help="also save every output to this .npz, to compare element by element")
     args = parser.parse_args()
     numerics.apply(args.mode, announce=lambda line: None)
