@@ -580,8 +580,12 @@ def test_quick_tests_and_notebooks_pass_inside_the_container(user, clone, built)
     # runs the whole suite; here the tests that build the lecture's networks, tensors and pictures in-process,
     # then every notebook, PyTorch's 04 too (in its named kernel, "Python (PyTorch)"), each compared with the
     # `invoke train` that gives its numbers. The whole quick tier a second time cost CI about 10 minutes.
+    # The notebooks under `fastest`, where a notebook and its command are promised the same bits: under the
+    # image's `portable` the command computes RMSprop's step with PortableRMSprop and the notebook with the
+    # lecture's keras.optimizers.RMSprop (docs/reproducibility.md).
     command = ("python -m pytest -q -p no:cacheprovider " + " ".join(IN_CONTAINER_TESTS) +
-               f" && FASHION_MNIST_DIR={source} CI=true python -m pytest -q -p no:cacheprovider tests/test_notebooks.py")
+               f" && CLASSIFIER_NUMERICS=fastest FASHION_MNIST_DIR={source} CI=true"
+               " python -m pytest -q -p no:cacheprovider tests/test_notebooks.py")
     result = user.invoke("shell", "--variant", "cpu", "-c", command, cwd=clone, timeout=2400)
     output = result.stdout[-4000:]
     assert result.returncode == 0, f"pytest in the container failed:\n{output}\n{result.stderr[-2000:]}"
