@@ -60,8 +60,8 @@ def test_same_seed_gives_bit_identical_weights(trainer_name, tmp_path):
 @pytest.mark.parametrize("trainer_name", ["fit", "tape"])
 def test_many_steps_per_call_give_the_lectures_weights_bit_for_bit(trainer_name, tmp_path, monkeypatch):
     """make_trainer's trainers run several of the lecture's steps per call (machinery/steps.py); the weights
-    and history are those of the lecture's trainer run one step per call, also when an epoch's 15 steps are
-    not a multiple of the 4 per call."""
+    and training curves are those of the lecture's trainer run one step per call (the validation curve to
+    float32's digits), also when an epoch's 15 steps are not a multiple of the 4 per call."""
     import classifier.machinery.distribute as distribute
     import classifier.machinery.steps as steps
 
@@ -78,7 +78,13 @@ def test_many_steps_per_call_give_the_lectures_weights_bit_for_bit(trainer_name,
                             model, optimizer, config, callbacks=callbacks, verbose=verbose))
     lecture, lecture_history = train(trainer_name, tmp_path / "lecture")
     assert weights_hash(lab) == weights_hash(lecture)
-    assert lab_history == lecture_history
+    # The training curves bit for bit. The validation pass is traced into another graph when several steps go
+    # in one call, and on an AMD EPYC (AVX2) its loss came out 3e-9 apart (0.004771324 vs 0.004771328) with
+    # the same weights: the promise is the weights (docs/package.md), the validation curve to float32's digits.
+    assert {key: lab_history[key] for key in ("loss", "accuracy")} == {
+        key: lecture_history[key] for key in ("loss", "accuracy")}
+    for key in ("val_loss", "val_accuracy"):
+        assert lab_history[key] == pytest.approx(lecture_history[key], rel=1e-6), key
     if trainer_name == "tape":
         assert len(calls) == 2 * 4  # 2 epochs of 15 steps: calls of 4, 4, 4 and 3 steps
 
