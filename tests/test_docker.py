@@ -578,20 +578,21 @@ def test_quick_tests_and_notebooks_pass_inside_the_container(user, clone, built)
     source = _copy_fashion(clone, user)
     # What the image adds to the host's environment: its packages (the same locks), paths and user. The host
     # runs the whole suite; here the tests that build the lecture's networks, tensors and pictures in-process,
-    # then every notebook, PyTorch's 04 too (in its named kernel, "Python (PyTorch)"), each compared with the
-    # `invoke train` that gives its numbers. The whole quick tier a second time cost CI about 10 minutes.
-    # The notebooks under `fastest`, where a notebook and its command are promised the same bits: under the
-    # image's `portable` the command computes RMSprop's step with PortableRMSprop and the notebook with the
+    # then notebooks 01 and 03, 03 compared with the `invoke train` that gives its numbers. Notebooks 02 and
+    # 04 (in its named kernel, "Python (PyTorch)") run in this image's lab in tests/test_browser.py; running
+    # them here too cost CI about 2 minutes, the whole quick tier a second time about 10.
+    # Under `fastest`, where a notebook and its command are promised the same bits: under the image's
+    # `portable` the command computes RMSprop's step with PortableRMSprop and the notebook with the
     # lecture's keras.optimizers.RMSprop (docs/reproducibility.md).
     command = ("python -m pytest -q -p no:cacheprovider " + " ".join(IN_CONTAINER_TESTS) +
                f" && CLASSIFIER_NUMERICS=fastest FASHION_MNIST_DIR={source} CI=true"
-               " python -m pytest -q -p no:cacheprovider tests/test_notebooks.py")
+               " python -m pytest -q -p no:cacheprovider tests/test_notebooks.py -k 'tensor_basics or 03_advanced'")
     result = user.invoke("shell", "--variant", "cpu", "-c", command, cwd=clone, timeout=2400)
     output = result.stdout[-4000:]
     assert result.returncode == 0, f"pytest in the container failed:\n{output}\n{result.stderr[-2000:]}"
     summaries = [line for line in output.splitlines() if " passed" in line and " in " in line]
     assert len(summaries) == 2, output
-    assert not any(word in summaries[1] for word in ("failed", "skipped", "error")), output  # every notebook ran
+    assert summaries[1].startswith("2 passed") and not any(word in summaries[1] for word in ("failed", "skipped", "error")), output
 
 
 @pytest.mark.docker
