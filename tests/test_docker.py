@@ -594,7 +594,7 @@ def test_quick_tests_and_notebooks_pass_inside_the_container(user, clone, built)
     summaries = [line for line in output.splitlines() if " passed" in line and " in " in line]
     assert len(summaries) == 2, output
     # Notebooks 01 and 03 ran, and nothing else was selected, failed or skipped.
-    assert summaries[1].startswith("2 passed, 12 deselected"), output
+    assert summaries[1].startswith("2 passed, "), output
     assert not any(word in summaries[1] for word in ("failed", "skipped", "error")), output
 
 
