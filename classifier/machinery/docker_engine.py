@@ -345,10 +345,13 @@ def read_env_file(path: Path) -> dict[str, str]:
     Returns:
         {key: value}.
     """
-    if not path.exists():
-        return {}
+    return _env_values(path.read_text(encoding="utf-8").splitlines()) if path.exists() else {}
+
+
+def _env_values(lines: list[str]) -> dict[str, str]:
+    """{key: value} of an env file's lines, a key set twice taking its last value (read_env_file)."""
     values = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in lines:
         if (key := _env_key(line)) is not None:
             values[key] = _env_value(line.split("=", 1)[1].strip())
     return values
@@ -463,8 +466,8 @@ def _env_text(path: Path, values: dict[str, str]) -> str:
     Returns:
         The file's new text.
     """
-    current = read_env_file(path)
     written = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    current = _env_values(written)
     keys = [_env_key(line) for line in written]
     # A key set twice takes its last value, as in compose: that line is the one to keep or replace.
     last = {key: index for index, key in enumerate(keys) if key is not None}

@@ -48,12 +48,8 @@ def _refused_flag(error: ValueError) -> tuple[str | None, str] | None:
 
 
 def _usage_errors_exit_2(parse):
-    """Wrap one of invoke's parsing steps so that its ParseError ends as the lab's one line and exit 2.
-
-    invoke parses a task's flags only after it has loaded this file, and ends a
-    parse error with "No idea what ..." and exit 1 (invoke/program.py,
-    Program.run); an Exit raised instead is printed as it stands with its own code.
-    """
+    """Wrap one of invoke's parsing steps so that its ParseError (or a whole-number flag's ValueError) ends as
+    the lab's one line and exit 2: an Exit, which invoke prints as it stands with its own code."""
     def parse_step(program):
         try:
             return parse(program)
